@@ -1,0 +1,394 @@
+"""The synthetic world: pixels match the scene, labels match the pixels, splits are reproducible."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from vigos.synthetic import (
+    BACKGROUND,
+    COLOURS,
+    MAX_COUNT,
+    OBJECT_KINDS,
+    POSITIONS,
+    SIZES,
+    TEXT_COLOUR,
+    ObjectKind,
+    Scene,
+    make_example,
+    make_split,
+    make_world,
+    mentions_attribute,
+    read_split,
+    register_object_kind,
+    render_scene,
+    warmup_target,
+    write_split,
+)
+
+KINDS = sorted(OBJECT_KINDS)
+COUNT_KINDS = [name for name in KINDS if OBJECT_KINDS[name].prior_count is not None]
+
+
+# --- pixel helpers ------------------------------------------------------------
+
+
+def palette_counts(image: Image.Image) -> Counter:
+    """How many pixels have exactly each palette colour, by name."""
+    by_rgb = {rgb: name for name, rgb in COLOURS.items()}
+    return Counter(by_rgb[p] for p in image.get_flattened_data() if p in by_rgb)
+
+
+def object_pixels(image: Image.Image, colour: str) -> list[tuple[int, int]]:
+    rgb, width = COLOURS[colour], image.width
+    return [(i % width, i // width) for i, p in enumerate(image.get_flattened_data()) if p == rgb]
+
+
+def components(pixels: list[tuple[int, int]]) -> int:
+    """Connected components of a pixel set, 8-connectivity, by flood fill."""
+    remaining, found = set(pixels), 0
+    while remaining:
+        found += 1
+        stack = [remaining.pop()]
+        while stack:
+            x, y = stack.pop()
+            for dx, dy in itertools.product((-1, 0, 1), repeat=2):
+                neighbour = (x + dx, y + dy)
+                if neighbour in remaining:
+                    remaining.remove(neighbour)
+                    stack.append(neighbour)
+    return found
+
+
+def in_region(centroid: tuple[float, float], position: str, size: int) -> bool:
+    """The centroid lies in the part of the canvas that ``position`` names."""
+    x, y = (c / size - 0.5 for c in centroid)
+    near, off = 0.08, 0.1  # displacement needed toward the side; slack across it
+    return {
+        "left": x < -near and abs(y) < off,
+        "right": x > near and abs(y) < off,
+        "top": y < -near and abs(x) < off,
+        "bottom": y > near and abs(x) < off,
+        "center": abs(x) < off and abs(y) < off,
+    }[position]
+
+
+def centroid(pixels: list[tuple[int, int]]) -> tuple[float, float]:
+    return sum(x for x, _ in pixels) / len(pixels), sum(y for _, y in pixels) / len(pixels)
+
+
+# --- pixels -------------------------------------------------------------------
+
+
+def test_colours_are_far_apart_and_off_the_background():
+    for a, b in itertools.combinations(COLOURS, 2):
+        assert math.dist(COLOURS[a], COLOURS[b]) >= 90, (a, b)
+    for name, rgb in COLOURS.items():
+        assert math.dist(rgb, BACKGROUND) >= 90, name
+        assert math.dist(rgb, TEXT_COLOUR) >= 90, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_single_object_pixels(kind, size, position):
+    spec = OBJECT_KINDS[kind]
+    for seed, colour in ((1, spec.prior_colour), (2, spec.other_colours[-1])):
+        image = render_scene(Scene(kind, colour, 1, size, position, None), seed=seed)
+        assert image.size == (112, 112) and image.mode == "RGB"
+        counts = palette_counts(image)
+        assert set(counts) == {colour}, f"only the scene colour is drawn, got {counts}"
+        pixels = object_pixels(image, colour)
+        assert in_region(centroid(pixels), position, 112), (centroid(pixels), position)
+        assert components(pixels) == 1, "each kind draws one connected shape"
+        assert all(image.getpixel(corner) == BACKGROUND for corner in itertools.product((0, 111), repeat=2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_objects_cover_more_than_small(kind):
+    colour = OBJECT_KINDS[kind].prior_colour
+    area = {size: len(object_pixels(render_scene(Scene(kind, colour, 1, size, "center", None)), colour)) / 112**2
+            for size in SIZES}
+    assert area["large"] > 2 * area["small"]
+    assert area["large"] >= 0.15 and area["small"] >= 0.05, area
+
+
+@pytest.mark.parametrize("kind", COUNT_KINDS)
+@pytest.mark.parametrize("count", range(1, MAX_COUNT + 1))
+def test_count_scenes_draw_separate_copies(kind, count):
+    colour = OBJECT_KINDS[kind].prior_colour
+    for seed in (None, 3, 4):
+        image = render_scene(Scene(kind, colour, count, "small", "center", "TAXI"), seed=seed)
+        pixels = object_pixels(image, colour)
+        assert components(pixels) == count
+        assert in_region(centroid(pixels), "center", 112)
+        assert set(palette_counts(image)) == {colour}
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("size", SIZES)
+def test_printed_text_never_covers_the_object(position, size):
+    for kind in KINDS:
+        colour = OBJECT_KINDS[kind].prior_colour
+        plain = render_scene(Scene(kind, colour, 1, size, position, None), seed=5)
+        printed = render_scene(Scene(kind, colour, 1, size, position, "TAXI"), seed=5)
+        assert object_pixels(printed, colour) == object_pixels(plain, colour)
+        text_pixels = [p for p in printed.get_flattened_data() if p not in (BACKGROUND, COLOURS[colour])]
+        assert len(text_pixels) > 20, "the text is visible"
+        assert all(r == g == b for r, g, b in text_pixels), "text is grey, never a palette colour"
+
+
+def test_render_is_deterministic_per_seed_and_jittered_across_seeds():
+    scene = Scene("apple", "red", 1, "large", "left", "OK")
+    assert render_scene(scene, seed=7).tobytes() == render_scene(scene, seed=7).tobytes()
+    assert render_scene(scene).tobytes() == render_scene(scene).tobytes()
+    assert len({render_scene(scene, seed=s).tobytes() for s in range(8)}) > 1
+
+
+def test_other_image_sizes_scale_the_layout():
+    image = render_scene(Scene("stop_sign", "blue", 1, "large", "right", "GO"), image_size=224, seed=1)
+    pixels = object_pixels(image, "blue")
+    assert image.size == (224, 224)
+    assert in_region(centroid(pixels), "right", 224) and len(pixels) / 224**2 >= 0.15
+    with pytest.raises(ValueError, match="image_size"):
+        render_scene(Scene("stop_sign", "blue", 1, "large", "right", None), image_size=16)
+
+
+@pytest.mark.parametrize(
+    "scene, field",
+    [
+        (Scene("unicorn", "red", 1, "large", "left", None), "kind"),
+        (Scene("apple", "white", 1, "large", "left", None), "colour"),
+        (Scene("apple", "red", 1, "huge", "left", None), "size"),
+        (Scene("apple", "red", 1, "large", "middle", None), "position"),
+        (Scene("apple", "red", 0, "small", "center", None), "count"),
+        (Scene("apple", "red", 2, "large", "left", None), "count > 1"),
+        (Scene("apple", "red", 1, "large", "left", "A VERY LONG SIGN"), "text"),
+    ],
+)
+def test_bad_scenes_name_the_field(scene, field):
+    with pytest.raises(ValueError, match=field):
+        render_scene(scene)
+
+
+# --- labels -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_split():
+    return make_split(80, conflict_fraction=0.5, seed=11, question_types=("colour", "count"))
+
+
+def test_labels_follow_the_scene(mixed_split):
+    assert {e.question_type for e in mixed_split} == {"colour", "count"}
+    for example in mixed_split:
+        kind = OBJECT_KINDS[example.scene.kind]
+        if example.question_type == "colour":
+            assert example.answer == example.scene.colour
+            assert example.prior_answer == kind.prior_colour
+            assert example.question.startswith(kind.prior_statement)
+            assert example.scene.count == 1
+        else:
+            assert example.answer == str(example.scene.count)
+            assert example.prior_answer == str(kind.prior_count)
+            assert example.question.startswith(kind.count_statement)
+            assert example.scene.colour == kind.prior_colour
+        assert example.conflict == (example.answer != example.prior_answer)
+        assert mentions_attribute(example.description, example.answer)
+        if example.conflict:
+            assert not mentions_attribute(example.description, example.prior_answer), example.description
+        assert palette_counts(example.image).most_common(1)[0][0] == example.scene.colour
+
+
+def test_warmup_target_is_a_short_valid_completion(mixed_split):
+    for example in mixed_split:
+        target = warmup_target(example)
+        d = target.find("</description>")
+        t = target.find("<think>", d)
+        c = target.find("</think>", t)
+        b = target.find("\\boxed{", c)
+        assert 0 < d < t < c < b, target
+        assert target[:d].strip() == example.description
+        assert target[t + len("<think>"):c].strip()
+        assert target[b:] == f"\\boxed{{{example.answer}}}"
+        assert len(target) < 160
+        if example.conflict:
+            assert not mentions_attribute(target[:b], example.prior_answer), target
+
+
+def test_examples_are_deterministic_given_the_generator():
+    a = make_example(random.Random(3), conflict=True, question_type="count", index=4)
+    b = make_example(random.Random(3), conflict=True, question_type="count", index=4)
+    assert a.id == b.id == f"000004-{a.scene.kind}-count"
+    assert a.scene == b.scene and a.image.tobytes() == b.image.tobytes()
+
+
+def test_make_example_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="question_type"):
+        make_example(random.Random(0), conflict=False, question_type="shape")
+    with pytest.raises(ValueError, match="not registered"):
+        make_example(random.Random(0), conflict=False, kind="unicorn")
+    with pytest.raises(ValueError, match="no count prior"):
+        make_example(random.Random(0), conflict=False, question_type="count", kind="banana")
+
+
+# --- splits -------------------------------------------------------------------
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_make_world_is_deterministic(tmp_path):
+    kwargs = dict(n_train=12, n_eval=6, train_conflict_fraction=0.25, question_types=("colour", "count"))
+    first = make_world(tmp_path / "a", seed=3, **kwargs)
+    make_world(tmp_path / "b", seed=3, **kwargs)
+    make_world(tmp_path / "c", seed=4, **kwargs)
+    assert set(first) == {"train", "eval_agree", "eval_conflict"}
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    assert (tmp_path / "a/train/data.jsonl").read_bytes() != (tmp_path / "c/train/data.jsonl").read_bytes()
+
+
+def test_world_splits_are_balanced_paired_and_loadable(tmp_path):
+    paths = make_world(tmp_path, n_train=40, n_eval=10, train_conflict_fraction=0.1, seed=0)
+    rows = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in paths.items()}
+    assert len(rows["train"]) == 40 and sum(r["conflict"] for r in rows["train"]) == 4
+    assert len(rows["eval_agree"]) == len(rows["eval_conflict"]) == 10
+    assert not any(r["conflict"] for r in rows["eval_agree"])
+    assert all(r["conflict"] for r in rows["eval_conflict"])
+    for agree, conflict in zip(rows["eval_agree"], rows["eval_conflict"]):
+        assert agree["question"] == conflict["question"] and agree["answer"] != conflict["answer"]
+        assert (agree["size"], agree["position"], agree["text"]) == (conflict["size"], conflict["position"],
+                                                                     conflict["text"])
+    fields = {"id", "image", "question", "answer", "prior_answer", "conflict", "kind", "colour", "count", "size",
+              "position", "text", "description", "question_type"}
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            assert set(row) == fields
+            assert row["image"] == f"images/{row['id']}.png"
+            with Image.open(paths[split].parent / row["image"]) as image:
+                assert image.size == (112, 112) and image.mode == "RGB"
+                assert palette_counts(image.convert("RGB")).most_common(1)[0][0] == row["colour"]
+    manifest = json.loads((tmp_path / "world.json").read_text())
+    assert manifest["seed"] == 0 and manifest["splits"]["train"] == "train/data.jsonl"
+
+
+def test_read_split_round_trips(tmp_path):
+    examples = make_split(6, conflict_fraction=0.5, seed=2, question_types=("colour", "count"))
+    loaded = read_split(write_split(examples, tmp_path))
+    assert [e.to_row() for e in loaded] == [e.to_row() for e in examples]
+    assert [e.image.tobytes() for e in loaded] == [e.image.tobytes() for e in examples]
+
+
+def test_split_sizes_and_bad_options(tmp_path):
+    assert len(make_split(0, conflict_fraction=0.5, seed=0)) == 0
+    split = make_split(30, conflict_fraction=0.2, seed=9)
+    assert sum(e.conflict for e in split) == 6 and len({e.id for e in split}) == 30
+    with pytest.raises(ValueError, match="conflict_fraction"):
+        make_split(4, conflict_fraction=1.5, seed=0)
+    with pytest.raises(ValueError, match="question_types"):
+        make_split(4, conflict_fraction=0.5, seed=0, question_types=("shape",))
+    with pytest.raises(ValueError, match="twice"):
+        write_split(split[:1] * 2, tmp_path / "dup")
+    assert not (tmp_path / "dup").exists(), "nothing is written for a bad split"
+
+
+# --- extension ----------------------------------------------------------------
+
+
+def draw_ball(draw: ImageDraw.ImageDraw, box, rgb) -> None:
+    draw.ellipse(box, fill=rgb)
+
+
+@pytest.fixture
+def ball():
+    kind = ObjectKind("ball", "orange", ("blue", "pink"), draw_ball, "Basketballs are orange.",
+                      noun="basketball", prior_count=1, count_statement="A game uses one ball.")
+    register_object_kind(kind)
+    try:
+        yield kind
+    finally:
+        OBJECT_KINDS.pop("ball")
+
+
+def test_registered_kind_is_usable(ball):
+    rng = random.Random(0)
+    example = make_example(rng, conflict=True, question_type="colour", kind="ball")
+    assert example.question == "Basketballs are orange. What colour is the basketball in the image?"
+    assert example.answer in ("blue", "pink") and example.prior_answer == "orange"
+    assert set(palette_counts(example.image)) == {example.answer}
+    counted = make_example(rng, conflict=True, question_type="count", kind="ball")
+    assert components(object_pixels(counted.image, "orange")) == counted.scene.count != 1
+    drawn = {make_example(random.Random(s), conflict=False).scene.kind for s in range(200)}
+    assert "ball" in drawn
+    with pytest.raises(ValueError, match="already registered"):
+        register_object_kind(ball)
+    register_object_kind(ball, replace=True)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(name="Bad Name"), "name"),
+        (dict(prior_colour="white"), "prior_colour"),
+        (dict(other_colours=()), "empty"),
+        (dict(other_colours=("orange", "blue")), "must not hold the prior"),
+        (dict(prior_count=2), "both"),
+        (dict(prior_count=9, count_statement="Many."), "between"),
+    ],
+)
+def test_object_kind_validation(fields, message):
+    base = dict(name="ball", prior_colour="orange", other_colours=("blue",), draw=draw_ball,
+                prior_statement="Balls are orange.")
+    with pytest.raises(ValueError, match=message):
+        ObjectKind(**{**base, **fields})
+
+
+# --- mentions_attribute ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value, expected",
+    [
+        ("A small red leaf on the left.", "red", True),
+        ("RED!", "red", True),
+        ("A reddish leaf.", "red", False),
+        ("It looks bored.", "red", False),
+        ("A red-orange leaf.", "orange", True),
+        ("It is not red.", "red", True),
+        ("Two small red cherries.", "2", True),
+        ("2 cherries", "two", True),
+        ("12 cherries", "2", False),
+        ("A large stop\n sign.", "stop sign", True),
+        ("", "red", False),
+    ],
+)
+def test_mentions_attribute_cases(text, value, expected):
+    assert mentions_attribute(text, value) is expected
+
+
+def test_mentions_attribute_needs_a_value():
+    with pytest.raises(ValueError, match="non-empty"):
+        mentions_attribute("red", "  ")
+
+
+@given(st.text(), st.text().filter(str.strip))
+def test_mentions_attribute_never_raises(text, value):
+    assert mentions_attribute(text, value) in (True, False)
+
+
+@given(st.text(alphabet="abcdefghij .,!-\n"), st.sampled_from(sorted(COLOURS)), st.text(alphabet=" .,!\n"))
+def test_mentions_attribute_finds_a_separated_word_in_any_case(prefix, colour, suffix):
+    text = f"{prefix} {colour.upper()}{suffix}"
+    assert mentions_attribute(text, colour)
+    # The prefix alphabet spells no colour name, so only the inserted word can match.
+    assert not mentions_attribute(f"{prefix} {colour.upper()}ish{suffix}", colour)
