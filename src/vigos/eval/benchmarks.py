@@ -1,0 +1,586 @@
+"""Benchmark adapters: read a local copy of each evaluation suite into ``EvalItem``s.
+
+Every suite of the paper's evaluation protocol (METHOD.md) has an adapter
+that reads the suite in the schema it is published in, under
+``data_dir/<folder>/`` (the folder is the benchmark's name except for ViLP,
+whose F and P variants share ``data_dir/vilp/``). Nothing is downloaded.
+A benchmark states the layout it expects in ``expected_layout`` (a folder
+written by ``Dataset.save_to_disk`` may stand in for any parquet files); a
+missing folder, file or field raises :class:`BenchmarkDataError` naming what
+is missing and repeating that layout.
+
+Multiple-choice items carry their answer as an option letter (``A``, ``B``,
+...). Where a suite prints its options inside the question text (MathVerse,
+MMSI-Bench, RealWorldQA) the question is kept as published (RealWorldQA
+loses only its trailing answer-format instruction) and ``options`` stays
+``None``. Rows with several images (MMMU, MMSI-Bench) are tiled left to
+right into ``image``; the separate images stay in ``meta["images"]``.
+
+A suite that is not built in can be described in a YAML file (see
+:func:`benchmark_from_yaml`) and registered without writing Python.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+
+from vigos.eval.sources import (
+    BenchmarkDataError,
+    Row,
+    answer_to_letter,
+    bare_letter,
+    find_files,
+    option_letter,
+    read_rows,
+    tile_images,
+)
+
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "BenchmarkDataError",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "EvalItem",
+    "answer_to_letter",
+    "benchmark_from_yaml",
+    "format_options",
+    "get_benchmark",
+    "load_benchmark",
+    "option_letter",
+    "register_benchmark",
+]
+
+DEFAULT_PROMPT_TEMPLATE = "{question}\n{options}"
+# Grader names assumed until `vigos.grading` exists to be asked (see _known_graders).
+DEFAULT_GRADERS = ("auto", "multiple_choice", "math", "exact", "judge")
+ANSWER_FORMATS = ("auto", "letter", "text", "index")
+_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = r"[a-z0-9][a-z0-9._\-]*"
+
+
+def format_options(options: Sequence[str]) -> str:
+    """Options as lines ``A. first`` / ``B. second`` / ..."""
+    return "\n".join(f"{option_letter(i)}. {text}" for i, text in enumerate(options))
+
+
+@dataclass
+class EvalItem:
+    """One evaluation question: an image, a question and its reference answer.
+
+    ``answer`` is an option letter for multiple-choice items. ``grader`` names
+    an entry of ``vigos.grading.GRADERS``. ``conflict`` is set for ViLP only:
+    True where the image contradicts the text prior (ViLP "Score"), False
+    where it agrees (ViLP "Prior"). ``prompt_template`` places the question
+    and the option lines; it uses ``{question}`` and ``{options}`` only.
+    """
+
+    benchmark: str
+    id: str
+    question: str
+    image: Image.Image
+    answer: str
+    options: list[str] | None = None
+    category: str | None = None
+    split: str | None = None
+    conflict: bool | None = None
+    grader: str = "auto"
+    meta: dict[str, Any] = field(default_factory=dict)
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+
+    def prompt_question(self) -> str:
+        """The question text with the options listed ``A. ...`` one per line."""
+        values = {"question": self.question, "options": format_options(self.options) if self.options else ""}
+        return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), self.prompt_template).rstrip()
+
+
+@dataclass
+class Benchmark:
+    """A named suite and the adapter that reads its local copy.
+
+    ``loader(benchmark, folder)`` yields items lazily from the benchmark's
+    folder, so ``load(limit=...)`` stops reading early. ``folder`` is the
+    sub-directory of ``data_dir`` that holds the copy (default: ``name``).
+    """
+
+    name: str
+    description: str
+    expected_layout: str
+    loader: Callable[[Benchmark, Path], Iterable[EvalItem]] = field(repr=False)
+    folder: str = ""
+
+    def local_dir(self, data_dir: str | Path) -> Path:
+        """Where this benchmark's local copy lives under ``data_dir``."""
+        return Path(data_dir) / (self.folder or self.name)
+
+    def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalItem]:
+        """Read up to ``limit`` items (all when None) from ``data_dir/<folder>/``."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of items or None, got {limit}")
+        root = self.local_dir(data_dir)
+        if not root.is_dir():
+            raise BenchmarkDataError(
+                f"{self.name}: local copy not found: {root} does not exist.\nExpected layout: {self.expected_layout}"
+            )
+        items = list(itertools.islice(self.loader(self, root), limit))
+        if not items:
+            raise BenchmarkDataError(f"{self.name}: {root} holds no rows.\nExpected layout: {self.expected_layout}")
+        return items
+
+
+def _sources(benchmark: Benchmark, root: Path, patterns: Sequence[str]) -> list[Path]:
+    return find_files(root, patterns, what=benchmark.name, layout=benchmark.expected_layout)
+
+
+def _rows(benchmark: Benchmark, files: Sequence[Path], *, split: str, base_dir: Path, prefix: str = "") -> Iterator[Row]:
+    layout = benchmark.expected_layout
+    for where, data in read_rows(files, split=split, layout=layout):
+        yield Row(prefix + where, data, base_dir=base_dir, benchmark=benchmark.name, layout=layout)
+
+
+# --- MMMU and MMMU-Pro ----------------------------------------------------------------------------
+
+_MMMU_IMAGE_FIELDS = tuple(f"image_{i}" for i in range(1, 8))
+MMMU_PRO_VISION_QUESTION = "Answer the multiple-choice question shown in the image with the letter of the correct option."
+
+
+def _mmmu_images(row: Row) -> list[Image.Image]:
+    images = [row.image(name) for name in _MMMU_IMAGE_FIELDS if row.get(name) is not None]
+    if not images:
+        raise row.fail("has none of the image fields image_1..image_7")
+    return images
+
+
+def _mmmu_subject(item_id: str) -> str | None:
+    """MMMU ids read ``<split>_<Subject>_<n>``, e.g. ``validation_Art_Theory_12`` -> ``Art_Theory``."""
+    parts = item_id.split("_")
+    return "_".join(parts[1:-1]) if len(parts) > 2 else None
+
+
+def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | None, category: str | None) -> EvalItem:
+    images = _mmmu_images(row)
+    options = row.options()
+    answer = row.require("answer")
+    meta = {
+        "images": images,
+        "img_type": row.get("img_type"),
+        "topic_difficulty": row.get("topic_difficulty"),
+        "subfield": row.get("subfield"),
+    }
+    # MMMU-Pro has no question_type: every question there is multiple choice.
+    is_choice = row.get("question_type", "multiple-choice") == "multiple-choice" and bool(options)
+    if not is_choice:
+        return EvalItem(benchmark.name, item_id, row.text("question"), tile_images(images), str(answer).strip(),
+                        category=category, split=split, grader="auto", meta=meta)
+    letter, accepted = row.choice_answer(answer, options)
+    meta["accepted_answers"] = accepted
+    return EvalItem(benchmark.name, item_id, row.text("question"), tile_images(images), letter, options=options,
+                    category=category, split=split, grader="multiple_choice", meta=meta)
+
+
+def _load_mmmu(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    # MMMU/MMMU ships one folder per subject; lmms-lab/MMMU merges them under data/.
+    files = _sources(benchmark, root, ("*/validation-*.parquet", "data/validation-*.parquet", "validation-*.parquet"))
+    for row in _rows(benchmark, files, split="validation", base_dir=root):
+        item_id = str(row.require("id"))
+        yield _mmmu_item(benchmark, row, item_id=item_id, split=None, category=_mmmu_subject(item_id))
+
+
+_MMMU_PRO_STANDARD = "standard (10 options)"
+_MMMU_PRO_VISION = "vision"
+
+
+def _load_mmmu_pro(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    # Both settings are found before any row is read, so a half copy fails at once.
+    standard = _sources(benchmark, root / _MMMU_PRO_STANDARD, ("test-*.parquet", "*.parquet"))
+    vision = _sources(benchmark, root / _MMMU_PRO_VISION, ("test-*.parquet", "*.parquet"))
+    for row in _rows(benchmark, standard, split="test", base_dir=root, prefix=f"{_MMMU_PRO_STANDARD}/"):
+        yield _mmmu_item(benchmark, row, item_id=f"standard:{row.require('id')}", split="standard-10",
+                         category=row.get("subject"))
+    for row in _rows(benchmark, vision, split="test", base_dir=root, prefix=f"{_MMMU_PRO_VISION}/"):
+        # The question and its options are rendered inside the screenshot; the text prompt
+        # must not repeat the options, so they stay in meta for graders only.
+        options = row.options()
+        letter, accepted = row.choice_answer(row.require("answer"), options)
+        yield EvalItem(benchmark.name, f"vision:{row.require('id')}", MMMU_PRO_VISION_QUESTION, row.image("image"),
+                       letter, category=row.get("subject"), split="vision", grader="multiple_choice",
+                       meta={"options": options, "accepted_answers": accepted})
+
+
+# --- Math suites ----------------------------------------------------------------------------------
+
+
+def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("data/testmini-*.parquet", "testmini-*.parquet", "testmini.parquet"))
+    for row in _rows(benchmark, files, split="testmini", base_dir=root):
+        metadata = row.get("metadata", {})
+        question = row.text("question")
+        if unit := row.get("unit"):
+            question = f"{question} (Unit: {unit})"
+        # decoded_image is the embedded copy; image is the path inside images.zip.
+        image = row.image("decoded_image", "image")
+        meta = {key: row.get(key) for key in ("answer_type", "precision", "unit", "question_type")}
+        meta.update({key: metadata.get(key) for key in ("category", "context", "grade", "skills", "source")})
+        common = {"category": metadata.get("task"), "meta": meta}
+        if row.require("question_type") == "multi_choice":
+            options = [str(choice).strip() for choice in row.require("choices")]
+            letter, _ = row.choice_answer(row.require("answer"), options, answer_format="text")
+            yield EvalItem(benchmark.name, str(row.require("pid")), question, image, letter, options=options,
+                           grader="multiple_choice", **common)
+        else:
+            yield EvalItem(benchmark.name, str(row.require("pid")), question, image, row.text("answer"),
+                           grader="math", **common)
+
+
+def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("testmini.parquet", "data/testmini-*.parquet"))
+    for row in _rows(benchmark, files, split="testmini", base_dir=root):
+        metadata = row.get("metadata", {})
+        # Vision-only problems print the whole question in the image; their `question`
+        # can be empty, and `query_wo` then carries the instruction to read it there.
+        question = row.get("question", "").strip() or row.text("query_wo")
+        is_choice = row.require("question_type") == "multi-choice"
+        answer = row.text("answer")
+        yield EvalItem(
+            benchmark.name, str(row.require("sample_index")), question, row.image("image"),
+            bare_letter(answer) if is_choice else answer,
+            category=row.get("problem_version"),
+            grader="multiple_choice" if is_choice else "math",
+            meta={"problem_index": row.get("problem_index"), "question_for_eval": row.get("question_for_eval"),
+                  "subject": metadata.get("subject"), "subfield": metadata.get("subfield")},
+        )
+
+
+# --- General and spatial suites ---------------------------------------------------------------------
+
+
+def _capabilities(value: Any) -> list[str]:
+    """MM-Vet capabilities: a list in mm-vet.json, a ``"rec,ocr"`` string in lmms-lab/MMVet."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return sorted(str(item).strip() for item in items if str(item).strip())
+
+
+def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("mm-vet.json", "data/test-*.parquet", "test-*.parquet"))
+    image_dir = root / "images" if files[0].name == "mm-vet.json" else root
+    if not image_dir.is_dir():
+        raise BenchmarkDataError(
+            f"{benchmark.name}: {image_dir} does not exist (mm-vet.json names files inside it).\n"
+            f"Expected layout: {benchmark.expected_layout}"
+        )
+    for row in _rows(benchmark, files, split="test", base_dir=image_dir):
+        item_id = str(row.get("__key__") or row.require("question_id"))
+        capabilities = _capabilities(row.require("capability"))
+        yield EvalItem(benchmark.name, item_id, row.text("question"), row.image("imagename", "image"),
+                       row.text("answer"), category=",".join(capabilities), grader="judge",
+                       meta={"capabilities": capabilities})
+
+
+def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("MMSI_Bench.parquet", "*.parquet", "data/*.parquet"))
+    for row in _rows(benchmark, files, split="test", base_dir=root):
+        images = row.images("images")
+        yield EvalItem(benchmark.name, str(row.require("id")), row.text("question"), tile_images(images),
+                       bare_letter(row.text("answer")), category=row.get("question_type"),
+                       grader="multiple_choice",
+                       meta={"images": images, "thought": row.get("thought"), "difficulty": row.get("difficulty")})
+
+
+# RealWorldQA questions end with an answer-format instruction that would contradict the
+# student prompt's \boxed{} format; it is cut off and kept in meta.
+_REALWORLDQA_INSTRUCTION = re.compile(r"\s*(Please answer directly with [^\n]*)$")
+
+
+def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("data/test-*.parquet", "test-*.parquet", "*.parquet"))
+    for index, row in enumerate(_rows(benchmark, files, split="test", base_dir=root)):
+        question = row.text("question")
+        instruction = _REALWORLDQA_INSTRUCTION.search(question)
+        if instruction:
+            question = question[: instruction.start()].rstrip()
+        answer = row.text("answer")
+        is_choice = re.fullmatch(r"[A-F]", answer) is not None
+        yield EvalItem(benchmark.name, str(row.get("id", index)), question, row.image("image"), answer,
+                       grader="multiple_choice" if is_choice else "auto",
+                       meta={"instruction": instruction.group(1) if instruction else None})
+
+
+def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("test_[23]d.parquet", "test.parquet", "data/test-*.parquet"))
+    names = {path.name for path in files}
+    if names & {"test_2d.parquet", "test_3d.parquet"} and len(names) == 1:
+        missing = ({"test_2d.parquet", "test_3d.parquet"} - names).pop()
+        raise BenchmarkDataError(
+            f"{benchmark.name}: {root / missing} is missing (CV-Bench scores average 2D and 3D).\n"
+            f"Expected layout: {benchmark.expected_layout}"
+        )
+    for row in _rows(benchmark, files, split="test", base_dir=root):
+        options = [str(choice).strip() for choice in row.require("choices")]
+        letter, _ = row.choice_answer(row.require("answer"), options, answer_format="letter")
+        kind = row.get("type", "")
+        yield EvalItem(benchmark.name, f"{kind}_{row.require('idx')}".lstrip("_"), row.text("question"),
+                       row.image("image"), letter, options=options, category=row.get("task"),
+                       grader="multiple_choice", meta={"type": kind, "source": row.get("source")})
+
+
+# --- ViLP -----------------------------------------------------------------------------------------
+
+# The official evaluation (ViLP-team/ViLP test_gpt.py, lmms-eval vilp) asks for one word.
+VILP_PROMPT = "Please answer with one word: {question}"
+
+
+def _without_fact(question: str) -> str:
+    """ViLP-P: the question with its first sentence (the stated prior) removed."""
+    fact, _, rest = question.partition(".")
+    return rest.strip() if rest.strip() else fact.strip()
+
+
+def _load_vilp(benchmark: Benchmark, root: Path, *, with_fact: bool) -> Iterator[EvalItem]:
+    files = _sources(benchmark, root, ("ViLP.parquet", "*.parquet", "data/*.parquet"))
+    for index, row in enumerate(_rows(benchmark, files, split="train", base_dir=root)):
+        published = row.text("question")
+        question = VILP_PROMPT.format(question=published if with_fact else _without_fact(published))
+        question_id = row.get("question_id", index)
+        # image1/answer1 follow the text prior; image2 and image3 contradict it.
+        for k in (1, 2, 3):
+            conflict = k != 1
+            yield EvalItem(benchmark.name, f"{question_id}-{k}", question, row.image(f"image{k}"),
+                           row.text(f"answer{k}"), split="conflict" if conflict else "agree", conflict=conflict,
+                           grader="exact", meta={"question_id": question_id, "image_index": k,
+                                                 "published_question": published})
+
+
+# --- Registry -------------------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def register_benchmark(benchmark: Benchmark, *, replace: bool = False) -> None:
+    """Add ``benchmark`` to :data:`BENCHMARKS` (an existing name needs ``replace=True``)."""
+    if not re.fullmatch(_NAME, benchmark.name):
+        raise ValueError(f"benchmark name {benchmark.name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    clash = next((name for name in BENCHMARKS if _squash(name) == _squash(benchmark.name)), None)
+    if clash is not None and not replace:
+        raise ValueError(f"benchmark {benchmark.name!r} clashes with registered {clash!r}; pass replace=True")
+    if clash is not None:
+        del BENCHMARKS[clash]
+    BENCHMARKS[benchmark.name] = benchmark
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The registered benchmark called ``name`` (case, ``-`` and ``_`` ignored), or one described by a YAML file path."""
+    squashed = _squash(name)
+    for registered, benchmark in BENCHMARKS.items():
+        if _squash(registered) == squashed:
+            return benchmark
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return benchmark_from_yaml(name)
+    close = difflib.get_close_matches(name.lower(), list(BENCHMARKS), n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown benchmark {name!r}.{hint} Known benchmarks: {', '.join(sorted(BENCHMARKS))}. "
+        "A new benchmark can be described in a YAML file and given by its path."
+    )
+
+
+def load_benchmark(name: str, data_dir: str | Path, limit: int | None = None) -> list[EvalItem]:
+    """Items of benchmark ``name`` read from its local copy under ``data_dir``."""
+    return get_benchmark(name).load(data_dir, limit)
+
+
+_BUILTINS = (
+    Benchmark(
+        "mmvet", "MM-Vet: 218 open-ended questions over six integrated capabilities, scored by an LLM judge.",
+        "data_dir/mmvet/mm-vet.json (the official release: {id: {imagename, question, answer, capability}}) "
+        "with data_dir/mmvet/images/<imagename>; or lmms-lab/MMVet parquet data_dir/mmvet/data/test-*.parquet "
+        "(question_id, image, question, answer, capability).",
+        _load_mmvet,
+    ),
+    Benchmark(
+        "mmmu", "MMMU validation split: college-level multi-discipline questions, mostly multiple choice.",
+        "a snapshot of MMMU/MMMU: data_dir/mmmu/<Subject>/validation-*.parquet (or lmms-lab/MMMU "
+        "data_dir/mmmu/data/validation-*.parquet, or a save_to_disk folder) with fields id, question, options "
+        "(string repr of a list), answer, image_1..image_7, question_type, subfield.",
+        _load_mmmu,
+    ),
+    Benchmark(
+        "mmmu-pro", "MMMU-Pro: the 10-option standard setting and the vision (screenshot) setting.",
+        "a snapshot of MMMU/MMMU_Pro: data_dir/mmmu-pro/'standard (10 options)'/test-*.parquet (id, question, "
+        "options, answer, image_1..image_7, subject) and data_dir/mmmu-pro/vision/test-*.parquet "
+        "(id, image, options, answer, subject).",
+        _load_mmmu_pro,
+    ),
+    Benchmark(
+        "mathverse", "MathVerse testmini: diagram math problems in five text/vision versions.",
+        "AI4Math/MathVerse testmini: data_dir/mathverse/testmini.parquet with fields sample_index, problem_index, "
+        "problem_version, question, image, answer, question_type, metadata, query_wo, question_for_eval.",
+        _load_mathverse,
+    ),
+    Benchmark(
+        "mathvista", "MathVista testmini: 1,000 math questions over figures, charts and photos.",
+        "AI4Math/MathVista testmini: data_dir/mathvista/data/testmini-*.parquet with fields pid, question, "
+        "decoded_image (or image: a path under data_dir/mathvista/), choices, unit, precision, answer, "
+        "question_type, answer_type, metadata.",
+        _load_mathvista,
+    ),
+    Benchmark(
+        "mmsi", "MMSI-Bench: 1,000 multiple-choice questions of multi-image spatial reasoning.",
+        "RunsenXu/MMSI-Bench: data_dir/mmsi/MMSI_Bench.parquet with fields id, images (list of encoded images), "
+        "question_type, question (options printed in it), answer (a letter), thought.",
+        _load_mmsi,
+    ),
+    Benchmark(
+        "realworldqa", "RealWorldQA: 765 real-world spatial questions from xAI.",
+        "xai-org/RealworldQA: data_dir/realworldqa/data/test-*.parquet with fields image, question, answer.",
+        _load_realworldqa,
+    ),
+    Benchmark(
+        "cvbench", "CV-Bench: 2D (count, relation) and 3D (depth, distance) vision-centric multiple choice.",
+        "nyu-visionx/CV-Bench: data_dir/cvbench/test_2d.parquet and test_3d.parquet (older releases: test.parquet) "
+        "with fields idx, type, task, image, question, choices, answer ('(A)'), prompt, source.",
+        _load_cvbench,
+    ),
+    Benchmark(
+        "vilp-f", "ViLP-F: ViLP with the stated prior kept in the question (Score: conflicting images; Prior: agreeing).",
+        "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-p) with fields question_id, question, image1, "
+        "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
+        partial(_load_vilp, with_fact=True), folder="vilp",
+    ),
+    Benchmark(
+        "vilp-p", "ViLP-P: ViLP with the stated prior (the first sentence) removed from the question.",
+        "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-f) with fields question_id, question, image1, "
+        "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
+        partial(_load_vilp, with_fact=False), folder="vilp",
+    ),
+)
+for _benchmark in _BUILTINS:
+    register_benchmark(_benchmark)
+
+
+# --- Benchmarks described in YAML ----------------------------------------------------------------
+
+_YAML_KEYS = {"name", "description", "file", "split", "fields", "prompt", "grader", "answer_format"}
+_YAML_FIELDS = {"id", "question", "answer", "image", "options", "category"}
+_YAML_REQUIRED_FIELDS = ("question", "answer", "image")
+
+
+def _known_graders() -> tuple[str, ...]:
+    # Asked lazily: grading and the benchmark registry do not depend on each other at import.
+    try:
+        from vigos.grading import GRADERS
+    except ImportError:
+        return DEFAULT_GRADERS
+    return tuple(GRADERS)
+
+
+@dataclass(frozen=True)
+class _YamlSpec:
+    file: str
+    split: str
+    fields: dict[str, str]
+    prompt: str
+    grader: str
+    answer_format: str
+
+
+def benchmark_from_yaml(path: str | Path) -> Benchmark:
+    """A benchmark described by a YAML file, read by a generic adapter.
+
+    Keys: ``name``; ``file`` (a glob relative to ``data_dir/<name>/``: JSONL,
+    JSON, parquet or a ``save_to_disk`` folder); ``fields`` mapping
+    ``question``, ``answer``, ``image`` (required) and ``options``,
+    ``category``, ``id`` (optional) to the row's column names; optional
+    ``description``, ``split`` (of a saved DatasetDict, default ``test``),
+    ``prompt`` (default ``"{question}\\n{options}"``; ``{column}`` inserts any
+    other column of the row), ``grader`` (default ``multiple_choice`` with
+    options, else ``auto``) and ``answer_format`` (``auto``, ``letter``,
+    ``text`` or ``index``: how the answer names an option). Image values are
+    paths relative to the data file's folder, embedded bytes, or lists of
+    either.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkDataError(f"benchmark YAML {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise BenchmarkDataError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(spec, dict):
+        raise BenchmarkDataError(f"{path}: expected a mapping of keys ({', '.join(sorted(_YAML_KEYS))})")
+
+    def bad(problem: str) -> BenchmarkDataError:
+        return BenchmarkDataError(f"{path}: {problem}")
+
+    if unknown := set(spec) - _YAML_KEYS:
+        raise bad(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}")
+    for key in ("name", "file", "fields"):
+        if not spec.get(key):
+            raise bad(f"missing required key {key!r}")
+    fields = spec["fields"]
+    if not isinstance(fields, dict):
+        raise bad("'fields' must map question/answer/image/... to column names")
+    if unknown := set(fields) - _YAML_FIELDS:
+        raise bad(f"unknown field(s) {sorted(unknown)} under 'fields'; allowed: {sorted(_YAML_FIELDS)}")
+    if missing := [key for key in _YAML_REQUIRED_FIELDS if not fields.get(key)]:
+        raise bad(f"'fields' lacks {missing}: say which column holds the question, the answer and the image")
+    prompt = str(spec.get("prompt", DEFAULT_PROMPT_TEMPLATE))
+    if "{question}" not in prompt:
+        raise bad("'prompt' must contain {question}")
+    grader = str(spec.get("grader", "multiple_choice" if fields.get("options") else "auto"))
+    if grader not in (graders := _known_graders()):
+        raise bad(f"unknown grader {grader!r}; choose one of {', '.join(graders)}")
+    answer_format = str(spec.get("answer_format", "auto"))
+    if answer_format not in ANSWER_FORMATS:
+        raise bad(f"answer_format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
+
+    name = str(spec["name"])
+    if not re.fullmatch(_NAME, name):
+        raise bad(f"name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
+    columns = {key: str(column) for key, column in fields.items() if column}
+    described = ", ".join(f"{key}={column!r}" for key, column in sorted(columns.items()))
+    layout = (
+        f"data_dir/{name}/{spec['file']} (from {path}) with one row per question and columns {described}; "
+        "images as paths relative to the data file's folder or embedded bytes."
+    )
+    yaml_spec = _YamlSpec(str(spec["file"]), str(spec.get("split", "test")), columns, prompt, grader, answer_format)
+    description = str(spec.get("description", f"benchmark described in {path}"))
+    return Benchmark(name, description, layout, partial(_load_yaml, spec=yaml_spec))
+
+
+def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator[EvalItem]:
+    columns = spec.fields
+    counter = itertools.count()
+    for source in _sources(benchmark, root, (spec.file,)):
+        base_dir = source if source.is_dir() else source.parent
+        for row in _rows(benchmark, [source], split=spec.split, base_dir=base_dir):
+            index = next(counter)
+            image = tile_images(row.images(columns["image"]))
+            answer: Any = row.require(columns["answer"])
+            options = row.options(columns["options"]) if "options" in columns else None
+            if options:
+                answer, _ = row.choice_answer(answer, options, spec.answer_format)
+            template = _TEMPLATE_FIELD.sub(
+                lambda m: str(row.data[m.group(1)]) if m.group(1) in row.data and m.group(1) not in ("question", "options")
+                else m.group(0),
+                spec.prompt,
+            )
+            category = row.get(columns["category"]) if "category" in columns else None
+            yield EvalItem(
+                benchmark.name, str(row.require(columns["id"])) if "id" in columns else str(index),
+                row.text(columns["question"]), image, str(answer).strip(), options=options or None,
+                category=None if category is None else str(category), grader=spec.grader,
+                meta={"source": row.where}, prompt_template=template,
+            )

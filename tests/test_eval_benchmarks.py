@@ -1,0 +1,391 @@
+"""Benchmark adapters read tiny copies written in each suite's published schema."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from vigos.eval.benchmarks import (
+    BENCHMARKS,
+    DEFAULT_GRADERS,
+    Benchmark,
+    BenchmarkDataError,
+    EvalItem,
+    benchmark_from_yaml,
+    format_options,
+    get_benchmark,
+    load_benchmark,
+    register_benchmark,
+)
+from vigos.eval.fixtures import COLORS, FIXTURE_WRITERS, SHAPES, write_fixture
+
+BUILTIN = sorted(FIXTURE_WRITERS)
+N = 4
+# Published rows per item: MMMU-Pro has two settings, each ViLP row three images.
+ITEMS_PER_ROW = {"mmmu-pro": 2, "vilp-f": 3, "vilp-p": 3}
+
+
+@pytest.fixture
+def registry():
+    """BENCHMARKS as it was before the test (YAML tests register their own)."""
+    saved = dict(BENCHMARKS)
+    yield BENCHMARKS
+    BENCHMARKS.clear()
+    BENCHMARKS.update(saved)
+
+
+def _drop_column(path: Path, column: str) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns([column]), path)
+
+
+def test_every_paper_suite_is_registered_with_a_fixture_writer():
+    expected = {"mmvet", "mmmu", "mmmu-pro", "mathverse", "mathvista", "mmsi", "realworldqa", "cvbench", "vilp-f", "vilp-p"}
+    assert expected <= set(BENCHMARKS)
+    assert set(FIXTURE_WRITERS) == expected
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_fixture_loads_into_well_formed_items(name, tmp_path):
+    folder = write_fixture(name, tmp_path, n=N)
+    assert folder == BENCHMARKS[name].local_dir(tmp_path)
+
+    items = load_benchmark(name, tmp_path)
+
+    assert len(items) == N * ITEMS_PER_ROW.get(name, 1)
+    assert len({item.id for item in items}) == len(items)
+    for item in items:
+        assert item.benchmark == name
+        assert item.question.strip() and item.answer.strip()
+        assert isinstance(item.image, Image.Image) and item.image.mode == "RGB"
+        assert item.grader in DEFAULT_GRADERS
+        if item.options is not None:
+            assert item.answer in string.ascii_uppercase[: len(item.options)]
+            assert format_options(item.options) in item.prompt_question()
+            assert item.prompt_question().startswith(item.question)
+        if item.grader == "multiple_choice":
+            assert len(item.answer) == 1 and item.answer in string.ascii_uppercase
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_limit_stops_early(name, tmp_path):
+    write_fixture(name, tmp_path, n=N)
+    assert len(load_benchmark(name, tmp_path, limit=2)) == 2
+    with pytest.raises(ValueError, match="limit"):
+        load_benchmark(name, tmp_path, limit=0)
+
+
+def test_mmmu_keeps_subject_image_order_and_open_questions(tmp_path):
+    write_fixture("mmmu", tmp_path, n=6)
+    items = {item.id: item for item in load_benchmark("mmmu", tmp_path)}
+    assert {item.category for item in items.values()} == {"Art", "Math"}
+    two_images = [item for item in items.values() if len(item.meta["images"]) == 2]
+    assert two_images and all(item.image.width > item.meta["images"][0].width for item in two_images)
+    assert all(item.options == ["<image 1>", "<image 2>"] for item in two_images)
+    open_items = [item for item in items.values() if item.options is None]
+    assert open_items and all(item.grader == "auto" and item.answer.isdigit() for item in open_items)
+
+
+def test_mmmu_pro_vision_setting_does_not_print_options(tmp_path):
+    write_fixture("mmmu-pro", tmp_path, n=3)
+    items = load_benchmark("mmmu-pro", tmp_path)
+    standard = {item.id.split(":", 1)[1]: item for item in items if item.split == "standard-10"}
+    vision = {item.id.split(":", 1)[1]: item for item in items if item.split == "vision"}
+    assert standard.keys() == vision.keys()
+    for key, item in vision.items():
+        assert item.options is None and "A." not in item.prompt_question()
+        assert item.meta["options"] == standard[key].options and len(item.meta["options"]) == 10
+        assert item.answer == standard[key].answer
+
+
+def test_mathvista_maps_choice_text_to_letter_and_keeps_free_form(tmp_path):
+    write_fixture("mathvista", tmp_path, n=4)
+    rows = pq.read_table(tmp_path / "mathvista" / "data" / "testmini-00000-of-00001.parquet").to_pylist()
+    for row, item in zip(rows, load_benchmark("mathvista", tmp_path), strict=True):
+        if row["question_type"] == "multi_choice":
+            assert item.options[ord(item.answer) - ord("A")] == row["answer"] and item.grader == "multiple_choice"
+        else:
+            assert item.answer == row["answer"] and item.grader == "math" and item.options is None
+
+
+def test_mathverse_vision_only_question_falls_back_to_query(tmp_path):
+    write_fixture("mathverse", tmp_path, n=5)
+    items = load_benchmark("mathverse", tmp_path)
+    vision_only = [item for item in items if item.category == "Vision Only"]
+    assert vision_only and all(item.question.startswith("According to the question shown") for item in vision_only)
+
+
+def test_realworldqa_moves_answer_instruction_to_meta(tmp_path):
+    write_fixture("realworldqa", tmp_path, n=2)
+    for item in load_benchmark("realworldqa", tmp_path):
+        assert "Please answer directly" not in item.question
+        assert item.meta["instruction"].startswith("Please answer directly")
+
+
+def test_cvbench_reads_both_files_and_strips_answer_parentheses(tmp_path):
+    write_fixture("cvbench", tmp_path, n=4)
+    items = load_benchmark("cvbench", tmp_path)
+    assert {item.category for item in items} == {"Count", "Depth"}
+    assert {item.meta["type"] for item in items} == {"2D", "3D"}
+
+
+def test_mmsi_tiles_its_views(tmp_path):
+    write_fixture("mmsi", tmp_path, n=2)
+    for item in load_benchmark("mmsi", tmp_path):
+        assert len(item.meta["images"]) == 2 and item.image.width > item.meta["images"][0].width
+        assert "Options:" in item.question and item.options is None
+
+
+def test_vilp_items_split_prior_and_conflict_and_match_their_images(tmp_path):
+    write_fixture("vilp-f", tmp_path, n=4)
+    with_fact = load_benchmark("vilp-f", tmp_path)
+    without_fact = load_benchmark("vilp-p", tmp_path)
+    for f_item, p_item in zip(with_fact, without_fact, strict=True):
+        assert (f_item.id, f_item.answer, f_item.conflict) == (p_item.id, p_item.answer, p_item.conflict)
+        assert f_item.conflict is (f_item.meta["image_index"] != 1)
+        assert f_item.split == ("conflict" if f_item.conflict else "agree")
+        fact = f_item.meta["published_question"].split(".")[0]
+        assert fact in f_item.question and fact not in p_item.question
+        assert f_item.question.startswith("Please answer with one word:")
+        center = f_item.image.getpixel((f_item.image.width // 2, f_item.image.height // 2))
+        assert center == COLORS[f_item.answer]
+    assert sum(item.conflict for item in with_fact) == 2 * sum(not item.conflict for item in with_fact)
+
+
+def test_mmvet_category_joins_capabilities(tmp_path):
+    write_fixture("mmvet", tmp_path, n=2)
+    items = load_benchmark("mmvet", tmp_path)
+    assert [item.category for item in items] == ["math,rec", "rec"]
+    assert all(item.grader == "judge" for item in items)
+
+
+def test_mmvet_lmms_lab_parquet_layout_loads(tmp_path):
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+    features = Features({"question_id": Value("string"), "image": ImageFeature(), "question": Value("string"),
+                         "answer": Value("string"), "image_source": Value("string"), "capability": Value("string")})
+    data = {"question_id": ["v1_0"], "image": [Image.new("RGB", (8, 8), "red")], "question": ["Colour?"],
+            "answer": ["red"], "image_source": ["x"], "capability": ["rec,ocr"]}
+    (tmp_path / "mmvet" / "data").mkdir(parents=True)
+    Dataset.from_dict(data, features=features).to_parquet(str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet"))
+    [item] = load_benchmark("mmvet", tmp_path)
+    assert (item.id, item.category, item.answer) == ("v1_0", "ocr,rec", "red")
+
+
+def test_saved_dataset_dict_is_read_with_the_benchmark_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    write_fixture("mmmu", tmp_path / "parquet", n=3)
+    shards = sorted((tmp_path / "parquet" / "mmmu").glob("*/*.parquet"))
+    validation = Dataset.from_parquet([str(p) for p in shards])
+    dev = validation.select([0])
+    DatasetDict({"dev": dev, "validation": validation}).save_to_disk(str(tmp_path / "saved" / "mmmu"))
+    items = load_benchmark("mmmu", tmp_path / "saved")
+    assert len(items) == 3 and items[0].image.mode == "RGB"
+
+
+# --- errors name what is missing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_missing_folder_names_path_and_layout(name, tmp_path):
+    benchmark = BENCHMARKS[name]
+    with pytest.raises(BenchmarkDataError) as error:
+        load_benchmark(name, tmp_path)
+    message = str(error.value)
+    assert str(benchmark.local_dir(tmp_path)) in message and benchmark.expected_layout in message
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "mmmu-pro"])  # its folders: test_half_copies_...
+def test_empty_folder_names_expected_files(name, tmp_path):
+    BENCHMARKS[name].local_dir(tmp_path).mkdir()
+    with pytest.raises(BenchmarkDataError, match=r"no file matching .*\(it holds: \(empty\)\)"):
+        load_benchmark(name, tmp_path)
+
+
+MISSING_FIELD_CASES = [
+    ("mmmu", "Art/validation-00000-of-00001.parquet", "answer"),
+    ("mmmu-pro", "vision/test-00000-of-00001.parquet", "options"),
+    ("mathvista", "data/testmini-00000-of-00001.parquet", "pid"),
+    ("mathverse", "testmini.parquet", "question_type"),
+    ("mmsi", "MMSI_Bench.parquet", "images"),
+    ("realworldqa", "data/test-00000-of-00001.parquet", "answer"),
+    ("cvbench", "test_3d.parquet", "choices"),
+    ("vilp-f", "ViLP.parquet", "image3"),
+    ("vilp-p", "ViLP.parquet", "answer2"),
+]
+
+
+@pytest.mark.parametrize(("name", "file", "column"), MISSING_FIELD_CASES)
+def test_missing_field_is_named_with_row_and_layout(name, file, column, tmp_path):
+    folder = write_fixture(name, tmp_path, n=2)
+    _drop_column(folder / file, column)
+    with pytest.raises(BenchmarkDataError) as error:
+        load_benchmark(name, tmp_path)
+    message = str(error.value)
+    assert f"missing field {column!r}" in message or f"missing image field {column!r}" in message
+    assert "row 0" in message and "Expected layout" in message
+
+
+def test_mmvet_missing_question_and_missing_image(tmp_path):
+    folder = write_fixture("mmvet", tmp_path, n=2)
+    entries = json.loads((folder / "mm-vet.json").read_text())
+    del entries["v1_1"]["question"]
+    (folder / "mm-vet.json").write_text(json.dumps(entries))
+    with pytest.raises(BenchmarkDataError, match=r"entry v1_1 is missing field 'question'"):
+        load_benchmark("mmvet", tmp_path)
+    (folder / "images" / "v1_0.png").unlink()
+    with pytest.raises(BenchmarkDataError, match=r"v1_0\.png .*does not exist"):
+        load_benchmark("mmvet", tmp_path)
+
+
+def test_half_copies_name_the_missing_part(tmp_path):
+    for name in ("mmmu-pro", "cvbench"):
+        write_fixture(name, tmp_path, n=2)
+    for path in (tmp_path / "mmmu-pro" / "vision").iterdir():
+        path.unlink()
+    (tmp_path / "mmmu-pro" / "vision").rmdir()
+    (tmp_path / "cvbench" / "test_3d.parquet").unlink()
+    with pytest.raises(BenchmarkDataError, match=r"mmmu-pro/vision does not exist"):
+        load_benchmark("mmmu-pro", tmp_path)
+    with pytest.raises(BenchmarkDataError, match=r"test_3d\.parquet is missing"):
+        load_benchmark("cvbench", tmp_path)
+
+
+def test_answer_outside_the_options_is_reported(tmp_path):
+    folder = write_fixture("mathvista", tmp_path, n=1)
+    path = folder / "data" / "testmini-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[0]["answer"] = "hexagon"
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), path)
+    with pytest.raises(BenchmarkDataError, match=r"answer 'hexagon' .* 4 options"):
+        load_benchmark("mathvista", tmp_path)
+
+
+# --- registry -----------------------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_benchmarks_and_close_matches():
+    with pytest.raises(ValueError) as error:
+        get_benchmark("mmvte")
+    message = str(error.value)
+    assert "Did you mean 'mmvet'" in message
+    assert all(name in message for name in BUILTIN)
+
+
+def test_names_ignore_case_dashes_and_underscores():
+    assert get_benchmark("MMMU_Pro") is BENCHMARKS["mmmu-pro"]
+    assert get_benchmark("CV-Bench") is BENCHMARKS["cvbench"]
+    assert get_benchmark("ViLP_F") is BENCHMARKS["vilp-f"]
+
+
+def test_register_refuses_clashes_unless_replacing(registry):
+    clone = Benchmark("mm_vet", "copy", "nowhere", BENCHMARKS["mmvet"].loader)
+    with pytest.raises(ValueError, match="clashes with registered 'mmvet'"):
+        register_benchmark(clone)
+    register_benchmark(clone, replace=True)
+    assert get_benchmark("mmvet") is clone and "mmvet" not in registry
+
+
+def test_write_fixture_refuses_unknown_benchmarks(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        write_fixture("nope", tmp_path)
+    with pytest.raises(ValueError, match="at least 1"):
+        write_fixture("mmvet", tmp_path, n=0)
+
+
+# --- YAML-described benchmarks ------------------------------------------------------------------------
+
+YAML_SPEC = """\
+name: shapes-qa
+description: Shapes drawn by a test.
+file: questions.jsonl
+fields:
+  id: qid
+  question: text
+  answer: gold
+  image: picture
+  options: choices
+  category: kind
+prompt: "Hint: {hint}\\n{question}\\n{options}\\nPick one."
+answer_format: ANSWER_FORMAT
+"""
+
+
+def _write_yaml_benchmark(tmp_path: Path, answer_format: str = "auto") -> Path:
+    data = tmp_path / "data" / "shapes-qa"
+    (data / "img").mkdir(parents=True)
+    rows = []
+    for i, (shape, color) in enumerate([("circle", "red"), ("square", "blue"), ("circle", "green")]):
+        Image.new("RGB", (10, 10), color).save(data / "img" / f"{i}.png")
+        gold = {"auto": shape, "text": shape, "index": SHAPES.index(shape), "letter": "ABCD"[SHAPES.index(shape)]}
+        rows.append({"qid": f"q{i}", "text": f"Which shape is drawn in {color}?", "gold": gold[answer_format],
+                     "picture": f"img/{i}.png", "choices": list(SHAPES), "kind": color, "hint": "look closely"})
+    (data / "questions.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    spec = tmp_path / "shapes.yaml"
+    spec.write_text(YAML_SPEC.replace("ANSWER_FORMAT", answer_format))
+    return spec
+
+
+@pytest.mark.parametrize("answer_format", ["auto", "text", "index", "letter"])
+def test_yaml_benchmark_end_to_end(answer_format, tmp_path, registry):
+    spec = _write_yaml_benchmark(tmp_path, answer_format)
+    register_benchmark(benchmark_from_yaml(spec))
+
+    items = load_benchmark("shapes-qa", tmp_path / "data")
+
+    assert [item.id for item in items] == ["q0", "q1", "q2"]
+    assert [item.answer for item in items] == ["A", "B", "A"]
+    assert [item.category for item in items] == ["red", "blue", "green"]
+    assert all(item.grader == "multiple_choice" and item.options == list(SHAPES) for item in items)
+    assert items[1].image.getpixel((5, 5)) == (0, 0, 255)
+    assert items[0].prompt_question() == (
+        "Hint: look closely\nWhich shape is drawn in red?\nA. circle\nB. square\nC. triangle\nD. star\nPick one."
+    )
+
+
+def test_yaml_path_works_as_a_benchmark_name(tmp_path):
+    spec = _write_yaml_benchmark(tmp_path)
+    assert len(load_benchmark(str(spec), tmp_path / "data", limit=2)) == 2
+    assert "shapes-qa" not in BENCHMARKS
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("  image: picture\n", ""), r"'fields' lacks \['image'\]"),
+        (lambda s: s + "grader: telepathy\n", r"unknown grader 'telepathy'; choose one of .*multiple_choice"),
+        (lambda s: s + "greader: exact\n", r"unknown key\(s\) \['greader'\]"),
+        (lambda s: s.replace("{question}", "{query}"), r"'prompt' must contain \{question\}"),
+        (lambda s: s.replace("name: shapes-qa", "name: Shapes QA"), r"name 'Shapes QA'"),
+        (lambda s: s.replace("answer_format: auto", "answer_format: fuzzy"), r"answer_format 'fuzzy'"),
+    ],
+)
+def test_yaml_mistakes_are_named(edit, message, tmp_path):
+    spec = _write_yaml_benchmark(tmp_path)
+    spec.write_text(edit(spec.read_text()))
+    with pytest.raises(BenchmarkDataError, match=message):
+        benchmark_from_yaml(spec)
+
+
+def test_yaml_column_missing_from_the_data_is_named(tmp_path):
+    spec = _write_yaml_benchmark(tmp_path)
+    spec.write_text(spec.read_text().replace("answer: gold", "answer: solution"))
+    with pytest.raises(BenchmarkDataError, match=r"questions\.jsonl line 1 is missing field 'solution'"):
+        load_benchmark(str(spec), tmp_path / "data")
+
+
+# --- items and answers ---------------------------------------------------------------------------------
+
+
+def test_prompt_question_without_options_has_no_trailing_lines():
+    item = EvalItem("b", "1", "How many?", Image.new("RGB", (2, 2)), "3")
+    assert item.prompt_question() == "How many?"
+    item.options = ["1", "3"]
+    assert item.prompt_question() == "How many?\nA. 1\nB. 3"
