@@ -1,0 +1,180 @@
+"""``ViGOSConfig``: every option of a ViGOS/OPSD run, extending ``TrainingArguments``.
+
+Defaults are the public release's (METHOD.md, "Defaults of the public
+release"); ``configs/`` holds the paper's 3B/7B runs and a tiny CPU one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from . import prompts
+from .losses import DIVERGENCES
+from .teachers import TEACHER_KINDS, TeacherPolicy, opsd_terms, vigos_terms
+
+METHODS = ("vigos", "opsd")
+BAD_ROWS = ("skip", "error")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class ViGOSConfig(TrainingArguments):
+    """Options of a ViGOS or multimodal OPSD post-training run."""
+
+    # What to train, on what.
+    model_name_or_path: str | None = field(default=None, metadata=_help("Model path or hub id (a chat VLM)."))
+    method: str = field(default="vigos", metadata=_help("'vigos' (three teachers on spans) or 'opsd' (one privileged teacher on every token)."))
+    dataset: str | None = field(default=None, metadata=_help("Dataset: hub id, saved dataset dir, parquet, or JSONL (image paths relative to it)."))
+    dataset_split: str = field(default="train", metadata=_help("Split of the dataset to train on."))
+    question_field: str = field(default="problem", metadata=_help("Column holding the question."))
+    image_field: str = field(default="images", metadata=_help("Column holding the image (an image, a path, or a list: the first is used)."))
+    answer_field: str = field(default="answer", metadata=_help("Column holding the reference answer."))
+    bad_rows: str = field(default="skip", metadata=_help("'skip' bad rows (counted in the log) or 'error' (stop, naming the row)."))
+    min_image_side: int = field(default=28, metadata=_help("Images smaller than this on either side are bad rows."))
+    max_train_rows: int | None = field(default=None, metadata=_help("Use at most this many rows (after validation)."))
+
+    # Rollouts.
+    max_prompt_length: int = field(default=32768, metadata=_help("Rows whose student prompt (image tokens included) is longer are bad rows."))
+    max_completion_length: int = field(default=4096, metadata=_help("Maximum new tokens per rollout."))
+    num_generations: int = field(default=1, metadata=_help("Rollouts sampled per prompt."))
+    temperature: float = field(default=1.1, metadata=_help("Rollout sampling temperature."))
+    top_p: float = field(default=0.95, metadata=_help("Rollout nucleus sampling mass."))
+    top_k: int = field(default=20, metadata=_help("Rollout top-k sampling (0 disables)."))
+
+    # Teachers and loss.
+    teacher: str = field(default="fixed", metadata=_help("Teacher weights: 'fixed' (initial policy; LoRA adapter off), 'current' or 'ema'."))
+    ema_decay: float = field(default=0.99, metadata=_help("Decay of the EMA teacher."))
+    perception_weight: float = field(default=1.0, metadata=_help("λ_p: weight of the perception teacher's term."))
+    reasoning_weight: float = field(default=1.0, metadata=_help("λ_r: weight of the reasoning teacher's term."))
+    reference_weight: float = field(default=2.0, metadata=_help("λ_ref: weight of the reference teacher's term (invalid rollouts)."))
+    opsd_weight: float = field(default=1.0, metadata=_help("Weight of the single OPSD term."))
+    perception_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the perception teacher: forward_kl, reverse_kl or jsd."))
+    reasoning_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the reasoning teacher."))
+    reference_divergence: str = field(default="reverse_kl", metadata=_help("Divergence of the reference teacher."))
+    opsd_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the OPSD teacher."))
+    jsd_beta: float = field(default=0.5, metadata=_help("beta of the generalized JSD (0: forward KL, 1: reverse KL)."))
+    distill_temperature: float = field(default=1.0, metadata=_help("Temperature applied to student and teacher logits in the loss."))
+    token_loss_clip: float | None = field(default=0.05, metadata=_help("Clip of each token's divergence (None: no clip)."))
+    description_end_clip: float | None = field(default=0.05, metadata=_help("Clip of the last description token (boundary)."))
+    reasoning_start_clip: float | None = field(default=0.05, metadata=_help("Clip of the first reasoning token (boundary)."))
+    reasoning_sees_description: bool = field(default=False, metadata=_help("Show the reasoning teacher the student's description before the reasoning (the paper's 'same prefix' reading)."))
+    loss_chunk_size: int | None = field(default=1024, metadata=_help("Tokens per chunk when projecting hidden states to the vocabulary in the loss (None: one chunk)."))
+    teacher_batch_size: int = field(default=8, metadata=_help("Sequences per teacher forward pass (bounds teacher memory)."))
+
+    # Prompts: templates with {question} and {answer}.
+    student_prompt: str = field(default=prompts.STUDENT_PROMPT, metadata=_help("Student prompt template ({question})."))
+    perception_prompt: str = field(default=prompts.PERCEPTION_PROMPT, metadata=_help("Perception teacher prompt (image only: no {question}, no {answer})."))
+    reasoning_prompt: str = field(default=prompts.REASONING_PROMPT, metadata=_help("Reasoning teacher prompt ({question}, {answer})."))
+    reference_prompt: str = field(default=prompts.REFERENCE_PROMPT, metadata=_help("Reference teacher prompt ({question}, {answer}, the format instruction); also OPSD's teacher."))
+    perception_prefill: str = field(default=prompts.DESCRIPTION_OPEN, metadata=_help("Assistant pre-fill of the perception teacher before the description tokens."))
+
+    # LoRA.
+    use_lora: bool = field(default=True, metadata=_help("Train a LoRA adapter (the teacher is the adapter switched off)."))
+    lora_r: int = field(default=64, metadata=_help("LoRA rank."))
+    lora_alpha: int = field(default=128, metadata=_help("LoRA alpha."))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout."))
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata=_help("Modules LoRA adapts (the language model's; the vision tower is left out)."),
+    )
+
+    # Logging.
+    log_completions_steps: int = field(default=10, metadata=_help("Write a few sampled completions every N steps (0: never)."))
+    num_completions_to_log: int = field(default=2, metadata=_help("How many completions to write each time."))
+
+    # Trainer defaults that a rollout trainer needs.
+    remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: rows are whole examples."))
+    learning_rate: float = field(default=5e-6, metadata=_help("Learning rate (release: 5e-6)."))
+    max_grad_norm: float = field(default=0.1, metadata=_help("Gradient clipping norm (release: 0.1)."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("method", self.method, METHODS)
+        _choice("teacher", self.teacher, TEACHER_KINDS)
+        _choice("bad_rows", self.bad_rows, BAD_ROWS)
+        for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
+            _choice(name, getattr(self, name), tuple(DIVERGENCES))
+        _range("temperature", self.temperature, low=0.0, low_open=True)
+        _range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        _range("top_k", self.top_k, low=0)
+        _range("num_generations", self.num_generations, low=1)
+        _range("max_completion_length", self.max_completion_length, low=1)
+        _range("max_prompt_length", self.max_prompt_length, low=1)
+        _range("ema_decay", self.ema_decay, low=0.0, high=1.0)
+        _range("jsd_beta", self.jsd_beta, low=0.0, high=1.0)
+        _range("distill_temperature", self.distill_temperature, low=0.0, low_open=True)
+        for name in ("perception_weight", "reasoning_weight", "reference_weight", "opsd_weight"):
+            _range(name, getattr(self, name), low=0.0)
+        for name in ("token_loss_clip", "description_end_clip", "reasoning_start_clip"):
+            if getattr(self, name) is not None:
+                _range(name, getattr(self, name), low=0.0, low_open=True)
+        if self.loss_chunk_size is not None:
+            _range("loss_chunk_size", self.loss_chunk_size, low=1)
+        _range("teacher_batch_size", self.teacher_batch_size, low=1)
+        _range("lora_r", self.lora_r, low=1)
+        _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
+        _range("min_image_side", self.min_image_side, low=1)
+        _range("log_completions_steps", self.log_completions_steps, low=0)
+        for name, needs in (("student_prompt", {"question"}), ("reasoning_prompt", {"question", "answer"}),
+                            ("reference_prompt", {"question", "answer"})):
+            missing = needs - prompts.template_fields(getattr(self, name))
+            if missing:
+                raise ValueError(f"{name} must contain {', '.join('{' + m + '}' for m in sorted(missing))}")
+        if "answer" in prompts.template_fields(self.student_prompt):
+            raise ValueError("student_prompt must not contain {answer}: the student never sees the reference answer")
+        if prompts.template_fields(self.perception_prompt):
+            raise ValueError("perception_prompt must not contain {question} or {answer}: the perception teacher sees the image only")
+
+    def teacher_terms(self) -> list:
+        """The method as data: one :class:`vigos.teachers.TeacherTerm` per loss term."""
+        if self.method == "opsd":
+            return opsd_terms(privileged_prompt=self.reference_prompt, divergence=self.opsd_divergence, weight=self.opsd_weight)
+        return vigos_terms(
+            perception_prompt=self.perception_prompt,
+            reasoning_prompt=self.reasoning_prompt,
+            reference_prompt=self.reference_prompt,
+            perception_prefill=self.perception_prefill,
+            perception_weight=self.perception_weight,
+            reasoning_weight=self.reasoning_weight,
+            reference_weight=self.reference_weight,
+            perception_divergence=self.perception_divergence,
+            reasoning_divergence=self.reasoning_divergence,
+            reference_divergence=self.reference_divergence,
+            reasoning_sees_description=self.reasoning_sees_description,
+        )
+
+    def build_scorer(self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None):
+        """The :class:`vigos.scoring.Scorer` this config describes."""
+        from .scoring import Scorer, ScoringOptions
+
+        options = ScoringOptions(
+            distill_temperature=self.distill_temperature,
+            jsd_beta=self.jsd_beta,
+            token_loss_clip=self.token_loss_clip,
+            description_end_clip=self.description_end_clip,
+            reasoning_start_clip=self.reasoning_start_clip,
+            loss_chunk_size=self.loss_chunk_size,
+            teacher_batch_size=self.teacher_batch_size,
+        )
+        student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
+        return Scorer(processor, self.teacher_terms(), student, teacher=teacher, options=options, reduce_sum=reduce_sum)
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _range(name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise ValueError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}; got {value!r}")

@@ -1,0 +1,130 @@
+"""Model-side plumbing shared by rollouts, teachers and the student pass.
+
+* encode a context (prompt text + image + appended token ids) into model
+  inputs, processing each image once and reusing it for every context;
+* run a forward pass that keeps the final hidden states rather than logits
+  (the loss projects them through the output head chunk by chunk);
+* find the output head and the underlying Hugging Face model through
+  Accelerate and PEFT wrappers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class EncodedImage:
+    """One image after the image processor: its patches and grid."""
+
+    pixel_values: torch.Tensor  # [patches, patch_dim]
+    image_grid_thw: torch.Tensor  # [1, 3]
+    num_tokens: int  # placeholder tokens it takes in the text
+
+
+def encode_image(processor: Any, image: Image.Image) -> EncodedImage:
+    """Run the processor's image processor on one image."""
+    out = processor.image_processor(images=[image], return_tensors="pt")
+    grid = out["image_grid_thw"]
+    merge = getattr(processor.image_processor, "merge_size", 2)
+    return EncodedImage(out["pixel_values"], grid, int(grid.prod()) // (merge * merge))
+
+
+def image_token_id(processor: Any) -> int:
+    """Id of the image placeholder token of this processor's family."""
+    return int(processor.tokenizer.convert_tokens_to_ids(processor.image_token))
+
+
+def tokenize_prompt(processor: Any, prompt: str, image: EncodedImage | None) -> list[int]:
+    """Token ids of a rendered prompt, the image placeholder expanded as the processor does."""
+    if image is not None:
+        token = processor.image_token
+        if prompt.count(token) != 1:
+            raise ValueError(f"expected one image placeholder {token!r} in the prompt, found {prompt.count(token)}")
+        prompt = prompt.replace(token, token * image.num_tokens)
+    return processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class Context:
+    """One sequence for a forward pass: prompt ids, then appended ids (a completion or part of one)."""
+
+    prompt_ids: list[int]
+    appended_ids: list[int]
+    image: EncodedImage | None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.appended_ids)
+
+
+def collate_contexts(
+    contexts: Sequence[Context], *, pad_token_id: int, image_token: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad contexts into one batch of model inputs.
+
+    Right padding keeps every row's prompt at the same offsets as when it was
+    built, which is what the loss's position arithmetic relies on; generation
+    takes left padding.
+    """
+    width = max(c.length for c in contexts)
+    input_ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids = torch.tensor(context.prompt_ids + context.appended_ids, dtype=torch.long)
+        where = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        input_ids[row, where] = ids
+        attention_mask[row, where] = 1
+    batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    images = [c.image for c in contexts if c.image is not None]
+    if images:
+        batch["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        batch["image_grid_thw"] = torch.cat([i.image_grid_thw for i in images])
+        batch["mm_token_type_ids"] = (input_ids == image_token).long() * attention_mask
+    return batch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model under DDP/FSDP/compile wrappers and PEFT (LoRA layers stay in place)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def output_head(model: torch.nn.Module) -> torch.Tensor:
+    """The output projection weight [V, H]."""
+    return unwrap(model).get_output_embeddings().weight
+
+
+def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    core = unwrap(model)
+    language_model = getattr(core.model, "language_model", core.model)
+    return language_model.norm
+
+
+@contextmanager
+def _capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def final_hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final (post-norm) hidden states [B, L, H] of a forward pass, without full logits.
+
+    The pass goes through the outermost wrapper (so DDP/FSDP see their
+    forward) and asks for the logits of one position only; the hidden states
+    come from a hook on the decoder's final norm.
+    """
+    with _capture_output(_final_norm(model)) as captured:
+        model(**batch, logits_to_keep=1, use_cache=False)
+    return captured[-1]

@@ -1,0 +1,134 @@
+"""``ViGOSTrainer``: a ``transformers.Trainer`` whose loss is rollout → scoring.
+
+Everything else — optimizer, schedule, gradient accumulation, mixed
+precision, checkpointing, ``resume_from_checkpoint``, logging integrations,
+Accelerate/DeepSpeed/FSDP launch — is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .config import ViGOSConfig
+from .data import Example, collate_examples
+from .rollout import HFGenerateRollout, Rollout, SamplingParams
+from .prompts import DESCRIPTION_OPEN, PromptSpec
+from .scoring import ScoreOutput
+from .teachers import TeacherPolicy, make_teacher_policy
+
+logger = logging.getLogger("vigos.trainer")
+
+
+class ViGOSTrainer(Trainer):
+    """Post-trains a VLM with ViGOS or multimodal OPSD (``args.method``).
+
+    ``train_dataset`` yields :class:`vigos.data.Example`; ``processing_class``
+    is the model's processor. ``rollout`` defaults to Hugging Face
+    ``generate`` with the config's sampling settings, ``teacher`` to the
+    config's teacher policy.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: ViGOSConfig,
+        train_dataset: Any,
+        processing_class: Any,
+        *,
+        rollout: Rollout | None = None,
+        teacher: TeacherPolicy | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+    ):
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=collate_examples,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        self.teacher = teacher or make_teacher_policy(args.teacher, self.model, ema_decay=args.ema_decay)
+        student_prompt = PromptSpec(args.student_prompt, DESCRIPTION_OPEN)
+        self.rollout = rollout or HFGenerateRollout(
+            processing_class,
+            SamplingParams(args.temperature, args.top_p, args.top_k, args.max_completion_length, args.num_generations),
+            student_prompt,
+        )
+        self.scorer = args.build_scorer(processing_class, teacher=self.teacher, reduce_sum=self._reduce_sum)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.add_callback(_TeacherUpdate(self))
+        self.add_callback(_MetricsFile(Path(args.output_dir)))
+
+    def _reduce_sum(self, counts: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
+
+    def compute_loss(self, model, inputs: Sequence[Example], return_outputs: bool = False, num_items_in_batch=None):
+        """Rollout → spans → teachers → loss (METHOD.md section 3)."""
+        completions = self.rollout(model, inputs)
+        examples = [e for e in inputs for _ in range(self.args.num_generations)]
+        scored = self.scorer(model, examples, completions)
+        self._record(scored, examples)
+        # Each term is a mean over the global batch's tokens, while DDP averages
+        # gradients over processes: scale back so the gradient is the global mean's.
+        loss = scored.loss * self.accelerator.num_processes
+        return (loss, scored) if return_outputs else loss
+
+    def _record(self, scored: ScoreOutput, examples: Sequence[Example]) -> None:
+        for name, value in scored.metrics.items():
+            self._metrics[name].append(value)
+        every = self.args.log_completions_steps
+        if every and self.state.global_step % every == 0 and self.is_world_process_zero():
+            tokenizer = self.processing_class.tokenizer
+            path = Path(self.args.output_dir) / "completions.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                for example, ids, spans in list(zip(examples, scored.completion_ids, scored.spans))[: self.args.num_completions_to_log]:
+                    record = {
+                        "step": self.state.global_step,
+                        "row": example.row,
+                        "question": example.question,
+                        "reference": example.answer,
+                        "completion": DESCRIPTION_OPEN + tokenizer.decode(ids, skip_special_tokens=True),
+                        "valid": spans.valid,
+                        "reason": spans.reason,
+                        "answer": spans.answer,
+                    }
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each ViGOS metric since the last log."""
+        if self._metrics and "loss" in logs:
+            for name, values in self._metrics.items():
+                logs[name if name != "loss" else "vigos_loss"] = sum(values) / len(values)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+class _TeacherUpdate(TrainerCallback):
+    """Lets an EMA teacher follow the weights after every optimizer step."""
+
+    def __init__(self, trainer: ViGOSTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.teacher.update(self.trainer.model)
+
+
+class _MetricsFile(TrainerCallback):
+    """Appends every log entry to ``output_dir/metrics.jsonl`` (main process only)."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / "metrics.jsonl"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")

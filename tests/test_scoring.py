@@ -1,0 +1,210 @@
+"""The scoring entry point on hand-made completions, against an independent computation.
+
+The expected values here are computed the plain way: the processor encodes
+each teacher's prompt with the image, the full model returns full logits, and
+the KL comes from ``F.kl_div``. Nothing of vigos's encoding, span parsing or
+chunked loss is reused.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vigos import prompts
+from vigos.config import ViGOSConfig
+from vigos.data import Example
+from vigos.recipe import language_lora_targets
+from vigos.scoring import score_completions
+from vigos.teachers import make_teacher_policy
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir):
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # Random (non-zero) LoRA weights, so the student differs from the adapter-off teacher.
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
+                      init_lora_weights=False)
+    model = get_peft_model(model, lora)
+    model.eval()
+    image = Image.new("RGB", (112, 112), (200, 30, 30))
+    example = Example(question="What colour is the square?", answer="red", image=image, row=0, meta={})
+    return model, processor, example
+
+
+def pieces_to_ids(processor, pieces, eos=True):
+    tok = processor.tokenizer
+    ids, bounds = [], []
+    for piece in pieces:
+        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+        bounds.append((len(ids), len(ids) + len(piece_ids)))
+        ids += piece_ids
+    return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
+
+
+def plain_logits(model, processor, example, user_text, prefill, appended):
+    """Full logits predicting each of ``appended`` after the rendered prompt (the slow, obvious way)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
+    enc = processor(text=[text], images=[example.image], return_tensors="pt", return_mm_token_type_ids=True)
+    extra = torch.tensor([appended])
+    ids = torch.cat([enc["input_ids"], extra], 1)
+    out = model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=enc["pixel_values"],
+        image_grid_thw=enc["image_grid_thw"],
+        mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1),
+    )
+    start = enc["input_ids"].shape[1] - 1
+    return out.logits[0, start : start + len(appended)]
+
+
+def kl(p_logits, q_logits):
+    """KL(p || q) per row."""
+    return F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), log_target=True, reduction="none").sum(-1)
+
+
+VALID = [" A red square. ", "</description>\n<think>", " It is red. ", "</think>\n\\boxed{red}"]
+INVALID = {
+    "no_think_close": [" A red square. ", "</description>\n<think>", " It is red. \\boxed{red}"],
+    "tagless": ["red"],
+    "unclosed_box": [" A red square. ", "</description><think>", " red ", "</think> \\boxed{red"],
+    "empty_description": ["</description><think>", " red ", "</think> \\boxed{red}"],
+}
+
+
+def config(**kw):
+    base = dict(output_dir="unused", report_to="none", token_loss_clip=None, description_end_clip=None,
+                reasoning_start_clip=None, loss_chunk_size=3)
+    return ViGOSConfig(**{**base, **kw})
+
+
+def expected_vigos(model, processor, example, cfg, completions):
+    """Each term the plain way, given where the spans lie by construction."""
+    student_text = prompts.render_template(cfg.student_prompt, question=example.question)
+    sums = {"perception": 0.0, "reasoning": 0.0, "reference": 0.0}
+    counts = dict.fromkeys(sums, 0)
+    for ids, spans in completions:
+        with torch.no_grad():
+            student = plain_logits(model, processor, example, student_text, "<description>", ids)
+        if spans is None:  # invalid: reference teacher, every token, reverse KL
+            with model.disable_adapter(), torch.no_grad():
+                teacher = plain_logits(model, processor, example,
+                                       prompts.render_template(cfg.reference_prompt, question=example.question, answer="red"),
+                                       "<description>", ids)
+            sums["reference"] += kl(student, teacher).sum().item()
+            counts["reference"] += len(ids)
+            continue
+        (d0, d1), (r0, r1) = spans
+        with model.disable_adapter(), torch.no_grad():
+            perception = plain_logits(model, processor, example, cfg.perception_prompt, "<description>", ids[d0:d1])
+            if cfg.reasoning_sees_description:
+                reasoning = plain_logits(model, processor, example, prompts.render_template(
+                    cfg.reasoning_prompt, question=example.question, answer="red"), "<description>", ids[:r1])[r0:]
+            else:
+                reasoning = plain_logits(model, processor, example, prompts.render_template(
+                    cfg.reasoning_prompt, question=example.question, answer="red"), "<think>", ids[r0:r1])
+        per_token = kl(perception, student[d0:d1])
+        if cfg.description_end_clip is not None:
+            per_token = per_token.clone()
+            per_token[:-1] = per_token[:-1].clamp(max=cfg.token_loss_clip)
+            per_token[-1] = per_token[-1].clamp(max=cfg.description_end_clip)
+        sums["perception"] += per_token.sum().item()
+        counts["perception"] += d1 - d0
+        per_token = kl(reasoning, student[r0:r1])
+        if cfg.reasoning_start_clip is not None:
+            per_token = per_token.clone()
+            per_token[1:] = per_token[1:].clamp(max=cfg.token_loss_clip)
+            per_token[0] = per_token[0].clamp(max=cfg.reasoning_start_clip)
+        sums["reasoning"] += per_token.sum().item()
+        counts["reasoning"] += r1 - r0
+    return {k: sums[k] / max(counts[k], 1) for k in sums}, counts
+
+
+def hand_made(processor):
+    valid_ids, b = pieces_to_ids(processor, VALID)
+    valid = (valid_ids, (b[0], (b[2][0], b[3][1])))
+    invalid = [(pieces_to_ids(processor, p)[0], None) for p in INVALID.values()]
+    return [valid] + invalid
+
+
+@pytest.mark.parametrize("sees_description", [False, True])
+def test_vigos_terms_match_plain_computation(setup, sees_description):
+    model, processor, example = setup
+    cfg = config(reasoning_sees_description=sees_description)
+    completions = hand_made(processor)
+    teacher = make_teacher_policy("fixed", model)
+    out = score_completions(model, processor, [example] * len(completions), [ids for ids, _ in completions],
+                            teacher=teacher, config=cfg)
+    expected, counts = expected_vigos(model, processor, example, cfg, completions)
+    assert [s.valid for s in out.spans] == [True, False, False, False, False]
+    assert [s.tagless for s in out.spans] == [False, False, True, False, False]
+    (d0, d1), (r0, r1) = completions[0][1]
+    assert out.supervised["perception"] == [(d0, d1), None, None, None, None]
+    assert out.supervised["reasoning"] == [(r0, r1), None, None, None, None]
+    assert out.supervised["reference"][0] is None
+    assert out.supervised["reference"][1:] == [(0, len(ids)) for ids, _ in completions[1:]]
+    for name, value in expected.items():
+        assert out.terms[name].item() == pytest.approx(value, rel=1e-4, abs=1e-7), name
+        assert out.metrics[f"tokens_{name}"] == pytest.approx(counts[name] / len(completions))
+    assert out.loss.item() == pytest.approx(expected["perception"] + expected["reasoning"] + 2 * expected["reference"], rel=1e-4)
+    assert out.metrics["valid_rate"] == pytest.approx(0.2) and out.metrics["fallback_rate"] == pytest.approx(0.8)
+
+
+def test_clips_and_boundary_clips(setup):
+    model, processor, example = setup
+    cfg = config(token_loss_clip=0.02, description_end_clip=0.001, reasoning_start_clip=0.003)
+    completions = hand_made(processor)[:1]
+    out = score_completions(model, processor, [example], [completions[0][0]], teacher=make_teacher_policy("fixed", model), config=cfg)
+    expected, _ = expected_vigos(model, processor, example, cfg, completions)
+    for name in ("perception", "reasoning"):
+        assert out.terms[name].item() == pytest.approx(expected[name], rel=1e-4, abs=1e-7)
+
+
+def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
+    model, processor, example = setup
+    cfg = config(method="opsd")
+    completions = hand_made(processor)
+    out = score_completions(model, processor, [example] * len(completions), [ids for ids, _ in completions],
+                            teacher=make_teacher_policy("fixed", model), config=cfg)
+    student_text = prompts.render_template(cfg.student_prompt, question=example.question)
+    teacher_text = prompts.render_template(cfg.reference_prompt, question=example.question, answer="red")
+    total, count = 0.0, 0
+    for ids, _ in completions:
+        with torch.no_grad():
+            student = plain_logits(model, processor, example, student_text, "<description>", ids)
+            with model.disable_adapter():
+                teacher = plain_logits(model, processor, example, teacher_text, "<description>", ids)
+        total += kl(teacher, student).sum().item()
+        count += len(ids)
+    assert list(out.terms) == ["privileged"]
+    assert out.terms["privileged"].item() == pytest.approx(total / count, rel=1e-4)
+
+
+def test_empty_terms_are_exact_zero_and_backward_works(setup):
+    model, processor, example = setup
+    only_invalid = [ids for ids, _ in hand_made(processor)[1:]]
+    out = score_completions(model, processor, [example] * len(only_invalid), only_invalid,
+                            teacher=make_teacher_policy("fixed", model), config=config())
+    assert out.terms["perception"].item() == 0.0 and out.terms["reasoning"].item() == 0.0
+    assert torch.isfinite(out.loss)
+    model.zero_grad()
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_text_completions_and_length_mismatch(setup):
+    model, processor, example = setup
+    text = "".join(VALID)
+    out = score_completions(model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config())
+    assert out.spans[0].valid and out.spans[0].answer == "red" and out.metrics["answer_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one example per completion"):
+        score_completions(model, processor, [example, example], [text], config=config())
