@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from .data import DataError
+
 
 class ConfigError(ValueError):
     """A configuration problem to show the user as one clear message."""
@@ -170,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         return args.handler(args, rest)
-    except ConfigError as error:
+    except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"vigos {args.command}: {error}", file=sys.stderr)
         return 2
 

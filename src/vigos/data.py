@@ -37,7 +37,11 @@ class Example:
     meta: dict = field(default_factory=dict)
 
 
-class BadRowError(ValueError):
+class DataError(ValueError):
+    """A dataset that cannot be used as configured; the message says what to set or fix."""
+
+
+class BadRowError(DataError):
     """A row that cannot be used, with the row, the field and what to do."""
 
 
@@ -68,7 +72,7 @@ def load_rows(source: str, *, split: str = "train") -> Any:
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise ValueError(f"dataset {source!r} has no split {split!r}; it has {', '.join(loaded)} (set dataset_split)")
+                    raise DataError(f"dataset {source!r} has no split {split!r}; it has {', '.join(loaded)} (set dataset_split)")
                 return loaded[split]
             return loaded
         parquet = sorted(str(p) for p in path.rglob("*.parquet"))
@@ -77,7 +81,7 @@ def load_rows(source: str, *, split: str = "train") -> Any:
         jsonl = sorted(str(p) for p in path.glob("*.jsonl"))
         if jsonl:
             return datasets.load_dataset("json", data_files=jsonl, split="train")
-        raise ValueError(f"dataset directory {source!r} holds no saved dataset, parquet or JSONL files")
+        raise DataError(f"dataset directory {source!r} holds no saved dataset, parquet or JSONL files")
     if path.suffix in (".parquet", ".jsonl", ".json"):
         if not path.exists():
             raise FileNotFoundError(f"dataset file {source!r} not found")
@@ -88,7 +92,7 @@ def load_rows(source: str, *, split: str = "train") -> Any:
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as error:  # the hub client raises many kinds; one clear line for all
-        raise ValueError(
+        raise DataError(
             f"could not load dataset {source!r}: not a local file or directory, and loading it from the hub "
             f"failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from None
@@ -179,11 +183,11 @@ def prepare_examples(
 ) -> tuple[list[Example], DataReport]:
     """Validate ``rows`` into examples; bad rows are skipped and counted or raise :class:`BadRowError`."""
     if bad_rows not in BAD_ROW_MODES:
-        raise ValueError(f"bad_rows must be one of {', '.join(BAD_ROW_MODES)}; got {bad_rows!r}")
+        raise DataError(f"bad_rows must be one of {', '.join(BAD_ROW_MODES)}; got {bad_rows!r}")
     columns = list(getattr(rows, "column_names", None) or (rows[0].keys() if len(rows) else []))
     for option, name in (("question_field", question_field), ("image_field", image_field), ("answer_field", answer_field)):
         if columns and name not in columns:
-            raise ValueError(f"the dataset has no column {name!r} (set {option}); its columns are: {', '.join(columns)}")
+            raise DataError(f"the dataset has no column {name!r} (set {option}); its columns are: {', '.join(columns)}")
     report = DataReport()
     skipped: Counter[str] = Counter()
     examples: list[Example] = []

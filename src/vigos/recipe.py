@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,6 @@ from .config import ViGOSConfig
 from .data import ExampleDataset, load_examples
 from .modeling import encode_image, tokenize_prompt
 from .prompts import DESCRIPTION_OPEN, PromptSpec, render_prompt
-
-logger = logging.getLogger("vigos")
-
 
 def cache_dir() -> Path:
     """Where built tiny models and generated data live (``$VIGOS_CACHE``, default ``~/.cache/vigos``)."""
@@ -120,7 +116,6 @@ def train(config: ViGOSConfig) -> Path:
         prompt_length=student_prompt_length(processor, config),
         limit=config.max_train_rows,
     )
-    logger.info("data: %s", report.summary())
     if not examples:
         raise SystemExit(f"no usable rows in {config.dataset!r}: {report.summary()}")
     trainer = ViGOSTrainer(model, config, ExampleDataset(examples), processor)

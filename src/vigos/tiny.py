@@ -23,7 +23,7 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
                  vision_heads=2, vision_intermediate=64),
     # ~5M parameters: the benchmark and demo model (text hidden 256, 4 layers; vision depth 2).
-    "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=704, vision_hidden=64, vision_depth=2,
+    "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024, vision_hidden=64, vision_depth=2,
                   vision_heads=2, vision_intermediate=128),
 }
 
@@ -84,7 +84,8 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048)
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_builtin_corpus() + list(corpus or []) * 1, trainer=trainer)
+    # The format lines repeat so that BPE merges the tags into few tokens.
+    tokenizer.train_from_iterator(_builtin_corpus() * 8 + list(corpus or []), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

@@ -8,7 +8,6 @@ Accelerate/DeepSpeed/FSDP launch — is the Trainer's own.
 from __future__ import annotations
 
 import json
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,9 +21,6 @@ from .rollout import HFGenerateRollout, Rollout, SamplingParams
 from .prompts import DESCRIPTION_OPEN, PromptSpec
 from .scoring import ScoreOutput
 from .teachers import TeacherPolicy, make_teacher_policy
-
-logger = logging.getLogger("vigos.trainer")
-
 
 class ViGOSTrainer(Trainer):
     """Post-trains a VLM with ViGOS or multimodal OPSD (``args.method``).
@@ -105,8 +101,10 @@ class ViGOSTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of each ViGOS metric since the last log."""
         if self._metrics and "loss" in logs:
+            # The Trainer logs the loss itself; the rest are the step's ViGOS metrics.
             for name, values in self._metrics.items():
-                logs[name if name != "loss" else "vigos_loss"] = sum(values) / len(values)
+                if name != "loss":
+                    logs[name] = sum(values) / len(values)
             self._metrics.clear()
         super().log(logs, start_time)
 
