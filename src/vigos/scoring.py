@@ -122,6 +122,10 @@ class Scorer:
                 ids.append([int(i) for i in c])
         return ids
 
+    def supervised_ranges(self, spans: Sequence[CompletionSpans]) -> dict[str, list[tuple[int, int] | None]]:
+        """For each term, the completion token range each row's teacher supervises (None: not this row)."""
+        return {t.name: [_supervised_range(t, s) for s in spans] for t in self.terms}
+
     def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
         text = spec.text(example.question, example.answer if answer else None)
         return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill), image)
@@ -149,8 +153,8 @@ class Scorer:
                 images[id(example.image)] = encode_image(self.processor, example.image)
         image_of = [images[id(e.image)] for e in examples]
 
-        supervised = {t.name: [_supervised_range(t, s) for s in spans] for t in self.terms}
-        teacher_states = self._teacher_states(model, examples, completion_ids, image_of, supervised)
+        supervised = self.supervised_ranges(spans)
+        teacher_states = self.teacher_states(model, examples, completion_ids, image_of, supervised)
 
         student_prompts = [self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
@@ -195,7 +199,7 @@ class Scorer:
         return {k: v.to(device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def _teacher_states(
+    def teacher_states(
         self,
         model: torch.nn.Module,
         examples: Sequence[Example],
