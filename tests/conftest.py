@@ -6,6 +6,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# pytest -n 2 runs two workers on two cores: one thread each keeps them from fighting.
+torch.set_num_threads(1)
 
 from vigos.tiny import make_tiny  # noqa: E402
 

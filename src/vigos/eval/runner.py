@@ -1,0 +1,515 @@
+"""The evaluation runner behind ``vigos eval``: sample, grade, record, summarize.
+
+For every item of every benchmark the student model sees the image, the
+question and the student prompt (no teacher, no reference answer) and writes
+``n_samples`` completions. Each completion's final answer is extracted and
+graded by the item's grader; items graded ``judge`` go to an LLM judge when
+one is configured. Everything lands in one run folder::
+
+    out_dir/
+      run.json                 the settings the samples were drawn with
+      responses/<bench>.jsonl  one line per finished item: prompt, samples, answers, verdicts
+      summary.json             config, versions, seeds, Pass@k / Avg@k with intervals, ViLP Score/Prior
+      report.html, report.md   written by vigos.eval.report when it is installed
+      judge_cache.sqlite       the judge's verdicts (only with a judge)
+
+Resuming: results are appended and flushed after every batch. A re-run of
+the same command reads the responses files, skips the items already there
+and samples only the rest; a line cut short by a kill is dropped and its
+item redone. A re-run with different sampling settings into the same folder
+is refused rather than mixing samples from two settings. A batch is written
+after its judge verdicts, so a judge failure loses that batch's samples
+(they are drawn again on the re-run, with the verdicts already received
+taken from the judge's cache). One process at a time may use a run folder.
+
+Determinism: items are cut into fixed batches of ``batch_size`` in benchmark
+order, and every item has a seed derived from ``(seed, benchmark, id)``.
+With Hugging Face ``generate`` the torch RNG is seeded once per batch from
+its items' seeds, so a resumed run draws exactly what an uninterrupted one
+would, given the same ``batch_size``, hardware and library versions, except
+for a batch that was only partly written when the run was killed: its
+missing items are sampled as a smaller batch, with different (equally
+valid) samples. vLLM seeds each item separately, so there the samples of an
+item do not depend on its batch; GPU kernels may still differ across runs
+in the last bits, which can change a sampled token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.metadata
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vigos import prompts
+from vigos.data import Example
+from vigos.eval.benchmarks import Benchmark, BenchmarkDataError, EvalItem, get_benchmark
+from vigos.eval.engines import (
+    ENGINES,
+    Engine,
+    HFEngine,
+    ModelSource,
+    VLLMEngine,
+    item_seed,
+    load_hf_model,
+    model_source,
+    resolve_engine,
+)
+from vigos.eval.judge import JudgeClient, JudgeConfig, JudgeError
+from vigos.eval.metrics import summarize, vilp_scores
+from vigos.eval.run_folder import (
+    SUMMARY_FILE,
+    EvalError,
+    append_responses,
+    claim_run_folder,
+    now,
+    read_responses,
+    responses_path,
+    write_json,
+)
+from vigos.grading import extract_answer, get_grader
+from vigos.rollout import SamplingParams
+
+__all__ = [
+    "EvalConfig",
+    "EvalError",
+    "add_eval_arguments",
+    "default_run_name",
+    "eval_command",
+    "run_eval",
+]
+
+logger = logging.getLogger("vigos")
+
+JUDGE_CACHE = "judge_cache.sqlite"
+SEEDING = ("item seed = sha256(seed, benchmark, id); hf: torch seeded per batch of batch_size items from their "
+           "item seeds; vllm: each item sampled with its own seed")
+
+
+def default_run_name(model: str) -> str:
+    """A short name for a run of ``model``: the last path component, ``:`` turned into ``-``."""
+    return model.rstrip("/\\").replace(":", "-").replace("\\", "/").split("/")[-1] or "model"
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run (defaults: the paper's protocol, METHOD.md).
+
+    ``model`` is a merged model directory, a hub id, ``tiny:<arch>`` or a LoRA
+    adapter directory (its ``adapter_config.json`` names the base model).
+    ``benchmarks`` are registered names or YAML files, read from
+    ``data_dir``. ``k`` is the k of Pass@k/Avg@k; ``n_samples`` (default: k)
+    samples are drawn per item, and Pass@k is the unbiased estimate when
+    ``n_samples > k``. ``batch_size`` counts questions per generation call
+    (each expands to ``n_samples`` sequences); results are flushed after each
+    call, and with vLLM a larger value (e.g. 256) keeps the GPU busy.
+    ``limit`` keeps the first items of each benchmark. ``engine`` is ``hf``,
+    ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present).
+    Items graded ``judge`` are sent to the OpenAI-compatible judge at
+    ``judge_url`` (model ``judge_model``, key in ``$judge_api_key_env``);
+    without one, the rule verdict stands. ``run_name`` labels the run in
+    summaries and reports (default: from ``model``); the files go to ``out_dir``.
+    """
+
+    model: str
+    benchmarks: list[str]
+    data_dir: str
+    out_dir: str
+    k: int = 5
+    n_samples: int | None = None
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 50
+    max_new_tokens: int = 4096
+    batch_size: int = 8
+    limit: int | None = None
+    seed: int = 0
+    student_prompt: str = prompts.STUDENT_PROMPT
+    engine: str = "auto"
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("model is empty: give a model directory, hub id, tiny:<arch> or LoRA adapter directory")
+        if isinstance(self.benchmarks, str):
+            self.benchmarks = self.benchmarks.split(",")
+        names = [str(name).strip() for name in self.benchmarks if str(name).strip()]
+        if not names:
+            raise ValueError("benchmarks is empty: name at least one, e.g. --benchmarks vilp-f,mathvista")
+        self.benchmarks = list(dict.fromkeys(names))
+        for option in ("data_dir", "out_dir"):
+            if not str(getattr(self, option) or "").strip():
+                raise ValueError(f"{option} is empty: give a directory")
+        for option, minimum in (("k", 1), ("max_new_tokens", 1), ("batch_size", 1), ("top_k", 0)):
+            _check_int(option, getattr(self, option), minimum)
+        if self.n_samples is not None:
+            _check_int("n_samples", self.n_samples, 1)
+            if self.n_samples < self.k:
+                raise ValueError(f"n_samples ({self.n_samples}) must be at least k ({self.k}): "
+                                 "Pass@k needs k samples per item")
+        if self.limit is not None:
+            _check_int("limit", self.limit, 1)
+        _check_int("seed", self.seed, None)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (the protocol samples; the paper uses 1.0), "
+                             f"got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        fields_used = prompts.template_fields(self.student_prompt)
+        if "question" not in fields_used or "answer" in fields_used:
+            raise ValueError("student_prompt must contain {question} and must not contain {answer} "
+                             "(the student never sees the reference answer)")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.judge_url is not None:
+            if not self.judge_url.startswith(("http://", "https://")):
+                raise ValueError(f"judge_url must start with http:// or https://, got {self.judge_url!r}")
+            if not self.judge_model:
+                raise ValueError("judge_model is not set: name the model the judge server serves (--judge-model)")
+        if self.run_name is None:
+            self.run_name = default_run_name(self.model)
+
+    @property
+    def samples_per_item(self) -> int:
+        """Samples drawn per item: ``n_samples``, or ``k`` when it is not set."""
+        return self.n_samples if self.n_samples is not None else self.k
+
+    def sampling_params(self) -> SamplingParams:
+        """The rollout settings of this run."""
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, num_samples=self.samples_per_item)
+
+    def sample_settings(self) -> dict[str, Any]:
+        """What the recorded samples depend on; a resumed run must match it."""
+        return {
+            "model": self.model, "k": self.k, "n_samples": self.samples_per_item, "temperature": self.temperature,
+            "top_p": self.top_p, "top_k": self.top_k, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+            "student_prompt": self.student_prompt, "judge_model": self.judge_model if self.judge_url else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def _check_int(option: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{option} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{option} must be at least {minimum}, got {value}")
+
+
+# --- benchmarks, grading ----------------------------------------------------------------------------
+
+
+def _benchmarks(config: EvalConfig) -> list[Benchmark]:
+    """The requested benchmarks, each checked to have a readable local copy before any model loads."""
+    found: dict[str, Benchmark] = {}
+    for name in config.benchmarks:
+        try:
+            benchmark = get_benchmark(name)
+            benchmark.load(config.data_dir, limit=1)
+        except ValueError as error:
+            raise EvalError(str(error)) from None
+        found.setdefault(benchmark.name, benchmark)
+    return list(found.values())
+
+
+def _load_items(benchmark: Benchmark, config: EvalConfig) -> list[EvalItem]:
+    items = benchmark.load(config.data_dir, config.limit)
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise EvalError(f"{benchmark.name}: two items share the id {item.id!r}; ids must be unique "
+                            "for results to be recorded and resumed per item")
+        seen.add(item.id)
+    return items
+
+
+def _grading_options(item: EvalItem) -> list[str] | None:
+    # MMMU-Pro's vision setting prints its options in the image and keeps them in meta for grading.
+    return item.options or item.meta.get("options")
+
+
+def _record(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec) -> dict[str, Any]:
+    """An item's record with rule verdicts (the judge may overrule them later)."""
+    options = _grading_options(item)
+    grader = get_grader(item.grader)
+    samples = []
+    for text in texts:
+        answer = extract_answer(text, options)
+        samples.append({"text": text, "answer": answer, "correct": bool(grader(answer, item.answer, options))})
+    question = item.prompt_question()
+    return {
+        "id": item.id, "benchmark": item.benchmark, "question": question, "prompt": spec.text(question),
+        "answer": item.answer, "options": item.options, "category": item.category, "split": item.split,
+        "conflict": item.conflict, "grader": item.grader, "grading": "rule", "samples": samples,
+        "correct": [sample["correct"] for sample in samples],
+    }
+
+
+def _apply_judge(records: list[dict[str, Any]], judge: JudgeClient) -> None:
+    """Replace the rule verdicts of judge-graded records by the judge's (the rule's stay as ``rule_correct``)."""
+    judged = [record for record in records if record["grader"] == "judge"]
+    triples = [(record["question"], record["answer"], sample["text"])
+               for record in judged for sample in record["samples"]]
+    if not triples:
+        return
+    verdicts = iter(judge.judge_many(triples))
+    for record in judged:
+        for sample in record["samples"]:
+            sample["rule_correct"] = sample["correct"]
+            sample["correct"] = bool(next(verdicts))
+        record["correct"] = [sample["correct"] for sample in record["samples"]]
+        record["grading"] = "judge"
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, model: Any, processor: Any) -> Engine:
+    spec = prompts.PromptSpec(config.student_prompt, prompts.DESCRIPTION_OPEN)
+    if name == "vllm":
+        assert source is not None
+        return VLLMEngine(source, config.sampling_params(), spec, config.seed)
+    if model is None:
+        assert source is not None
+        model, processor = load_hf_model(source)
+    return HFEngine(model, processor, config.sampling_params(), spec)
+
+
+def _evaluate_benchmark(benchmark: Benchmark, items: list[EvalItem], config: EvalConfig, out: Path,
+                        get_engine: Callable[[], Engine], judge: JudgeClient | None,
+                        progress: bool) -> list[dict[str, Any]]:
+    """Sample and grade the items not yet in the responses file; return every item's record, in order."""
+    path = responses_path(out, benchmark.name)
+    done = read_responses(path)
+    finished = sum(item.id in done for item in items)
+    if finished:
+        logger.info("%s: %d of %d items already done in %s", benchmark.name, finished, len(items), path)
+    spec = prompts.PromptSpec(config.student_prompt, prompts.DESCRIPTION_OPEN)
+    if finished < len(items):
+        get_engine()  # load the model before the bar starts its clock
+    with tqdm(total=len(items), initial=finished, desc=benchmark.name, unit="item", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(items), config.batch_size):
+            stop = min(start + config.batch_size, len(items))
+            rows = [row for row in range(start, stop) if items[row].id not in done]
+            if not rows:
+                continue
+            todo = [items[row] for row in rows]
+            examples = [Example(question=items[row].prompt_question(), answer=items[row].answer,
+                                image=items[row].image, row=row, meta={}) for row in rows]
+            seeds = [item_seed(config.seed, benchmark.name, item.id) for item in todo]
+            texts = get_engine().generate(examples, seeds)
+            records = [_record(item, samples, spec) for item, samples in zip(todo, texts)]
+            if judge is not None:
+                _apply_judge(records, judge)
+            append_responses(path, records)
+            done.update((record["id"], record) for record in records)
+            bar.update(len(todo))
+    return [done[item.id] for item in items]
+
+
+def _versions(engine: str) -> dict[str, str]:
+    versions = {}
+    for package in ("vigos", "torch", "transformers", "peft") + (("vllm",) if engine == "vllm" else ()):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _judge_summary(config: EvalConfig, records: list[dict[str, Any]], judge: JudgeClient | None) -> dict[str, Any]:
+    graded = [record for record in records if record.get("grader") == "judge"]
+    used = any(record.get("grading") == "judge" for record in graded)
+    summary: dict[str, Any] = {"used": used, "model": config.judge_model if used else None,
+                               "url": config.judge_url if used else None, "items": len(graded)}
+    if judge is not None:
+        summary.update(judge.stats)
+    if graded and not used:
+        summary["note"] = (f"{len(graded)} items are judge-graded in the protocol, but no judge was used: "
+                           "their verdicts are the rule-based ones (pass --judge-url and --judge-model)")
+    return summary
+
+
+def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, progress: bool = True,
+             report: bool = True) -> dict[str, Any]:
+    """Evaluate ``config.model`` (or the given ``model`` and ``processor``) and write the run folder.
+
+    Returns the summary also written to ``summary.json``. Items already in
+    the responses files are not sampled again (see the module docstring).
+    ``report=False`` skips ``report.html``/``report.md`` and their plots
+    (e.g. for evaluations run often during training).
+    Raises :class:`EvalError` for a missing benchmark copy or a run folder
+    holding other settings, and :class:`~vigos.eval.judge.JudgeError` when
+    the judge cannot be reached.
+    """
+    if (model is None) != (processor is None):
+        raise ValueError("pass both model and processor, or neither (the model is then loaded from config.model)")
+    benchmarks = _benchmarks(config)
+    engine_name = resolve_engine(config.engine, model_given=model is not None)
+    source = model_source(config.model) if model is None else None
+    out = Path(config.out_dir)
+    claim_run_folder(out, config.sample_settings())
+
+    @functools.cache
+    def get_engine() -> Engine:
+        # Built on first need: re-running a finished evaluation loads no model.
+        return _make_engine(config, engine_name, source, model, processor)
+
+    judge = None
+    if config.judge_url is not None:
+        judge = JudgeClient(JudgeConfig(config.judge_url, str(config.judge_model), api_key_env=config.judge_api_key_env,
+                                        cache_path=str(out / JUDGE_CACHE)))
+    records: list[dict[str, Any]] = []
+    items_per_benchmark: dict[str, int] = {}
+    try:
+        for benchmark in benchmarks:
+            items = _load_items(benchmark, config)
+            items_per_benchmark[benchmark.name] = len(items)
+            records.extend(_evaluate_benchmark(benchmark, items, config, out, get_engine, judge, progress))
+        judge_summary = _judge_summary(config, records, judge)
+    finally:
+        if judge is not None:
+            judge.close()
+    if judge_summary.get("note"):
+        logger.warning(judge_summary["note"])
+
+    summary = {
+        "run_name": config.run_name,
+        "model": config.model,
+        "model_source": source.to_dict() if source is not None else None,
+        "k": config.k,
+        "n_samples": config.samples_per_item,
+        "seed": config.seed,
+        "seeding": SEEDING,
+        "sampling": {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
+                     "max_new_tokens": config.max_new_tokens},
+        "student_prompt": config.student_prompt,
+        "engine": engine_name,
+        "judge": judge_summary,
+        "versions": _versions(engine_name),
+        "benchmarks": list(items_per_benchmark),
+        "items": items_per_benchmark,
+        "config": config.to_dict(),
+        "metrics": summarize(records, config.k, seed=config.seed),
+        "vilp": vilp_scores(records, config.k, config.seed) if any(r.get("conflict") is not None for r in records)
+        else {},
+        "created": now(),
+    }
+    write_json(out / SUMMARY_FILE, summary)
+    if report:
+        _write_report(out, summary)
+    return summary
+
+
+def _write_report(out: Path, summary: dict[str, Any]) -> None:
+    if importlib.util.find_spec("vigos.eval.report") is None:
+        return
+    from vigos.eval.report import write_report
+
+    try:
+        write_report(out, summary)
+    except Exception as error:  # noqa: BLE001 - the results are on disk; the report can be rebuilt from them
+        logger.warning("report not written (%s: %s); the results are in %s", type(error).__name__, error,
+                       out / SUMMARY_FILE)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``vigos eval`` options to ``parser``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.init}
+    parser.add_argument("--model", required=True,
+                        help="merged model directory, hub id, tiny:<arch>, or LoRA adapter directory")
+    parser.add_argument("--benchmarks", required=True, help="comma-separated benchmark names or YAML files, "
+                        "e.g. vilp-f,vilp-p,mathvista")
+    parser.add_argument("--data-dir", required=True, help="folder holding the local copy of each benchmark")
+    parser.add_argument("--out-dir", help="run folder (default: runs/eval/<run name>); re-running into it resumes")
+    parser.add_argument("--k", type=int, default=defaults["k"], help="k of Pass@k / Avg@k (default: %(default)s)")
+    parser.add_argument("--n-samples", type=int, help="samples per item, >= k (default: k); n > k gives "
+                        "unbiased Pass@k")
+    parser.add_argument("--temperature", type=float, default=defaults["temperature"], help="(default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=defaults["top_p"], help="(default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=defaults["top_k"], help="0 turns it off (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"], help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                        help="questions per generation call; raise it with vLLM (default: %(default)s)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each benchmark")
+    parser.add_argument("--seed", type=int, default=defaults["seed"], help="(default: %(default)s)")
+    parser.add_argument("--student-prompt", help="student prompt template with {question}, or @FILE holding it "
+                        "(default: the ViGOS student prompt)")
+    parser.add_argument("--engine", choices=ENGINES, default=defaults["engine"],
+                        help="auto: vLLM when installed and a GPU is present, else Hugging Face generate")
+    parser.add_argument("--judge-url", help="OpenAI-compatible API root of an LLM judge, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--judge-model", help="model name the judge server serves")
+    parser.add_argument("--judge-api-key-env", default=defaults["judge_api_key_env"],
+                        help="environment variable holding the judge's API key (default: %(default)s)")
+    parser.add_argument("--run-name", help="label of the run in summaries and reports (default: from --model)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _student_prompt(value: str | None) -> str:
+    if value is None:
+        return prompts.STUDENT_PROMPT
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise EvalError(f"--student-prompt {value}: file {path} not found")
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    return value
+
+
+def _plain_table(summary: dict[str, Any]) -> str:
+    pass_name, avg_name = f"pass@{summary['k']}", f"avg@{summary['k']}"
+    rows = [f"| benchmark | n | {pass_name} | {avg_name} |", "| --- | ---: | ---: | ---: |"]
+    blocks = dict(summary["metrics"]["benchmarks"], mean=summary["metrics"]["mean"])
+    for name, block in blocks.items():
+        n = block.get("n", block[pass_name]["n"])
+        rows.append(f"| {name} | {n} | {100 * block[pass_name]['mean']:.2f} | {100 * block[avg_name]['mean']:.2f} |")
+    return "\n".join(rows)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Run ``vigos eval`` from parsed arguments; print the results table. Returns the exit code."""
+    try:
+        run_name = args.run_name or default_run_name(args.model)
+        config = EvalConfig(
+            model=args.model, benchmarks=args.benchmarks.split(","), data_dir=args.data_dir,
+            out_dir=args.out_dir or str(Path("runs") / "eval" / run_name), k=args.k, n_samples=args.n_samples,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+            student_prompt=_student_prompt(args.student_prompt), engine=args.engine, judge_url=args.judge_url,
+            judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env, run_name=run_name,
+        )
+    except ValueError as error:
+        print(f"vigos eval: {error}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_eval(config, progress=not args.no_progress)
+    except (EvalError, BenchmarkDataError, JudgeError) as error:
+        print(f"vigos eval: {error}", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("vigos.eval.report") is not None:
+        from vigos.eval.report import results_table_markdown
+
+        print(results_table_markdown(summary))
+    else:
+        print(_plain_table(summary))
+    print(f"results: {Path(config.out_dir)}")
+    return 0

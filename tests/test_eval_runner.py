@@ -1,0 +1,442 @@
+"""The evaluation runner end to end: a tiny real model, fixture copies of the benchmarks, a real judge server."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vigos.eval.benchmarks import load_benchmark
+from vigos.eval.engines import resolve_engine
+from vigos.eval.fixtures import write_fixture
+from vigos.eval.run_folder import read_responses
+from vigos.eval.runner import EvalConfig, EvalError, add_eval_arguments, eval_command, run_eval
+from vigos.grading import extract_answer
+
+BENCHMARKS = ["vilp-f", "mathvista", "cvbench"]
+HAS_REPORT = importlib.util.find_spec("vigos.eval.report") is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads, and under pytest-xdist two workers' threads fight for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("benchmarks")
+    write_fixture("vilp-f", root, n=1)  # one published row: three items (one agreeing, two conflicting)
+    write_fixture("mathvista", root, n=2)
+    write_fixture("cvbench", root, n=2)
+    write_fixture("mmvet", root, n=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir) -> dict[str, Any]:
+    """The tiny model and processor, loaded once, for runs given a model object rather than a path."""
+    from vigos.recipe import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    return {"model": model.eval(), "processor": processor}
+
+
+def make_config(model: Any, data_dir: Path, out_dir: Path, **overrides: Any) -> EvalConfig:
+    options: dict[str, Any] = dict(model=str(model), benchmarks=list(BENCHMARKS), data_dir=str(data_dir),
+                                   out_dir=str(out_dir), k=2, max_new_tokens=12, batch_size=2, engine="hf")
+    options.update(overrides)
+    return EvalConfig(**options)
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def texts_by_id(run_dir: Path, benchmark: str) -> dict[str, list[str]]:
+    return {r["id"]: [s["text"] for s in r["samples"]] for r in lines_of(run_dir / "responses" / f"{benchmark}.jsonl")}
+
+
+class Unusable:
+    """Stands in for a model and processor that a run must never touch (everything is already done)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the run used the model ({name}) although every item was already done")
+
+
+# --- a full run, resumed --------------------------------------------------------------------------
+
+
+def test_run_writes_responses_summary_and_resumes_without_resampling(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "run"
+    config = make_config(tiny_model_dir, data_dir, out)
+    summary = run_eval(config, progress=False)
+
+    for benchmark in BENCHMARKS:
+        records = lines_of(out / "responses" / f"{benchmark}.jsonl")
+        items = load_benchmark(benchmark, data_dir)
+        assert [r["id"] for r in records] == [item.id for item in items]
+        for record, item in zip(records, items):
+            assert record["benchmark"] == benchmark and record["answer"] == item.answer
+            assert record["options"] == item.options and record["conflict"] == item.conflict
+            assert len(record["samples"]) == 2 and record["correct"] == [s["correct"] for s in record["samples"]]
+            for sample in record["samples"]:
+                assert sample["text"].startswith("<description>")
+                assert sample["answer"] == extract_answer(sample["text"], item.options)
+                assert isinstance(sample["correct"], bool)
+
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["benchmarks"] == BENCHMARKS and summary["items"] == {"vilp-f": 3, "mathvista": 2, "cvbench": 2}
+    assert (summary["k"], summary["n_samples"], summary["seed"], summary["engine"]) == (2, 2, 0, "hf")
+    assert summary["sampling"] == {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "max_new_tokens": 12}
+    assert summary["model_source"] == {"base": str(tiny_model_dir), "adapter": None}
+    assert {"vigos", "torch", "transformers", "peft"} <= set(summary["versions"])
+    assert summary["judge"]["used"] is False and "note" not in summary["judge"]
+    for benchmark in BENCHMARKS:
+        block = summary["metrics"]["benchmarks"][benchmark]
+        for metric in ("pass@2", "avg@2"):
+            assert 0.0 <= block[metric]["low"] <= block[metric]["mean"] <= block[metric]["high"] <= 1.0
+    assert summary["metrics"]["mean"]["n_benchmarks"] == 3
+    assert summary["vilp"]["vilp-f"]["score"]["n"] == 2 and summary["vilp"]["vilp-f"]["prior"]["n"] == 1
+    if HAS_REPORT:
+        assert (out / "report.html").is_file() and (out / "report.md").is_file()
+
+    # Everything is done: a re-run rewrites the summary from the files and never touches a model.
+    before = {b: (out / "responses" / f"{b}.jsonl").read_bytes() for b in BENCHMARKS}
+    again = run_eval(config, model=Unusable(), processor=Unusable(), progress=False, report=False)
+    assert again["metrics"] == summary["metrics"] and again["vilp"] == summary["vilp"]
+    assert {b: (out / "responses" / f"{b}.jsonl").read_bytes() for b in BENCHMARKS} == before
+
+    # A kill mid-write leaves half a line: the re-run drops it and samples only that item again.
+    # vilp-f's third item is a batch of its own (batch_size 2), so it is redrawn with the same seed.
+    path = out / "responses" / "vilp-f.jsonl"
+    complete = path.read_bytes()
+    two_lines = complete[: complete.index(b"\n", complete.index(b"\n") + 1) + 1]
+    path.write_bytes(two_lines + complete[len(two_lines): len(two_lines) + 40])
+    run_eval(config, progress=False, report=False)
+    assert [r["id"] for r in lines_of(path)] == ["0-1", "0-2", "0-3"]
+    assert path.read_bytes() == complete
+
+
+def test_resumed_run_samples_what_an_uninterrupted_run_samples(tiny_model_dir, loaded, data_dir, tmp_path):
+    whole = make_config(tiny_model_dir, data_dir, tmp_path / "whole", benchmarks=["vilp-f"])
+    run_eval(whole, progress=False, report=False, **loaded)
+    # The first batch only, then the rest: `limit` is not a sampling setting, so the folder resumes.
+    partial = make_config(tiny_model_dir, data_dir, tmp_path / "parts", benchmarks=["vilp-f"], limit=2)
+    run_eval(partial, progress=False, report=False, **loaded)
+    assert len(lines_of(tmp_path / "parts" / "responses" / "vilp-f.jsonl")) == 2
+    rest = make_config(tiny_model_dir, data_dir, tmp_path / "parts", benchmarks=["vilp-f"])
+    summary = run_eval(rest, progress=False, report=False, **loaded)
+    assert summary["items"] == {"vilp-f": 3}
+    assert (tmp_path / "parts" / "summary.json").is_file() and not (tmp_path / "parts" / "report.html").exists()
+    assert texts_by_id(tmp_path / "parts", "vilp-f") == texts_by_id(tmp_path / "whole", "vilp-f")
+
+
+def test_run_folder_with_other_sampling_settings_is_refused(tiny_model_dir, loaded, data_dir, tmp_path):
+    first = make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["cvbench"], limit=1)
+    run_eval(first, progress=False, report=False, **loaded)
+    with pytest.raises(EvalError, match=r"other settings \(temperature: 1\.0 -> 0\.7\)"):
+        run_eval(make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["cvbench"], temperature=0.7),
+                 progress=False, report=False)
+
+
+def test_truncated_last_line_is_dropped_and_bad_lines_are_named(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    good = [{"id": "a", "correct": [True]}, {"id": "b", "correct": [False]}]
+    text = "".join(json.dumps(record) + "\n" for record in good)
+    path.write_text(text + '{"id": "c", "corr')
+    assert list(read_responses(path)) == ["a", "b"]
+    assert path.read_text() == text
+    assert list(read_responses(path)) == ["a", "b"]  # nothing more to drop
+
+    # A complete record whose newline was not written yet is redone too: the file must end on a newline.
+    path.write_text(text + json.dumps({"id": "c", "correct": [True]}))
+    assert list(read_responses(path)) == ["a", "b"] and path.read_text() == text
+
+    path.write_text('{"id": "a", "correct": [true]}\nnot json\n{"id": "b", "correct": [true]}\n')
+    with pytest.raises(EvalError, match=r"bench\.jsonl:2: not a JSON record"):
+        read_responses(path)
+    path.write_text('{"id": "a"}\n')
+    with pytest.raises(EvalError, match=r"bench\.jsonl:1: not a responses record"):
+        read_responses(path)
+    assert read_responses(tmp_path / "missing.jsonl") == {}
+
+
+# --- a LoRA adapter ---------------------------------------------------------------------------------
+
+
+def test_adapter_directory_loads_base_plus_adapter(tiny_model_dir, data_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from vigos.recipe import language_lora_targets, load_model_and_processor
+
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                      target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"]))
+    adapter_dir = tmp_path / "adapter"
+    get_peft_model(model, lora).save_pretrained(adapter_dir)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+    base = run_eval(make_config(tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"]),
+                    progress=False, report=False)
+    tuned = run_eval(make_config(adapter_dir, data_dir, tmp_path / "tuned", benchmarks=["mathvista"]),
+                     progress=False, report=False)
+    assert tuned["model_source"] == {"base": str(tiny_model_dir), "adapter": str(adapter_dir)}
+    assert base["model_source"]["adapter"] is None
+    # Same seeds, same batches: only the adapter's weights can make the samples differ.
+    assert texts_by_id(tmp_path / "tuned", "mathvista") != texts_by_id(tmp_path / "base", "mathvista")
+
+
+def test_adapter_without_base_model_is_a_clear_error(data_dir, tmp_path):
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(EvalError, match="names no base_model_name_or_path"):
+        run_eval(make_config(adapter_dir, data_dir, tmp_path / "run", benchmarks=["cvbench"]), progress=False)
+
+
+# --- the LLM judge ----------------------------------------------------------------------------------
+
+
+class YesJudge:
+    """A chat-completions server on 127.0.0.1 that answers "Yes." to everything and keeps the requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        lock = threading.Lock()
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with lock:
+                    judge.requests.append(body)
+                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Yes."}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def yes_judge() -> Iterator[YesJudge]:
+    judge = YesJudge()
+    yield judge
+    judge.close()
+
+
+def test_judge_graded_items_take_the_judges_verdicts(tiny_model_dir, loaded, data_dir, tmp_path, yes_judge):
+    out = tmp_path / "judged"
+    config = make_config(tiny_model_dir, data_dir, out, benchmarks=["mmvet"], judge_url=yes_judge.base_url,
+                         judge_model="judge-model")
+    summary = run_eval(config, progress=False, report=False, **loaded)
+    records = lines_of(out / "responses" / "mmvet.jsonl")
+    asked = {(r["question"], r["answer"], s["text"]) for r in records for s in r["samples"]}
+    assert len(yes_judge.requests) == len(asked) >= 2  # one request per distinct (question, reference, response)
+    for record in records:
+        assert record["grading"] == "judge" and record["correct"] == [True, True]
+        assert all("rule_correct" in sample for sample in record["samples"])
+    prompts_sent = [request["messages"][-1]["content"] for request in yes_judge.requests]
+    assert all(request["model"] == "judge-model" for request in yes_judge.requests)
+    assert any(records[0]["answer"] in prompt and records[0]["samples"][0]["text"] in prompt for prompt in prompts_sent)
+    assert summary["judge"]["used"] is True and summary["judge"]["model"] == "judge-model"
+    assert summary["metrics"]["benchmarks"]["mmvet"]["avg@2"]["mean"] == 1.0
+
+    # Finished items are neither sampled nor judged again.
+    run_eval(config, model=Unusable(), processor=Unusable(), progress=False, report=False)
+    assert len(yes_judge.requests) == len(asked)
+
+
+def test_without_a_judge_the_summary_says_rule_verdicts_stood_in(tiny_model_dir, loaded, data_dir, tmp_path):
+    config = make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["mmvet"], limit=1, n_samples=3)
+    summary = run_eval(config, progress=False, report=False, **loaded)
+    assert summary["judge"]["used"] is False and summary["judge"]["items"] == 1
+    assert "no judge was used" in summary["judge"]["note"]
+    record = lines_of(tmp_path / "responses" / "mmvet.jsonl")[0]
+    assert record["grading"] == "rule" and len(record["samples"]) == 3  # n > k: unbiased Pass@k
+    assert (summary["k"], summary["n_samples"]) == (2, 3) and "pass@2" in summary["metrics"]["mean"]
+
+
+# --- options and command-line errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "option"),
+    [
+        ({"k": 0}, "k"), ({"n_samples": 1}, "n_samples"), ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"batch_size": 0}, "batch_size"), ({"limit": 0}, "limit"), ({"engine": "tpu"}, "engine"),
+        ({"seed": 1.5}, "seed"), ({"benchmarks": [" ", ""]}, "benchmarks"), ({"model": ""}, "model"),
+        ({"student_prompt": "no placeholder"}, "student_prompt"),
+        ({"student_prompt": "{question} the answer is {answer}"}, "student_prompt"),
+        ({"judge_url": "127.0.0.1:8000"}, "judge_url"), ({"judge_url": "http://127.0.0.1:1/v1"}, "judge_model"),
+    ],
+)
+def test_bad_option_values_name_the_option(override, option, tmp_path):
+    options = {"model": "tiny:qwen2_5_vl", "benchmarks": ["cvbench"], "data_dir": str(tmp_path),
+               "out_dir": str(tmp_path / "out"), "k": 2, **override}
+    with pytest.raises(ValueError, match=rf"^{option}\b"):
+        EvalConfig(**options)
+
+
+def test_benchmark_names_are_split_and_deduplicated(tmp_path):
+    config = make_config("tiny:qwen2_5_vl", tmp_path, tmp_path, benchmarks="vilp-f, mathvista,vilp-f")
+    assert config.benchmarks == ["vilp-f", "mathvista"]
+    assert config.samples_per_item == 2 and config.run_name == "tiny-qwen2_5_vl"
+
+
+def parse(argv: list[str]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("benchmarks", "data", "message"),
+    [
+        ("vilpf,nope", "DATA", "unknown benchmark 'nope'"),
+        ("mmsi", "DATA", "mmsi: local copy not found"),
+        ("cvbench", "MISSING", "cvbench: local copy not found"),
+    ],
+)
+def test_eval_command_reports_data_problems_in_one_message(benchmarks, data, message, data_dir, tmp_path, capsys):
+    data_path = data_dir if data == "DATA" else tmp_path / "missing"
+    args = parse(["--model", "unused-model", "--benchmarks", benchmarks, "--data-dir", str(data_path),
+                  "--out-dir", str(tmp_path / "out")])
+    assert eval_command(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vigos eval: {message}") and "Traceback" not in err
+
+
+def test_eval_command_rejects_bad_options_and_missing_vllm(data_dir, tmp_path, capsys):
+    common = ["--model", "unused-model", "--benchmarks", "cvbench", "--data-dir", str(data_dir),
+              "--out-dir", str(tmp_path / "out")]
+    assert eval_command(parse(common + ["--k", "3", "--n-samples", "2"])) == 2
+    assert capsys.readouterr().err.startswith("vigos eval: n_samples (2) must be at least k (3)")
+    assert eval_command(parse(common + ["--student-prompt", "@" + str(tmp_path / "absent.txt")])) == 2
+    assert "absent.txt not found" in capsys.readouterr().err
+    if importlib.util.find_spec("vllm") is None:
+        assert eval_command(parse(common + ["--engine", "vllm"])) == 2
+        assert "pip install 'vigos[vllm]'" in capsys.readouterr().err
+
+
+def test_eval_command_reports_a_model_that_does_not_load(data_dir, tmp_path, capsys):
+    args = parse(["--model", str(tmp_path / "no-model"), "--benchmarks", "cvbench", "--data-dir", str(data_dir),
+                  "--out-dir", str(tmp_path / "out"), "--engine", "hf", "--no-progress"])
+    assert eval_command(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vigos eval: could not load the model") and "Traceback" not in err
+
+
+def test_engine_choice():
+    assert resolve_engine("hf", model_given=False) == "hf"
+    assert resolve_engine("auto", model_given=True) == "hf"  # a loaded model is generated from in-process
+    with pytest.raises(EvalError, match="do not pass a loaded model"):
+        resolve_engine("vllm", model_given=True)
+    if importlib.util.find_spec("vllm") is None:
+        assert resolve_engine("auto", model_given=False) == "hf"
+
+
+def test_eval_command_runs_and_prints_the_table(tiny_model_dir, data_dir, tmp_path, capsys):
+    args = parse(["--model", str(tiny_model_dir), "--benchmarks", "cvbench", "--data-dir", str(data_dir),
+                  "--out-dir", str(tmp_path), "--k", "2", "--max-new-tokens", "8", "--no-progress",
+                  "--engine", "hf", "--student-prompt", "Q: {question}\nAnswer in \\boxed{}."])
+    assert eval_command(args) == 0
+    out = capsys.readouterr().out
+    assert "pass@2" in out.lower() and "| 2 |" in out  # the table: two items
+    assert out.rstrip().endswith(f"results: {tmp_path}")
+    record = lines_of(tmp_path / "responses" / "cvbench.jsonl")[0]
+    assert record["prompt"].startswith("Q: ") and record["prompt"].endswith("Answer in \\boxed{}.")
+
+
+# --- killed midway, then re-run ---------------------------------------------------------------------
+
+
+def _command(argv: list[str]) -> list[str]:
+    from vigos import cli
+
+    parser = cli.build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command")
+    if "eval" in commands.choices:
+        return [sys.executable, "-m", "vigos.cli", "eval", *argv]
+    script = ("import argparse, sys; from vigos.eval.runner import add_eval_arguments, eval_command; "
+              "p = argparse.ArgumentParser(); add_eval_arguments(p); "
+              "sys.exit(eval_command(p.parse_args(sys.argv[1:])))")
+    return [sys.executable, "-c", script, *argv]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    write_fixture("vilp-f", data, n=2)  # 6 items, one per batch: the kill lands mid-benchmark
+    write_fixture("cvbench", data, n=2)
+    out = tmp_path / "run"
+    argv = ["--model", str(tiny_model_dir), "--benchmarks", "vilp-f,cvbench", "--data-dir", str(data),
+            "--out-dir", str(out), "--k", "2", "--max-new-tokens", "24", "--batch-size", "1", "--engine", "hf",
+            "--no-progress"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    first = out / "responses" / "vilp-f.jsonl"
+
+    log = tmp_path / "first-run.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(_command(argv), env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if first.exists() and first.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()}"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not (out / "summary.json").exists()
+    kept = first.read_bytes()
+    kept = kept[: kept.rindex(b"\n") + 1]  # complete lines only: a torn one is redone
+    done_before = [json.loads(line)["id"] for line in kept.splitlines()]
+    assert 1 <= len(done_before) < 6
+
+    finished = subprocess.run(_command(argv), env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert first.read_bytes().startswith(kept)  # finished items kept as they were, not redone
+    for benchmark, count in (("vilp-f", 6), ("cvbench", 2)):
+        ids = [r["id"] for r in lines_of(out / "responses" / f"{benchmark}.jsonl")]
+        assert len(ids) == len(set(ids)) == count
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == {"vilp-f": 6, "cvbench": 2}
+    assert summary["metrics"]["benchmarks"]["vilp-f"]["n"] == 6
+    assert summary["vilp"]["vilp-f"]["score"]["n"] == 4 and summary["vilp"]["vilp-f"]["prior"]["n"] == 2
