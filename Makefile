@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo demo-quick clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test-fast: install
 
 demo: install
 	$(BIN)/vigos demo
+
+demo-quick: install
+	$(BIN)/vigos demo --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -145,6 +145,22 @@ def _make_tiny(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from .eval.runner import eval_command
+
+    if rest:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+    return eval_command(args)
+
+
+def _demo(args: argparse.Namespace, rest: list[str]) -> int:
+    from .demo import demo_command
+
+    if rest:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+    return demo_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vigos`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="vigos", description="Visually grounded on-policy self-distillation for VLMs.")
@@ -162,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--size", default="tiny", help="size preset: tiny or small")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_make_tiny)
+
+    from .demo import add_demo_arguments
+    from .eval.runner import add_eval_arguments
+
+    evaluate = commands.add_parser("eval", help="sample k answers per question and grade them (Pass@k, Avg@k, ViLP)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
+    demo = commands.add_parser("demo", help="the paper's experiment in miniature, offline on a CPU, with a report")
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=_demo)
     return parser
 
 

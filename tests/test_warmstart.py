@@ -1,0 +1,49 @@
+"""The warm start: its supervised items, its loss against the model's own, and that it learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vigos.data import Example
+from vigos.warmstart import _encode, supervised_loss, warm_start, warm_start_items
+
+TARGET = " A red leaf. </description>\n<think> The leaf is red. </think>\n\\boxed{red}"
+
+
+def example():
+    return Example("Leaves are green. What colour is the leaf?", "red", Image.new("RGB", (112, 112), (220, 30, 30)), 0)
+
+
+def test_items_cover_the_three_abilities():
+    items = warm_start_items([example()], lambda e: TARGET)
+    assert [i.prefill for i in items] == ["<description>", "<description>", "<think>", "<description>"]
+    student, perception, reasoning, reference = items
+    assert student.target == TARGET and "red" not in student.user_text
+    assert perception.target == " A red leaf. </description>" and "leaf" not in perception.user_text
+    assert reasoning.target.startswith(" The leaf is red.") and "red" in reasoning.user_text
+    assert reference.target == TARGET and "red" in reference.user_text
+    assert len(warm_start_items([example()], lambda e: TARGET, ("perception",))) == 1
+    with pytest.raises(ValueError, match="unknown abilities"):
+        warm_start_items([example()], lambda e: TARGET, ("vision",))
+
+
+def test_loss_equals_the_models_own_cross_entropy_and_decreases(tiny_model_dir):
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    items = warm_start_items([example()], lambda e: TARGET)
+    context = _encode(processor, items[0], {})
+    ours = supervised_loss(model, processor, [context])
+    ids = torch.tensor([context.prompt_ids + context.appended_ids])
+    labels = ids.clone()
+    labels[0, : len(context.prompt_ids)] = -100
+    theirs = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=context.image.pixel_values,
+                   image_grid_thw=context.image.image_grid_thw,
+                   mm_token_type_ids=(ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).long(),
+                   labels=labels).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    losses = warm_start(model, processor, items, steps=15, batch_size=4, learning_rate=3e-3)
+    assert losses[-1] < 0.7 * losses[0]
