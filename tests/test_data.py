@@ -1,97 +1,324 @@
-"""Loading rows from every local source kind, and the skip-or-stop rule for bad rows."""
+"""vigos.data: every local source kind, the field mapping, and the skip-or-stop rule for bad rows."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 
 import datasets
 import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from vigos.data import BadRowError, DataError, load_examples, load_rows, prepare_examples
+from vigos.data import (
+    SKIP_REASONS,
+    BadRowError,
+    DataError,
+    DatasetNotFoundError,
+    Example,
+    ExampleDataset,
+    MissingImageError,
+    UnreadableImageError,
+    collate_examples,
+    load_examples,
+    load_rows,
+    prepare_examples,
+    resolve_image,
+)
+
+datasets.disable_progress_bars()
 
 
-def png_bytes(size=(64, 64), colour=(200, 0, 0)) -> bytes:
+def png_bytes(size=(64, 48), colour=(200, 0, 0), mode="RGB") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    Image.new(mode, size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def write_jsonl(tmp_path, rows):
-    (tmp_path / "images").mkdir(exist_ok=True)
+def write_jsonl(directory, rows, name="data.jsonl"):
+    """Rows whose ``image`` is bytes get a PNG file under images/ and a relative path in the JSONL."""
+    (directory / "images").mkdir(exist_ok=True)
     lines = []
     for i, row in enumerate(rows):
         row = dict(row)
         if isinstance(row.get("image"), bytes):
-            (tmp_path / "images" / f"{i}.png").write_bytes(row["image"])
+            (directory / "images" / f"{i}.png").write_bytes(row["image"])
             row["image"] = f"images/{i}.png"
         lines.append(json.dumps(row))
-    path = tmp_path / "data.jsonl"
+    path = directory / name
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-GOOD = {"question": "What colour?", "answer": "red", "image": png_bytes()}
+def image_rows(n=3, field="image"):
+    return {"question": [f"Q{i}" for i in range(n)], "answer": [f"a{i}" for i in range(n)],
+            field: [{"bytes": png_bytes(colour=(i, 0, 0)), "path": None} for i in range(n)]}
 
 
-def test_jsonl_with_relative_paths(tmp_path):
-    path = write_jsonl(tmp_path, [GOOD, {**GOOD, "answer": 7}])
+IMAGE_FEATURES = datasets.Features(
+    {"question": datasets.Value("string"), "answer": datasets.Value("string"), "image": datasets.Image()})
+GOOD = {"question": "What colour?", "answer": "red", "image": png_bytes(), "source": "unit", "difficulty": 2}
+WORDS = dict(max_prompt_length=20, prompt_length=lambda question, image: len(question.split()))
+
+
+# --- source kinds -------------------------------------------------------------------------------------------
+
+
+def test_jsonl_with_relative_paths_numbers_and_meta(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path, [GOOD, {**GOOD, "answer": 7}, {**GOOD, "answer": 2.5, "question": "  How many?  "}])
+    monkeypatch.chdir(tmp_path.parent)  # image paths resolve against the JSONL's directory, not the cwd
     examples, report = load_examples(str(path))
-    assert [e.answer for e in examples] == ["red", "7"] and report.kept == 2
-    assert examples[0].image.mode == "RGB" and examples[0].image.size == (64, 64)
-    assert examples[1].row == 1
+    assert [e.answer for e in examples] == ["red", "7", "2.5"]
+    assert examples[2].question == "How many?"
+    assert [e.row for e in examples] == [0, 1, 2] and report.kept == report.total == 3 and report.skipped == {}
+    assert examples[0].image.mode == "RGB" and examples[0].image.size == (64, 48)
+    assert examples[0].image.getpixel((0, 0)) == (200, 0, 0)
+    assert examples[0].meta == {"source": "unit", "difficulty": 2}
 
 
-def test_parquet_and_saved_dataset_and_vision_sr1_fields(tmp_path):
-    features = datasets.Features({"problem": datasets.Value("string"), "images": datasets.Sequence(datasets.Image()),
-                                  "answer": datasets.Value("string")})
-    rows = datasets.Dataset.from_dict(
-        {"problem": ["Q1", "Q2"], "images": [[{"bytes": png_bytes(), "path": None}]] * 2, "answer": ["a", "b"]},
-        features=features)
-    rows.to_parquet(str(tmp_path / "d.parquet"))
-    datasets.DatasetDict({"train": rows, "test": rows.select([0])}).save_to_disk(str(tmp_path / "saved"))
-    fields = dict(question_field="problem", image_field="images", answer_field="answer")
-    for source, split, n in ((tmp_path / "d.parquet", "train", 2), (tmp_path / "saved", "test", 1)):
-        examples, _ = load_examples(str(source), split=split, **fields)
-        assert len(examples) == n and examples[0].question == "Q1" and examples[0].image.size == (64, 64)
-    with pytest.raises(DataError, match="no split 'dev'.*dataset_split"):
+def test_parquet_with_image_bytes_and_with_paths(tmp_path):
+    datasets.Dataset.from_dict(image_rows(), features=IMAGE_FEATURES).to_parquet(str(tmp_path / "bytes.parquet"))
+    examples, report = load_examples(str(tmp_path / "bytes.parquet"))
+    assert [e.question for e in examples] == ["Q0", "Q1", "Q2"] and report.kept == 3
+    assert [e.image.getpixel((1, 1)) for e in examples] == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(png_bytes(colour=(0, 9, 0)))
+    datasets.Dataset.from_dict({"question": ["Q"], "answer": ["a"], "image": ["pics/a.png"]}).to_parquet(
+        str(tmp_path / "paths.parquet"))
+    examples, _ = load_examples(str(tmp_path / "paths.parquet"))
+    assert examples[0].image.getpixel((0, 0)) == (0, 9, 0)
+
+
+def test_saved_dataset_dict_picks_the_split(tmp_path):
+    rows = datasets.Dataset.from_dict(image_rows(), features=IMAGE_FEATURES)
+    datasets.DatasetDict({"train": rows, "test": rows.select([2])}).save_to_disk(str(tmp_path / "saved"))
+    examples, _ = load_examples(str(tmp_path / "saved"), split="test")
+    assert [e.question for e in examples] == ["Q2"] and examples[0].row == 0
+    with pytest.raises(DataError, match=r"no split 'dev'; it has train, test \(set dataset_split\)"):
         load_rows(str(tmp_path / "saved"), split="dev")
+    rows.save_to_disk(str(tmp_path / "single"))
+    assert load_rows(str(tmp_path / "single")).num_rows == 3
+    examples, _ = prepare_examples(rows.select([2, 0]))  # an indices mapping, as after shuffle or select
+    assert [(e.row, e.question) for e in examples] == [(0, "Q2"), (1, "Q0")]
+
+
+def test_parquet_directory_splits_by_file_names(tmp_path):
+    rows = datasets.Dataset.from_dict(image_rows(), features=IMAGE_FEATURES)
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    rows.to_parquet(str(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet"))
+    rows.select([0]).to_parquet(str(tmp_path / "snap" / "data" / "test-00000-of-00001.parquet"))
+    (tmp_path / "snap" / "README.md").write_text("# a hub snapshot\n")
+    assert load_rows(str(tmp_path / "snap")).num_rows == 3
+    assert load_rows(str(tmp_path / "snap"), split="test").num_rows == 1
+    with pytest.raises(DataError, match=r"no split 'validation'; its parquet files form the splits train, test"):
+        load_rows(str(tmp_path / "snap"), split="validation")
+
+
+def test_vision_sr1_fields_with_an_image_list(tmp_path):
+    features = datasets.Features({"problem": datasets.Value("string"), "images": datasets.List(datasets.Image()),
+                                  "answer": datasets.Value("string")})
+    one, two = {"bytes": png_bytes(colour=(1, 2, 3)), "path": None}, {"bytes": png_bytes(colour=(9, 9, 9)), "path": None}
+    rows = datasets.Dataset.from_dict(
+        {"problem": ["<image>What is x?", "<image><image>Compare."], "images": [[one], [two, one]], "answer": ["3", "B"]},
+        features=features)
+    rows.to_parquet(str(tmp_path / "sr1.parquet"))
+    examples, report = load_examples(str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images",
+                                     answer_field="answer")
+    assert [e.answer for e in examples] == ["3", "B"] and examples[0].meta == {}
+    assert examples[1].image.getpixel((0, 0)) == (9, 9, 9)  # the first image of the list
+    assert report.several_images == 1 and "1 with several images (the first is used)" in report.summary()
+    with pytest.raises(DataError, match=r"no column 'question' \(set question_field\); its columns are: "
+                                        r"problem, images, answer"):
+        prepare_examples(rows)
+
+
+# --- bad rows -----------------------------------------------------------------------------------------------
 
 
 BAD = [
-    ({**GOOD, "image": "images/missing.png"}, "missing image"),
-    ({**GOOD, "image": b"not a png at all"}, "unreadable image"),
-    ({**GOOD, "image": png_bytes((10, 10))}, "tiny image"),
-    ({**GOOD, "question": "   "}, "empty question"),
-    ({**GOOD, "answer": ""}, "empty answer"),
-    ({**GOOD, "question": "word " * 50}, "prompt too long"),
+    ({**GOOD, "image": "images/missing.png"}, "missing image", "image", r"image file 'images/missing.png' not found"),
+    ({**GOOD, "image": b"\x89PNG but random bytes after"}, "unreadable image", "image", r"unreadable image"),
+    ({**GOOD, "image": png_bytes((10, 10))}, "tiny image", "image", r"10x10, under min_image_side=28"),
+    ({**GOOD, "question": "   "}, "empty question", "question", r"the question is empty"),
+    ({**GOOD, "answer": ""}, "empty answer", "answer", r"the answer is empty"),
+    ({**GOOD, "question": "word " * 50}, "prompt too long", "question", r"50 tokens, over max_prompt_length=20"),
+    ({**GOOD, "image": None}, "missing image", "image", r"no image"),
 ]
 
 
-def test_skip_counts_every_reason_and_keeps_order(tmp_path):
-    rows = [GOOD] + [row for row, _ in BAD] + [{**GOOD, "answer": "last"}]
+def test_skip_counts_every_reason_and_keeps_the_good_rows_in_order(tmp_path, caplog):
+    rows = [GOOD] + [row for row, *_ in BAD] + [{**GOOD, "answer": "last"}]
     path = write_jsonl(tmp_path, rows)
-    examples, report = load_examples(str(path), max_prompt_length=20, prompt_length=lambda q, image: len(q.split()))
-    assert [e.answer for e in examples] == ["red", "last"] and [e.row for e in examples] == [0, 7]
-    assert report.skipped == {reason: 1 for _, reason in BAD}
-    assert report.total == 8 and "2 of 8 rows kept" in report.summary()
+    caplog.set_level(logging.INFO, logger="vigos.data")
+    examples, report = load_examples(str(path), **WORDS)
+    assert [e.answer for e in examples] == ["red", "last"] and [e.row for e in examples] == [0, 8]
+    assert report.skipped == {"missing image": 2, "unreadable image": 1, "tiny image": 1, "empty question": 1,
+                              "empty answer": 1, "prompt too long": 1}
+    assert set(report.skipped) <= set(SKIP_REASONS)
+    assert report.total == 9 and report.kept == 2
+    assert report.summary().startswith("2 of 9 rows kept; skipped 7 (1 empty answer, 1 empty question, 2 missing image")
+    assert len(report.examples_of_skips) == 5 and report.examples_of_skips[0].startswith("row 1 (field 'image')")
+    assert "2 of 9 rows kept" in caplog.text and "skipped row 1 (field 'image')" in caplog.text
 
 
-@pytest.mark.parametrize("row, reason", BAD)
-def test_error_mode_names_row_field_and_fix(tmp_path, row, reason):
-    path = write_jsonl(tmp_path, [GOOD, row])
-    with pytest.raises(BadRowError, match=r"row 1 \(field '(image|question|answer)'\).*set bad_rows: skip"):
-        load_examples(str(path), bad_rows="error", max_prompt_length=20, prompt_length=lambda q, image: len(q.split()))
+@pytest.mark.parametrize("row, reason, field, detail", BAD, ids=[b[1] for b in BAD])
+def test_error_mode_names_the_row_field_and_fix(tmp_path, row, reason, field, detail):
+    path = write_jsonl(tmp_path, [GOOD, GOOD, row])
+    with pytest.raises(BadRowError, match=rf"^row 2 \(field '{field}'\): .*{detail}.* or set bad_rows: skip$") as caught:
+        load_examples(str(path), bad_rows="error", **WORDS)
+    assert (caught.value.row, caught.value.field, caught.value.reason) == (2, field, reason)
+    assert isinstance(caught.value, ValueError)
 
 
-def test_wrong_field_and_mode_and_path(tmp_path):
-    path = write_jsonl(tmp_path, [GOOD])
-    with pytest.raises(DataError, match="no column 'problem' \\(set question_field\\).*question, answer, image"):
-        load_examples(str(path), question_field="problem")
-    with pytest.raises(DataError, match="bad_rows must be one of skip, error"):
+def test_bad_images_inside_an_image_column_are_rows_not_crashes(tmp_path):
+    """A corrupt image in a datasets Image column would raise from inside datasets on plain iteration."""
+    rows = image_rows(4)
+    rows["image"][1] = {"bytes": b"not an image", "path": None}
+    rows["image"][2] = {"bytes": None, "path": str(tmp_path / "gone.png")}
+    dataset = datasets.Dataset.from_dict(rows, features=IMAGE_FEATURES)
+    examples, report = prepare_examples(dataset)
+    assert [e.row for e in examples] == [0, 3] and report.skipped == {"unreadable image": 1, "missing image": 1}
+    with pytest.raises(BadRowError, match=r"^row 1 \(field 'image'\): unreadable image bytes"):
+        prepare_examples(dataset, bad_rows="error")
+
+
+def test_a_failing_prompt_length_is_a_bad_row(tmp_path):
+    def prompt_length(question, image):
+        if "odd" in question:
+            raise ValueError("absolute aspect ratio must be smaller than 200")
+        return 5
+
+    rows = datasets.Dataset.from_dict({**image_rows(2), "question": ["fine", "odd one"]}, features=IMAGE_FEATURES)
+    examples, report = prepare_examples(rows, max_prompt_length=10, prompt_length=prompt_length)
+    assert len(examples) == 1 and report.skipped == {"prompt failed": 1}
+    assert "ValueError: absolute aspect ratio" in report.examples_of_skips[0]
+    examples, report = prepare_examples(rows, prompt_length=prompt_length)  # no max_prompt_length: not called
+    assert len(examples) == 2
+
+
+def test_non_text_question_and_nan_answer(tmp_path):
+    path = write_jsonl(tmp_path, [{**GOOD, "question": ["a", "list"]}, {**GOOD, "answer": None}, GOOD])
+    examples, report = load_examples(str(path))
+    assert len(examples) == 1 and report.skipped == {"question not text": 1, "empty answer": 1}
+    table = datasets.Dataset.from_dict({**image_rows(2), "answer": [float("nan"), 4.0]},
+                                       features=datasets.Features({**IMAGE_FEATURES, "answer": datasets.Value("float64")}))
+    examples, report = prepare_examples(table)
+    assert [e.answer for e in examples] == ["4.0"] and report.skipped == {"empty answer": 1}
+
+
+def test_limit_stops_after_that_many_kept_examples(tmp_path):
+    path = write_jsonl(tmp_path, [GOOD, {**GOOD, "question": ""}, GOOD, GOOD, GOOD])
+    examples, report = load_examples(str(path), limit=2)
+    assert [e.row for e in examples] == [0, 2] and report.total == 3 and report.stopped_at_limit == 2
+    assert report.summary() == "2 of 3 rows kept; skipped 1 (1 empty question); stopped at limit=2"
+    examples, report = load_examples(str(path), limit=4)
+    assert len(examples) == 4 and report.stopped_at_limit is None
+
+
+# --- configuration errors -----------------------------------------------------------------------------------
+
+
+def test_wrong_field_and_wrong_mode_are_config_errors(tmp_path):
+    path = write_jsonl(tmp_path, [GOOD, {**GOOD, "image": "images/missing.png"}])
+    with pytest.raises(DataError, match=r"no column 'images' \(set image_field\); its columns are: "
+                                        r"question, answer, image, source, difficulty — did you mean 'image'\?"):
+        load_examples(str(path), image_field="images", bad_rows="skip")
+    with pytest.raises(DataError, match=r"no column 'problem' \(set question_field\)"):
+        load_examples(str(path), question_field="problem", bad_rows="error")
+    with pytest.raises(DataError, match=r"bad_rows must be one of skip, error; got 'ignore'"):
         prepare_examples(load_rows(str(path)), bad_rows="ignore")
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_rows(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_rows("./no/such/dir")
+    with pytest.raises(DataError, match=r"pass one split \(set dataset_split\)"):
+        prepare_examples(datasets.DatasetDict({"train": load_rows(str(path))}))
+
+
+def test_missing_and_unusable_sources_have_clear_messages(tmp_path):
+    for missing in (tmp_path / "nope.jsonl", tmp_path / "no" / "such" / "dir", "./not-here"):
+        with pytest.raises(DatasetNotFoundError, match=rf"dataset path '{missing}' not found") as caught:
+            load_rows(str(missing))
+        assert isinstance(caught.value, FileNotFoundError)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"holds no saved dataset .* it holds: notes\.txt"):
+        load_rows(str(tmp_path / "empty"))
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"question": "q"}) + "\n{\"question\": \n")
+    with pytest.raises(DataError, match=r"broken\.jsonl: line 2 is not valid JSON"):
+        load_rows(str(tmp_path / "broken.jsonl"))
+    (tmp_path / "table.csv").write_text("question,answer\n")
+    with pytest.raises(DataError, match=r"is not parquet, JSONL or JSON"):
+        load_rows(str(tmp_path / "table.csv"))
+
+
+def test_hub_id_offline_says_the_hub_is_unreachable():
+    with pytest.raises(DataError, match=r"could not load dataset 'nobody/no-such-dataset': not a local file or "
+                                        r"directory and the hub is unreachable \(.+\)"):
+        load_rows("nobody/no-such-dataset")
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+def test_resolve_image_accepts_every_form(tmp_path):
+    data = png_bytes(colour=(5, 6, 7))
+    (tmp_path / "x.png").write_bytes(data)
+    forms = [Image.open(io.BytesIO(data)), {"bytes": data, "path": None}, {"bytes": None, "path": "x.png"},
+             "x.png", data, [data, png_bytes()], (tmp_path / "x.png")]
+    for form in forms:
+        image = resolve_image(form, base_dir=tmp_path)
+        assert image.mode == "RGB" and image.getpixel((3, 3)) == (5, 6, 7)
+    for empty in (None, [], "", {"bytes": None, "path": None}):
+        with pytest.raises(MissingImageError):
+            resolve_image(empty, base_dir=tmp_path)
+    with pytest.raises(UnreadableImageError, match="is not a file"):
+        resolve_image(".", base_dir=tmp_path)
+    with pytest.raises(UnreadableImageError, match="cannot read an image from a int"):
+        resolve_image(3, base_dir=tmp_path)
+    truncated = png_bytes((300, 300), colour=(1, 2, 3))[:-200]
+    with pytest.raises(UnreadableImageError):
+        resolve_image(truncated, base_dir=None)
+
+
+def test_resolve_image_puts_transparency_on_white_and_honours_exif_orientation():
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    image = resolve_image(rgba, base_dir=None)
+    assert image.getpixel((5, 5)) == (255, 255, 255) and image.getpixel((0, 0)) == (255, 0, 0)
+    assert resolve_image(Image.new("L", (30, 30), 100), base_dir=None).getpixel((0, 0)) == (100, 100, 100)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (0, 0, 200)).save(buffer, format="JPEG", exif=exif)
+    assert resolve_image(buffer.getvalue(), base_dir=None).size == (30, 40)
+
+
+# --- torch wrapper ------------------------------------------------------------------------------------------
+
+
+def test_example_dataset_batches_are_lists_of_examples():
+    examples = [Example(f"q{i}", str(i), Image.new("RGB", (32, 32)), row=i) for i in range(5)]
+    dataset = ExampleDataset(examples)
+    assert len(dataset) == 5 and dataset[3] is examples[3]
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_examples))
+    assert [[e.row for e in batch] for batch in batches] == [[0, 1], [2, 3], [4]]
+    assert all(isinstance(batch, list) and isinstance(batch[0], Example) for batch in batches)
+
+
+# --- property -----------------------------------------------------------------------------------------------
+
+
+TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["", "  ", "\t\n", " x "]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=6))
+def test_a_row_is_kept_exactly_when_question_and_answer_have_text(pairs):
+    image = {"bytes": png_bytes(), "path": None}
+    rows = datasets.Dataset.from_dict({"question": [q for q, _ in pairs], "answer": [a for _, a in pairs],
+                                       "image": [image] * len(pairs)}, features=IMAGE_FEATURES)
+    examples, report = prepare_examples(rows)
+    expected = [(i, q.strip(), a.strip()) for i, (q, a) in enumerate(pairs) if q.strip() and a.strip()]
+    assert [(e.row, e.question, e.answer) for e in examples] == expected
+    assert report.kept + sum(report.skipped.values()) == report.total == len(pairs)
