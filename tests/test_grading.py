@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigos import grading
+from vigos import grading, mathverify
 from vigos.grading import (
     GRADERS,
     extract_answer,
@@ -326,9 +326,9 @@ def test_hanging_comparison_times_out_and_grading_recovers() -> None:
 
 
 def test_in_process_fallback_when_no_child_can_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    worker = grading._MathVerifyWorker()
-    monkeypatch.setattr(grading, "_WORKER", worker)
-    monkeypatch.setattr(grading.sys, "executable", "/nonexistent/python")
+    worker = mathverify._MathVerifyWorker()
+    monkeypatch.setattr(mathverify, "_WORKER", worker)
+    monkeypatch.setattr(mathverify.sys, "executable", "/nonexistent/python")
     assert worker.compare("1", "1", 1.0) is None
     assert is_correct(r"2\sqrt{2}", r"\sqrt{8}")
     verdicts: list[bool] = []
