@@ -1,0 +1,330 @@
+"""Shortcut diagnostics on cases where the right numbers are known.
+
+Teacher image reliance is checked against a plain computation: the processor
+encodes each teacher's prompt with the true and with a grey image, the full
+model returns full logits twice, and ``F.kl_div`` gives the KL. Nothing of
+vigos's encoding, span parsing or chunking is reused there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vigos import prompts, synthetic
+from vigos.config import ViGOSConfig
+from vigos.data import Example, ExampleDataset
+from vigos.diagnostics import (
+    DiagnosticsCallback,
+    add_diagnose_arguments,
+    answer_leakage,
+    description_grounding,
+    diagnose,
+    diagnose_command,
+    student_image_sensitivity,
+    teacher_image_reliance,
+)
+from vigos.recipe import apply_lora
+from vigos.rollout import HFGenerateRollout, SamplingParams
+from vigos.teachers import TeacherPolicy
+from vigos.trainer import ViGOSTrainer
+
+GREY = (128, 128, 128)
+VALID = [" A red square. ", "</description>\n<think>", " It is red. ", "</think>\n\\boxed{red}"]
+INVALID = [" A red square. ", "</description>\n<think>", " It is red. \\boxed{red}"]
+
+
+# --- grounding and leakage ------------------------------------------------------------------
+
+
+def test_grounding_counts_true_prior_both_and_neither():
+    descriptions = [
+        "A red leaf.",  # true
+        "A green leaf.",  # prior
+        "A red-green leaf.",  # both
+        "A reddish leaf.",  # neither: not the whole word
+        None,  # invalid rollout: not counted
+        "Two green leaves.",  # agreeing image: true is the prior, counts for both
+        "A RED leaf.",  # true, any case
+    ]
+    true = ["red", "red", "red", "red", "red", "green", "red"]
+    prior = ["green"] * 7
+    assert description_grounding(descriptions, true, prior) == {"states_true": 4 / 6, "states_prior": 3 / 6, "n": 6}
+
+
+def test_grounding_without_descriptions_and_bad_input():
+    assert description_grounding([None, None], ["red", "red"], ["green", "green"]) == {
+        "states_true": 0.0, "states_prior": 0.0, "n": 0}
+    with pytest.raises(ValueError, match="1 prior_values"):
+        description_grounding(["a red leaf", None], ["red", "red"], ["green"])
+    with pytest.raises(ValueError, match="row 1 has an empty true or prior value"):
+        description_grounding([None, "a leaf"], ["red", " "], ["green", "green"])
+
+
+def test_leakage_on_hand_written_descriptions():
+    descriptions = ["A red leaf.", "The leaf is green.", None, "Three clovers.", "A leaf.", "Option C is shown.",
+                    "About 1,000 dots."]
+    answers = ["red", "\\boxed{Red}", "red", "3", "red", "C", "1,000"]
+    # Counted: rows 0, 1, 3, 4, 6 (row 2 has no description, row 5's answer is an option letter).
+    # Leaked: 0 ("red"), 3 ("three" is 3) and 6 (the answer as written).
+    assert answer_leakage(descriptions, answers) == {"leakage": 3 / 5, "n": 5}
+    assert answer_leakage([None], ["red"]) == {"leakage": 0.0, "n": 0}
+    with pytest.raises(ValueError, match="2 descriptions but 1 answers"):
+        answer_leakage(["a", "b"], ["a"])
+
+
+ASCII_WORDS = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(answer=ASCII_WORDS, noise=st.lists(st.sampled_from(["a", "leaf", "the", "on", "left"]), max_size=4))
+def test_a_description_quoting_the_answer_always_leaks(answer, noise):
+    description = " ".join([*noise, answer, *noise]) + " ."
+    result = answer_leakage([description, None], [answer, answer])
+    if len(answer) == 1 and answer.isalpha():
+        assert result["n"] == 0
+    else:
+        assert result == {"leakage": 1.0, "n": 1}
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["a leaf", "a red leaf", "green", "blue and red", None]),
+                               st.sampled_from(["red", "green", "blue"])), min_size=1, max_size=8))
+def test_grounding_shares_follow_added_mentions(rows):
+    descriptions, true = [d for d, _ in rows], [t for _, t in rows]
+    prior = ["green"] * len(rows)
+    base = description_grounding(descriptions, true, prior)
+    assert base["n"] == sum(d is not None for d in descriptions)
+    assert 0.0 <= base["states_true"] <= 1.0 and 0.0 <= base["states_prior"] <= 1.0
+    stated = [None if d is None else f"{d}, {t}" for d, t in rows]
+    assert description_grounding(stated, true, prior)["states_true"] == (1.0 if base["n"] else 0.0)
+
+
+# --- teacher image reliance -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, processor
+
+
+def config(tmp_path, **kw):
+    return ViGOSConfig(**{"output_dir": str(tmp_path), "report_to": "none", "loss_chunk_size": 3,
+                          "teacher_batch_size": 2, **kw})
+
+
+def pieces_to_ids(processor, pieces):
+    tok = processor.tokenizer
+    ids, bounds = [], []
+    for piece in pieces:
+        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+        bounds.append((len(ids), len(ids) + len(piece_ids)))
+        ids += piece_ids
+    return ids + [tok.convert_tokens_to_ids("<|im_end|>")], bounds
+
+
+def plain_logits(model, processor, image, user_text, prefill, appended):
+    """Full logits predicting each of ``appended`` after the rendered prompt, the obvious way."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
+    enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+    extra = torch.tensor([appended])
+    ids = torch.cat([enc["input_ids"], extra], 1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],
+                    image_grid_thw=enc["image_grid_thw"],
+                    mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1))
+    start = enc["input_ids"].shape[1] - 1
+    return out.logits[0, start:start + len(appended)]
+
+
+def plain_reliance(model, processor, image, other, user_text, prefill, appended):
+    """Mean over tokens of KL(p_true || p_other) from two full forward passes."""
+    p = F.log_softmax(plain_logits(model, processor, image, user_text, prefill, appended), -1)
+    q = F.log_softmax(plain_logits(model, processor, other, user_text, prefill, appended), -1)
+    return F.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean().item()
+
+
+def square(rgb, size=(112, 112)):
+    return Image.new("RGB", size, rgb)
+
+
+def test_reliance_matches_a_plain_computation(tiny, tmp_path):
+    model, processor = tiny
+    cfg = config(tmp_path)
+    scorer = cfg.build_scorer(processor, teacher=TeacherPolicy())
+    valid, b = pieces_to_ids(processor, VALID)
+    invalid, _ = pieces_to_ids(processor, INVALID)
+    red, blue = square((200, 30, 30)), square((30, 30, 200), (140, 112))
+    examples = [Example("What colour is the square?", "red", red), Example("What colour is the square?", "blue", blue)]
+    got = teacher_image_reliance(model, scorer, examples, [valid, invalid])
+
+    (d0, d1), (r0, r1) = b[0], (b[2][0], b[3][1])
+    question = examples[0].question
+    expected = {
+        "perception": plain_reliance(model, processor, red, square(GREY), cfg.perception_prompt, "<description>",
+                                     valid[d0:d1]),
+        "reasoning": plain_reliance(model, processor, red, square(GREY), prompts.render_template(
+            cfg.reasoning_prompt, question=question, answer="red"), "<think>", valid[r0:r1]),
+        "reference": plain_reliance(model, processor, blue, square(GREY, (140, 112)), prompts.render_template(
+            cfg.reference_prompt, question=question, answer="blue"), "<description>", invalid),
+    }
+    assert set(got) == {f"{kind}_{term}" for kind in ("reliance", "tokens") for term in expected}
+    assert got["tokens_perception"] == d1 - d0 and got["tokens_reasoning"] == r1 - r0
+    assert got["tokens_reference"] == len(invalid)
+    for term, value in expected.items():
+        assert value > 0
+        assert got[f"reliance_{term}"] == pytest.approx(value, rel=1e-4, abs=1e-8), term
+
+    shuffled = teacher_image_reliance(model, scorer, examples, [valid, invalid], counterfactual="shuffle")
+    assert shuffled["reliance_perception"] == pytest.approx(plain_reliance(
+        model, processor, red, blue, cfg.perception_prompt, "<description>", valid[d0:d1]), rel=1e-4)
+
+
+def test_reliance_is_zero_for_the_same_image_and_omits_empty_terms(tiny, tmp_path):
+    model, processor = tiny
+    scorer = config(tmp_path).build_scorer(processor, teacher=TeacherPolicy())
+    valid, _ = pieces_to_ids(processor, VALID)
+    examples = [Example("What colour is the square?", "red", square((200, 30, 30)))] * 3
+    same = teacher_image_reliance(model, scorer, examples, [valid] * 3, counterfactual="same")
+    assert set(same) == {"reliance_perception", "tokens_perception", "reliance_reasoning", "tokens_reasoning"}
+    assert same["reliance_perception"] == 0.0 and same["reliance_reasoning"] == 0.0
+    blank = teacher_image_reliance(model, scorer, examples, [valid] * 3, max_rows=1)
+    assert blank["reliance_perception"] > 0 and blank["tokens_perception"] == same["tokens_perception"] / 3
+    only_invalid = teacher_image_reliance(model, scorer, examples[:1], ["red"])
+    assert set(only_invalid) == {"reliance_reference", "tokens_reference"}
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        teacher_image_reliance(model, scorer, examples[:1], [valid], counterfactual="shuffle")
+    with pytest.raises(ValueError, match="counterfactual must be one of"):
+        teacher_image_reliance(model, scorer, examples[:1], [valid], counterfactual="noise")
+
+
+# --- diagnose on the synthetic world ----------------------------------------------------------
+
+
+def world_examples(n, conflict_fraction, seed=3):
+    split = synthetic.make_split(n, conflict_fraction=conflict_fraction, seed=seed)
+    return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(split)], split
+
+
+def test_diagnose_with_ideal_completions(tiny, tmp_path):
+    model, processor = tiny
+    examples, split = world_examples(4, 0.5)
+    completions = [synthetic.warmup_target(e) for e in split]
+    got = diagnose(model, processor, config(tmp_path), examples, completions=completions, sample_size=8)
+    assert got["rows"] == 4 and got["valid_rate"] == 1.0
+    # Each canonical description states its true colour and only that colour.
+    assert (got["grounding_states_true"], got["grounding_states_prior"], got["grounding_n"]) == (1.0, 0.5, 4)
+    assert (got["grounding_conflict_states_true"], got["grounding_conflict_states_prior"]) == (1.0, 0.0)
+    assert got["grounding_conflict_n"] == 2
+    assert got["leakage"] == 1.0 and got["leakage_n"] == 4
+    assert got["reliance_perception"] > 0 and got["reliance_reasoning"] > 0 and "reliance_reference" not in got
+    two = diagnose(model, processor, config(tmp_path), examples, completions=completions, sample_size=2, seed=1)
+    assert two["rows"] == 2 and two["grounding_n"] == 2
+    with pytest.raises(ValueError, match="3 completions for 4 examples"):
+        diagnose(model, processor, config(tmp_path), examples, completions=completions[:3])
+
+
+# --- student image sensitivity ----------------------------------------------------------------
+
+
+def test_image_sensitivity_on_synthetic_pairs(tiny):
+    model, processor = tiny
+    agree, _ = world_examples(3, 0.0)
+    conflict, _ = world_examples(3, 1.0)
+    assert [a.question for a in agree] == [c.question for c in conflict]
+    greedy = HFGenerateRollout(processor, SamplingParams(temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=6))
+    got = student_image_sensitivity(model, processor, agree, conflict, rollout=greedy)
+    assert got["n"] == 3
+    for name in ("changed", "completion_changed", "conflict_true", "conflict_prior", "agree_true"):
+        assert 0.0 <= got[name] <= 1.0, name
+    with pytest.raises(ValueError, match="pair 0"):
+        student_image_sensitivity(model, processor, agree[:1], [Example("other?", "red", agree[0].image)],
+                                  rollout=greedy)
+
+
+def test_identical_images_with_a_fixed_seed_never_change(tiny):
+    model, processor = tiny
+    agree, _ = world_examples(3, 0.0)
+    sampling = HFGenerateRollout(processor, SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6))
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    seeded = student_image_sensitivity(model, processor, agree, agree, rollout=sampling, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before), "the caller's random state moved"
+    assert seeded["changed"] == 0.0 and seeded["completion_changed"] == 0.0
+    # Without a seed the two sides sample from different random streams, so the same images give other text.
+    unseeded = student_image_sensitivity(model, processor, agree, agree, rollout=sampling, seed=None)
+    assert unseeded["completion_changed"] > 0.0
+
+
+# --- during training, and from the command line -----------------------------------------------
+
+
+def train_args(tmp_path, **kw):
+    return ViGOSConfig(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=5e-3,
+        max_completion_length=10, lora_r=4, lora_alpha=8, lora_dropout=0.0, token_loss_clip=None,
+        description_end_clip=None, reasoning_start_clip=None, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, log_completions_steps=0, seed=0, **kw)
+
+
+def train_run(model_dir, out, with_diagnostics):
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    args = train_args(out)
+    model = apply_lora(model, args)
+    examples, _ = world_examples(4, 0.5)
+    trainer = ViGOSTrainer(model, args, ExampleDataset(examples), processor)
+    if with_diagnostics:
+        trainer.add_callback(DiagnosticsCallback(trainer, every=1, sample_size=2))
+    trainer.train()
+    return trainer, {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_callback_logs_every_step_without_disturbing_training(tiny_model_dir, tmp_path):
+    trainer, weights = train_run(tiny_model_dir, tmp_path / "diag", with_diagnostics=True)
+    lines = [json.loads(line) for line in (tmp_path / "diag" / "diagnostics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    for line in lines:
+        assert line["rows"] == 2 and 0.0 <= line["valid_rate"] <= 1.0 and "leakage" in line
+        assert any(key.startswith("reliance_") for key in line)
+    logged = [h for h in trainer.state.log_history if "diag_valid_rate" in h]
+    assert [h["step"] for h in logged] == [1, 2] and "diag_grounding_n" in logged[0]
+    _, plain = train_run(tiny_model_dir, tmp_path / "plain", with_diagnostics=False)
+    assert all(torch.equal(weights[name], plain[name]) for name in plain), "diagnostics changed the training run"
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser()
+    add_diagnose_arguments(parser)
+    return diagnose_command(parser.parse_args(argv))
+
+
+def test_diagnose_command(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "diag.json"
+    code = cli(["--model", str(tiny_model_dir), "--data", "synthetic:train:8", "--agree-data",
+                "synthetic:eval_agree:8", "--conflict-data", "synthetic:eval_conflict:8", "--sample-size", "2",
+                "--max-new-tokens", "6", "--counterfactual", "shuffle", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
+    assert result["method"] == "vigos" and metrics["rows"] == 2 and metrics["sensitivity_n"] == 2
+    assert "grounding_n" in metrics and "leakage" in metrics
+    printed = capsys.readouterr().out
+    assert "sensitivity_changed" in printed and "valid_rate" in printed
+
+    assert cli(["--model", str(tiny_model_dir), "--agree-data", "synthetic:eval_agree:8"]) == 2
+    assert "needs both --agree-data and --conflict-data" in capsys.readouterr().err
