@@ -58,7 +58,7 @@ def test_rebuild_is_a_noop_and_seed_matters(tmp_path, tokenizer):
 def test_bad_arch_and_size(tmp_path):
     with pytest.raises(ValueError, match="qwen2_vl, qwen2_5_vl, qwen3_vl"):
         make_tiny("llava", tmp_path)
-    with pytest.raises(ValueError, match="tiny, small"):
+    with pytest.raises(ValueError, match="tiny, mini, small"):
         make_tiny("qwen2_vl", tmp_path, size="huge")
 
 

@@ -153,6 +153,14 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> int:
     return eval_command(args)
 
 
+def _diagnose(args: argparse.Namespace, rest: list[str]) -> int:
+    from .diagnostics import diagnose_command
+
+    if rest:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+    return diagnose_command(args)
+
+
 def _demo(args: argparse.Namespace, rest: list[str]) -> int:
     from .demo import demo_command
 
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="sample k answers per question and grade them (Pass@k, Avg@k, ViLP)")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=_eval)
+
+    from .diagnostics import add_diagnose_arguments
+
+    diagnose = commands.add_parser("diagnose", help="shortcut diagnostics: grounding, leakage, teacher image reliance, image sensitivity")
+    add_diagnose_arguments(diagnose)
+    diagnose.set_defaults(handler=_diagnose)
 
     demo = commands.add_parser("demo", help="the paper's experiment in miniature, offline on a CPU, with a report")
     add_demo_arguments(demo)

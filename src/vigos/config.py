@@ -88,6 +88,10 @@ class ViGOSConfig(TrainingArguments):
     log_completions_steps: int = field(default=10, metadata=_help("Write a few sampled completions every N steps (0: never)."))
     num_completions_to_log: int = field(default=2, metadata=_help("How many completions to write each time."))
 
+    # Shortcut diagnostics during training.
+    diagnostics_steps: int = field(default=0, metadata=_help("Run the shortcut diagnostics (grounding, leakage, teacher image reliance) every N steps (0: never)."))
+    diagnostics_sample_size: int = field(default=8, metadata=_help("Training rows the diagnostics look at each time (bounds their cost)."))
+
     # Trainer defaults that a rollout trainer needs.
     remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: rows are whole examples."))
     learning_rate: float = field(default=5e-6, metadata=_help("Learning rate (release: 5e-6)."))
@@ -121,6 +125,8 @@ class ViGOSConfig(TrainingArguments):
         _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
         _range("min_image_side", self.min_image_side, low=1)
         _range("log_completions_steps", self.log_completions_steps, low=0)
+        _range("diagnostics_steps", self.diagnostics_steps, low=0)
+        _range("diagnostics_sample_size", self.diagnostics_sample_size, low=1)
         for name, needs in (("student_prompt", {"question"}), ("reasoning_prompt", {"question", "answer"}),
                             ("reference_prompt", {"question", "answer"})):
             missing = needs - prompts.template_fields(getattr(self, name))

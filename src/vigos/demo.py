@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from . import synthetic
 from .config import ViGOSConfig
@@ -47,7 +48,7 @@ class DemoConfig:
 
     out_dir: str = "runs/demo"
     arch: str = "qwen2_5_vl"
-    size: str = "small"
+    size: str = "mini"
     seeds: tuple[int, ...] = (0, 1, 2)
     n_train: int = 192
     n_eval: int = 32
@@ -127,8 +128,13 @@ def _warm_start(cfg: DemoConfig, model_dir: Path, train: list[Example], targets:
     items = warm_start_items(train, lambda example: targets[example.row], ("student", "reasoning", "reference"))
     items += warm_start_items([Example(e.question, e.answer, e.image, i) for i, e in enumerate(balanced)],
                               lambda example: synthetic.warmup_target(balanced[example.row]), ("perception",))
-    losses = warm_start(model, processor, items, steps=cfg.warm_steps, batch_size=cfg.warm_batch_size,
-                        learning_rate=cfg.warm_learning_rate, seed=0)
+    with tqdm(total=cfg.warm_steps, desc="warm start", unit="step", dynamic_ncols=True) as bar:
+        def advance(step: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update()
+
+        losses = warm_start(model, processor, items, steps=cfg.warm_steps, batch_size=cfg.warm_batch_size,
+                            learning_rate=cfg.warm_learning_rate, seed=0, progress=advance)
     save_checkpoint(model, processor, out)
     (out / "warm_start_losses.json").write_text(json.dumps(losses))
     return out
@@ -145,7 +151,8 @@ def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, s
         max_completion_length=cfg.max_completion_length, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
         lora_dropout=0.0, token_loss_clip=cfg.token_loss_clip, description_end_clip=cfg.token_loss_clip,
         reasoning_start_clip=cfg.token_loss_clip, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, log_completions_steps=max(cfg.train_steps // 4, 1), disable_tqdm=True,
+        use_cpu=True, log_completions_steps=max(cfg.train_steps // 4, 1),
+        diagnostics_steps=max(cfg.train_steps // 3, 1), diagnostics_sample_size=4,
     )
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(train), processor)
@@ -158,7 +165,7 @@ def _evaluate(cfg: DemoConfig, model: str, world: Path, name: str, seed: int, ou
     config = EvalConfig(model=model, benchmarks=[BENCHMARK], data_dir=str(world), out_dir=str(out), k=cfg.eval_k,
                         max_new_tokens=cfg.max_completion_length, batch_size=cfg.eval_batch_size, seed=seed,
                         engine="hf", run_name=name)
-    return run_eval(config, progress=False)
+    return run_eval(config)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from .synthetic import mentions_attribute, read_split
 MODELS = ("warm_start", "opsd", "vigos")
 LABELS = {"warm_start": "warm start", "opsd": "OPSD", "vigos": "ViGOS"}
 CURVES = ("loss", "loss_perception", "loss_reasoning", "loss_reference", "loss_privileged", "valid_rate",
-          "fallback_rate", "answer_accuracy")
+          "fallback_rate", "answer_accuracy", "diag_grounding_states_true", "diag_grounding_states_prior",
+          "diag_reliance_perception", "diag_reliance_reasoning", "diag_reliance_privileged")
 
 
 def _description(text: str) -> str | None:
@@ -131,7 +132,7 @@ def _plot_curves(out: Path, path: Path) -> list[str]:
     for metrics in sorted((out / "train").glob("*/metrics.jsonl")):
         method = metrics.parent.name.split("-s")[0]
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        logs.setdefault(method, []).append([r for r in records if "valid_rate" in r])
+        logs.setdefault(method, []).append([r for r in records if "valid_rate" in r or any(k.startswith("diag_") for k in r)])
     names = [c for c in CURVES if any(c in r for runs in logs.values() for run in runs for r in run)]
     figure = Figure(figsize=(12, 2.6 * ((len(names) + 3) // 4)))
     for index, name in enumerate(names):

@@ -1,214 +1,356 @@
 """Tiny, randomly initialized checkpoints of the real Qwen-VL architectures, built offline.
 
 ``make_tiny`` writes a model of the real transformers class (Qwen2-VL,
-Qwen2.5-VL or Qwen3-VL) with a byte-level BPE tokenizer trained locally, the
-family's special tokens and chat template, and the real processor classes.
-It loads back with ``AutoProcessor.from_pretrained`` and
+Qwen2.5-VL or Qwen3-VL) with a byte-level BPE tokenizer trained locally on a
+built-in corpus, the family's special tokens, pre-tokenizer split and chat
+template, and the family's real processor classes. The checkpoint loads back
+with ``AutoProcessor.from_pretrained`` and
 ``AutoModelForImageTextToText.from_pretrained`` without any network. Only the
-sizes differ from a 7B checkpoint; every code path is the same.
+sizes (and the vocabulary) differ from a 7B checkpoint; every code path is the
+same, so what works on a tiny model works on the real one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import random
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
 ARCHS: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 SIZES: dict[str, dict[str, int]] = {
-    # ~0.3M parameters: unit and end-to-end tests.
-    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
-                 vision_heads=2, vision_intermediate=64),
-    # ~5M parameters: the benchmark and demo model (text hidden 256, 4 layers; vision depth 2).
-    "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024, vision_hidden=64, vision_depth=2,
-                  vision_heads=2, vision_intermediate=128),
+    # About 0.3M parameters in all, 0.2M in the text part at the default vocabulary: unit and end-to-end tests.
+    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                 vision_hidden=32, vision_depth=2, vision_heads=2, vision_intermediate=64),
+    # About 5M parameters: the benchmark and demo model (text hidden 256, 4 layers; vision depth 2).
+    "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024,
+                  vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128),
 }
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 
+# The Qwen chat layout without the default system prompt (prompts stay short for tiny models).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' or 'image' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% if item['type'] == 'image' or 'image' in item or 'image_url' in item %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_COLOURS = "red green blue yellow orange purple black pink white brown grey".split()
-_THINGS = "leaf banana sky apple sign lemon grass carrot grape cherry sun wheel square circle shape object".split()
-_POSITIONS = "left right top bottom center".split()
+# Bump when the built checkpoint changes for the same arguments, so cached directories are rebuilt.
+_BUILDER_VERSION = 2
+_STAMP = "vigos_tiny.json"
+_MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+# Pixel budgets (min, max) per image: a 112x112 image becomes 16 image tokens in every family.
+_PIXELS = {"qwen2_vl": (56 * 56, 112 * 112), "qwen2_5_vl": (56 * 56, 112 * 112), "qwen3_vl": (64 * 64, 128 * 128)}
+_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+_VIDEO_FRAMES_BUDGET = 8
+
+_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "grey")
+_SHAPES = ("circle", "square", "triangle", "star", "rectangle", "diamond", "heart", "ring", "cross", "dot", "line")
+_OBJECTS = ("leaf", "banana", "apple", "lemon", "sky", "grass", "carrot", "cherry", "sun", "wheel", "car", "tree",
+            "flower", "house", "ball", "cup", "book", "clock", "bird", "fish", "cat", "dog", "clover", "bicycle")
+_PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center",
+           "in the top left corner", "in the bottom right corner", "next to the circle", "above the square")
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                 "eleven", "twelve")
+
+_INSTRUCTIONS = (
+    "First describe what the image shows inside <description> </description>. "
+    "Then think step by step inside <think> </think>. Finally put the final answer inside \\boxed{}.",
+    "Describe what the image shows.",
+    "The correct answer is {a}. Explain step by step how to reach it.",
+    "Answer with the option's letter from the given choices directly.",
+    "Answer the question using a single word or phrase.",
+)
 
 
-def _builtin_corpus() -> list[str]:
-    """Sentences in the shape of prompts and model outputs, so common words and tags are few tokens."""
-    lines = [
-        "First describe what the image shows inside <description> </description>. "
-        "Then think step by step inside <think> </think>. Finally put the final answer inside \\boxed{}.",
-        "Describe what the image shows. The correct answer is red. Explain step by step how to reach it.",
-        "What colour is the leaf in the image? How many wheels are there? Leaves are green. Bananas are yellow.",
-        "The answer is \\frac{1}{2}. We have 3 + 4 = 7 and 12 - 5 = 7, so x = 2. \\boxed{42} \\sqrt{2} 0.5 100%",
-    ]
-    for i, colour in enumerate(_COLOURS):
-        thing = _THINGS[i % len(_THINGS)]
-        where = _POSITIONS[i % len(_POSITIONS)]
-        lines.append(
-            f"<description> A {colour} {thing} on the {where}. </description>\n"
-            f"<think> The {thing} in the image is {colour}. </think>\n\\boxed{{{colour}}}"
-        )
-        lines.append(f"What colour is the {thing}? The {thing} is {colour}. There are {i} {thing}s.")
-    lines.append(" ".join(str(n) for n in range(100)))
+def _plural(noun: str) -> str:
+    irregular = {"leaf": "leaves", "cherry": "cherries", "sky": "skies", "fish": "fish", "cross": "crosses"}
+    return irregular.get(noun, noun + "s")
+
+
+def builtin_corpus() -> list[str]:
+    """The built-in training text of the tokenizer: prompts and outputs in the method's format.
+
+    Deterministic. Sentences about images (colours, shapes, objects, counts,
+    positions), digits and arithmetic, LaTeX, and completions laid out exactly
+    as a model writes them, so common words and the format tags end up as few
+    tokens each.
+    """
+    rng = random.Random(0)
+    lines: list[str] = []
+    for i in range(600):
+        colour, shape, obj, place = (rng.choice(_COLOURS), rng.choice(_SHAPES), rng.choice(_OBJECTS),
+                                     rng.choice(_PLACES))
+        n, a, b = rng.randint(1, 12), rng.randint(0, 99), rng.randint(1, 99)
+        things = _plural(shape) if n > 1 else shape
+        kind = i % 6
+        if kind == 0:
+            question = f"What colour is the {obj} in the image?"
+            output = (f"<description> A {colour} {obj} {place}. </description>\n"
+                      f"<think> The {obj} in the image is {colour}, so the answer is {colour}. </think>\n"
+                      f"\\boxed{{{colour}}}")
+        elif kind == 1:
+            question = f"How many {_plural(shape)} are there in the image?"
+            output = (f"<description> There are {_NUMBER_WORDS[n]} {colour} {things} {place}. </description>\n"
+                      f"<think> I count the {_plural(shape)}: {', '.join(str(k) for k in range(1, n + 1))}. "
+                      f"There are {n} of them. </think>\n\\boxed{{{n}}}")
+        elif kind == 2:
+            question = f"What is the sum of the two numbers shown? Compute {a} + {b}."
+            output = (f"<description> The image shows the numbers {a} and {b} written in {colour}. </description>\n"
+                      f"<think> We add them: {a} + {b} = {a + b}. </think>\n\\boxed{{{a + b}}}")
+        elif kind == 3:
+            question = f"What fraction of the {_plural(shape)} are {colour}?"
+            output = (f"<description> A grid of {b} {_plural(shape)}; {a % b} of them are {colour}. </description>\n"
+                      f"<think> The fraction is \\frac{{{a % b}}}{{{b}}}. Since {a} \\times {b} = {a * b} and "
+                      f"{a * b} - {b} = {a * b - b}, we keep \\frac{{{a % b}}}{{{b}}}. </think>\n"
+                      f"\\boxed{{\\frac{{{a % b}}}{{{b}}}}}")
+        elif kind == 4:
+            question = f"Which shape is {place}? A. {shape} B. {_SHAPES[(i + 3) % len(_SHAPES)]} C. {obj}"
+            output = (f"<description> A {colour} {shape} {place} and a {obj} below it. </description>\n"
+                      f"<think> The shape {place} is a {shape}, which is option A. </think>\n\\boxed{{A}}")
+        else:
+            question = f"Is the {obj} {colour}? {obj.capitalize()}s are usually {_COLOURS[n % len(_COLOURS)]}."
+            output = (f"<description> The {obj} is {colour} and the background is white. </description>\n"
+                      f"<think> The image shows a {colour} {obj}, whatever the usual colour is. "
+                      f"So the answer is {'yes' if colour == _COLOURS[n % len(_COLOURS)] else 'no'}. </think>\n"
+                      f"\\boxed{{{'yes' if colour == _COLOURS[n % len(_COLOURS)] else 'no'}}}")
+        lines.append(f"{question}\n{_INSTRUCTIONS[i % len(_INSTRUCTIONS)].replace('{a}', colour)}")
+        lines.append(output)
+    lines.append(" ".join(str(k) for k in range(200)) + " 0.5 3.14 25% 1/2 x^2 \\sqrt{2} \\pi \\cdot \\leq \\geq")
     return lines
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048) -> Any:
-    """A byte-level BPE tokenizer trained on ``corpus`` plus a built-in one, with the Qwen-VL special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the built-in corpus plus ``corpus``, with the Qwen-VL special tokens.
 
+    The pre-tokenizer is the Qwen2 family's split (single digits, punctuation
+    runs, letters with one leading symbol) followed by byte-level mapping, so
+    any text round-trips exactly through ``encode``/``decode`` and offsets
+    are character offsets into the original text. The format tags are
+    ordinary text, as in the real vocabulary. ``vocab_size`` is an upper
+    bound: the merges stop when the corpus has no pair left to merge.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    if vocab_size < _MIN_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} is too small: the bytes and special tokens alone need "
+                         f"{_MIN_VOCAB}; use at least that (2048 is the default)")
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
-    # Untrimmed offsets: every byte of the text belongs to exactly one token's span.
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Untrimmed offsets: every character of the text lies in some token's span.
+    tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # The format lines repeat so that BPE merges the tags into few tokens.
-    tokenizer.train_from_iterator(_builtin_corpus() * 8 + list(corpus or []), trainer=trainer)
+    tokenizer.train_from_iterator(builtin_corpus() + list(corpus or []), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
         unk_token=None,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (IM_END, ENDOFTEXT)],
         clean_up_tokenization_spaces=False,
+        model_max_length=32768,
     )
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 
-def _image_processor(arch: str) -> Any:
+def build_processor(arch: str, tokenizer: PreTrainedTokenizerFast) -> ProcessorMixin:
+    """The real processor class of ``arch``'s family around ``tokenizer``, with a small pixel budget.
+
+    A 112x112 image becomes 16 image tokens (4x4 after the 2x2 merge) in every family.
+    """
+    _check(arch, "arch", ARCHS)
     from transformers import Qwen2VLImageProcessor
 
-    if arch == "qwen3_vl":
-        # Patch 16, merge 2: a 112x112 image becomes a 7x7 grid → 12 tokens after merging at 96x96.
-        return Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
-                                     min_pixels=64 * 64, max_pixels=128 * 128,
-                                     image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2,
-                                 min_pixels=56 * 56, max_pixels=112 * 112)
-
-
-def build_processor(arch: str, tokenizer: Any) -> Any:
-    """The real processor class of ``arch``'s family around ``tokenizer``."""
-    _check(arch, "arch", ARCHS)
-    image_processor = _image_processor(arch)
+    low, high = _PIXELS[arch]
+    patch = _PATCH[arch]
+    # Qwen3-VL normalizes to [-1, 1]; the Qwen2 families keep the CLIP statistics (the class default).
+    stats = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]} if arch == "qwen3_vl" else {}
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": low, "longest_edge": high}, patch_size=patch,
+                                            temporal_patch_size=2, merge_size=2, **stats)
+    video_size = {"shortest_edge": low, "longest_edge": high * _VIDEO_FRAMES_BUDGET}
     if arch == "qwen3_vl":
         from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-        return Qwen3VLProcessor(image_processor=image_processor, video_processor=Qwen3VLVideoProcessor(),
+        return Qwen3VLProcessor(image_processor=image_processor, video_processor=Qwen3VLVideoProcessor(size=video_size),
                                 tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    from transformers import Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-    if arch == "qwen2_vl":
-        from transformers import Qwen2VLProcessor as Processor
-    else:
-        from transformers import Qwen2_5_VLProcessor as Processor
-    return Processor(image_processor=image_processor, video_processor=Qwen2VLVideoProcessor(),
-                     tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor_class = Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor
+    return processor_class(image_processor=image_processor, video_processor=Qwen2VLVideoProcessor(size=video_size),
+                           tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(arch: str, tokenizer: Any, size: str = "tiny") -> Any:
-    """The real model config of ``arch`` at preset ``size``, with the tokenizer's ids."""
+def mrope_section(head_dim: int) -> list[int]:
+    """Rotary frequencies per (temporal, height, width) axis; they add up to ``head_dim / 2``.
+
+    The split keeps the real checkpoints' ratio (16, 24, 24 of 64 at head_dim 128).
+    """
+    half = head_dim // 2
+    spatial = 3 * half // 8
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> PretrainedConfig:
+    """The real model config of ``arch`` at preset ``size``, with the tokenizer's vocabulary and token ids."""
     _check(arch, "arch", ARCHS)
     _check(size, "size", tuple(SIZES))
     s = SIZES[size]
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+        ("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
+        ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
     head_dim = s["hidden"] // s["heads"]
-    # mrope sections (temporal, height, width) must add up to head_dim / 2.
-    half = head_dim // 2
-    section = [half - 2 * (half // 3), half // 3, half // 3]
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section(head_dim)}
     text = dict(
         vocab_size=len(tokenizer), hidden_size=s["hidden"], num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], intermediate_size=s["intermediate"],
-        max_position_embeddings=4096, bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        max_position_embeddings=32768, rope_parameters=rope,
+        # Qwen's bos is <|endoftext|>; the defaults (151643/151645) would lie outside this vocabulary.
+        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    vision = dict(depth=s["vision_depth"], num_heads=s["vision_heads"], out_hidden_size=s["hidden"])
+    vision = dict(depth=s["vision_depth"], num_heads=s["vision_heads"], out_hidden_size=s["hidden"],
+                  patch_size=_PATCH[arch], spatial_merge_size=2, temporal_patch_size=2)
     if arch == "qwen3_vl":
         from transformers import Qwen3VLConfig
 
-        text.update(head_dim=head_dim, rope_scaling={"rope_type": "default", "mrope_section": section,
-                                                     "mrope_interleaved": True})
-        vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"], patch_size=16,
-                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                      deepstack_visual_indexes=[1])
+        text.update(head_dim=head_dim)
+        rope.update(rope_theta=5_000_000.0, mrope_interleaved=True)
+        # 64 learned positions = an 8x8 patch grid, interpolated for other sizes; deepstack from an inner layer.
+        vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"],
+                      num_position_embeddings=64, deepstack_visual_indexes=[0])
         return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
-    text.update(rope_scaling={"type": "mrope", "mrope_section": section})
     if arch == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
-        vision.update(embed_dim=s["vision_hidden"], hidden_size=s["hidden"], mlp_ratio=2, patch_size=14,
-                      spatial_merge_size=2, temporal_patch_size=2)
+        # Qwen2-VL names the vision width embed_dim and the merger's output width hidden_size.
+        vision.update(embed_dim=s["vision_hidden"], hidden_size=s["hidden"],
+                      mlp_ratio=s["vision_intermediate"] // s["vision_hidden"])
         return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
     from transformers import Qwen2_5_VLConfig
 
-    vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"], patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    # A 56-pixel window is 2x2 merged tokens, so a 112x112 image spans 4 windows and the
+    # windowed-attention block (0) differs from the full-attention one (1).
+    vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"], window_size=56,
+                  fullatt_block_indexes=[s["vision_depth"] - 1])
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
-def build_model(arch: str, tokenizer: Any, size: str = "tiny", seed: int = 0) -> torch.nn.Module:
-    """A randomly initialized model of ``arch`` (seeded)."""
+def build_model(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0) -> PreTrainedModel:
+    """A randomly initialized model of ``arch`` at preset ``size``; the same seed gives the same weights.
+
+    Its generation config stops at ``<|im_end|>`` or ``<|endoftext|>`` and pads with ``<|endoftext|>``.
+    """
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     config = build_config(arch, tokenizer, size)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.pad_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.pad_token_id,
     )
     return model
 
 
 def make_tiny(arch: str, out_dir: str | Path, *, size: str = "tiny", seed: int = 0,
               extra_corpus: Iterable[str] = (), vocab_size: int = 2048) -> Path:
-    """Write a tiny random checkpoint of ``arch`` (model + processor) to ``out_dir`` and return it.
+    """Write a tiny random checkpoint of ``arch`` (model, processor, tokenizer, chat template) to ``out_dir``.
 
-    A directory that already holds a complete checkpoint built with the same
-    arguments is returned as it is.
+    Returns ``out_dir``. A directory that already holds a complete checkpoint
+    built with the same arguments is returned untouched. The files are
+    written next to ``out_dir`` first and moved in, and ``vigos_tiny.json``
+    records the arguments, so an interrupted build is rebuilt next time.
+    A directory holding files that ``make_tiny`` did not write is refused.
     """
     _check(arch, "arch", ARCHS)
     _check(size, "size", tuple(SIZES))
     out = Path(out_dir)
     extra = list(extra_corpus)
-    recipe = {"arch": arch, "size": size, "seed": seed, "vocab_size": vocab_size, "extra_corpus": extra}
-    stamp = out / "vigos_tiny.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == recipe and (out / "config.json").exists():
+    corpus_hash = hashlib.sha256(json.dumps(extra).encode()).hexdigest()
+    recipe = {"builder": _BUILDER_VERSION, "arch": arch, "size": size, "seed": seed, "vocab_size": vocab_size,
+              "extra_corpus_sha256": corpus_hash}
+    if _built_with(out) == recipe:
         return out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} is a file; give a directory for the tiny checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not (out / _STAMP).exists():
+        raise ValueError(f"out_dir {out} holds files that make_tiny did not write; give a new or empty directory")
+
     tokenizer = build_tokenizer(extra, vocab_size=vocab_size)
     processor = build_processor(arch, tokenizer)
     model = build_model(arch, tokenizer, size, seed)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    # Written last: its presence means the checkpoint is complete.
-    stamp.write_text(json.dumps(recipe, indent=1))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        files = sorted(p.name for p in staging.iterdir())
+        _write_stamp(out, {"recipe": recipe, "files": files, "complete": False})
+        for name in files:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write_stamp(out, {"recipe": recipe, "files": files, "complete": True})
     return out
+
+
+def _built_with(out: Path) -> dict[str, Any] | None:
+    """The recipe of the complete tiny checkpoint in ``out``, or None."""
+    try:
+        stamp = json.loads((out / _STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("complete") is not True:
+        return None
+    if not all((out / name).is_file() for name in stamp.get("files", [])) or not (out / "config.json").is_file():
+        return None
+    return stamp.get("recipe")
+
+
+def _write_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    # Replaced in one step, so a reader never sees half a stamp.
+    tmp = out / f".{_STAMP}.{os.getpid()}"
+    tmp.write_text(json.dumps(stamp, indent=1))
+    os.replace(tmp, out / _STAMP)
 
 
 def _check(value: str, name: str, valid: tuple[str, ...]) -> None:

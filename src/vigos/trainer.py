@@ -61,6 +61,10 @@ class ViGOSTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self.add_callback(_TeacherUpdate(self))
         self.add_callback(_MetricsFile(Path(args.output_dir)))
+        if args.diagnostics_steps:
+            from .diagnostics import DiagnosticsCallback
+
+            self.add_callback(DiagnosticsCallback(self, every=args.diagnostics_steps, sample_size=args.diagnostics_sample_size))
 
     def _reduce_sum(self, counts: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
