@@ -51,12 +51,12 @@ class DemoConfig:
     size: str = "mini"
     seeds: tuple[int, ...] = (0, 1, 2)
     n_train: int = 192
-    n_eval: int = 32
+    n_eval: int = 24
     train_conflict_fraction: float = 0.1
-    warm_steps: int = 120
+    warm_steps: int = 100
     warm_batch_size: int = 16
     warm_learning_rate: float = 2e-3
-    train_steps: int = 24
+    train_steps: int = 16
     prompts_per_step: int = 4
     num_generations: int = 2
     learning_rate: float = 5e-4
@@ -152,7 +152,7 @@ def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, s
         lora_dropout=0.0, token_loss_clip=cfg.token_loss_clip, description_end_clip=cfg.token_loss_clip,
         reasoning_start_clip=cfg.token_loss_clip, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, log_completions_steps=max(cfg.train_steps // 4, 1),
-        diagnostics_steps=max(cfg.train_steps // 3, 1), diagnostics_sample_size=4,
+        diagnostics_steps=cfg.train_steps, diagnostics_sample_size=4,
     )
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(train), processor)
