@@ -308,7 +308,7 @@ def mentions_attribute(text: str, value: str) -> bool:
     if not needle:
         raise ValueError("mentions_attribute needs a non-empty attribute value")
     options = {needle}
-    if needle.isdigit() and int(needle) < len(NUMBER_WORDS):
+    if needle.isdecimal() and needle.isascii() and int(needle) < len(NUMBER_WORDS):
         options.add(NUMBER_WORDS[int(needle)])
     if needle in NUMBER_WORDS:
         options.add(str(NUMBER_WORDS.index(needle)))
