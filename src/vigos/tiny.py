@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
 ARCHS: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -32,7 +32,10 @@ SIZES: dict[str, dict[str, int]] = {
     # About 0.3M parameters in all, 0.2M in the text part at the default vocabulary: unit and end-to-end tests.
     "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
                  vision_hidden=32, vision_depth=2, vision_heads=2, vision_intermediate=64),
-    # About 5M parameters: the benchmark and demo model (text hidden 256, 4 layers; vision depth 2).
+    # About 0.5M parameters: the demo model (learns the output format in a couple of minutes on 2 cores).
+    "mini": dict(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=384,
+                 vision_hidden=32, vision_depth=2, vision_heads=2, vision_intermediate=64),
+    # About 5M parameters: the benchmark model (text hidden 256, 4 layers; vision depth 2).
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024,
                   vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128),
 }
@@ -62,7 +65,7 @@ CHAT_TEMPLATE = (
 )
 
 # Bump when the built checkpoint changes for the same arguments, so cached directories are rebuilt.
-_BUILDER_VERSION = 2
+_BUILDER_VERSION = 3
 _STAMP = "vigos_tiny.json"
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
@@ -136,11 +139,12 @@ def builtin_corpus() -> list[str]:
             output = (f"<description> A {colour} {shape} {place} and a {obj} below it. </description>\n"
                       f"<think> The shape {place} is a {shape}, which is option A. </think>\n\\boxed{{A}}")
         else:
-            question = f"Is the {obj} {colour}? {obj.capitalize()}s are usually {_COLOURS[n % len(_COLOURS)]}."
+            usual = _COLOURS[n % len(_COLOURS)]
+            verdict = "yes" if colour == usual else "no"
+            question = f"Is the {obj} {usual}? {_plural(obj).capitalize()} are usually {usual}."
             output = (f"<description> The {obj} is {colour} and the background is white. </description>\n"
                       f"<think> The image shows a {colour} {obj}, whatever the usual colour is. "
-                      f"So the answer is {'yes' if colour == _COLOURS[n % len(_COLOURS)] else 'no'}. </think>\n"
-                      f"\\boxed{{{'yes' if colour == _COLOURS[n % len(_COLOURS)] else 'no'}}}")
+                      f"So the answer is {verdict}. </think>\n\\boxed{{{verdict}}}")
         lines.append(f"{question}\n{_INSTRUCTIONS[i % len(_INSTRUCTIONS)].replace('{a}', colour)}")
         lines.append(output)
     lines.append(" ".join(str(k) for k in range(200)) + " 0.5 3.14 25% 1/2 x^2 \\sqrt{2} \\pi \\cdot \\leq \\geq")
@@ -206,16 +210,17 @@ def build_processor(arch: str, tokenizer: PreTrainedTokenizerFast) -> ProcessorM
     stats = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]} if arch == "qwen3_vl" else {}
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": low, "longest_edge": high}, patch_size=patch,
                                             temporal_patch_size=2, merge_size=2, **stats)
-    video_size = {"shortest_edge": low, "longest_edge": high * _VIDEO_FRAMES_BUDGET}
+    # Per-frame cap as in the reference qwen-vl-utils (and no deprecation warning on every video).
+    video = {"size": {"shortest_edge": low, "longest_edge": high * _VIDEO_FRAMES_BUDGET}, "cap_pixels_per_frame": True}
     if arch == "qwen3_vl":
         from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-        return Qwen3VLProcessor(image_processor=image_processor, video_processor=Qwen3VLVideoProcessor(size=video_size),
+        return Qwen3VLProcessor(image_processor=image_processor, video_processor=Qwen3VLVideoProcessor(**video),
                                 tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     processor_class = Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor
-    return processor_class(image_processor=image_processor, video_processor=Qwen2VLVideoProcessor(size=video_size),
+    return processor_class(image_processor=image_processor, video_processor=Qwen2VLVideoProcessor(**video),
                            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
@@ -229,7 +234,7 @@ def mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * spatial, spatial, spatial]
 
 
-def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> PretrainedConfig:
+def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> PreTrainedConfig:
     """The real model config of ``arch`` at preset ``size``, with the tokenizer's vocabulary and token ids."""
     _check(arch, "arch", ARCHS)
     _check(size, "size", tuple(SIZES))
