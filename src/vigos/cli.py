@@ -161,6 +161,14 @@ def _diagnose(args: argparse.Namespace, rest: list[str]) -> int:
     return diagnose_command(args)
 
 
+def _export(args: argparse.Namespace, rest: list[str]) -> int:
+    from .export import export_command
+
+    if rest:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+    return export_command(args)
+
+
 def _demo(args: argparse.Namespace, rest: list[str]) -> int:
     from .demo import demo_command
 
@@ -199,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = commands.add_parser("diagnose", help="shortcut diagnostics: grounding, leakage, teacher image reliance, image sensitivity")
     add_diagnose_arguments(diagnose)
     diagnose.set_defaults(handler=_diagnose)
+
+    from .export import add_export_arguments
+
+    export = commands.add_parser("export", help="merge a LoRA adapter into its base model; write a standalone model")
+    add_export_arguments(export)
+    export.set_defaults(handler=_export)
 
     demo = commands.add_parser("demo", help="the paper's experiment in miniature, offline on a CPU, with a report")
     add_demo_arguments(demo)

@@ -155,8 +155,10 @@ class ViGOSConfig(TrainingArguments):
             reasoning_sees_description=self.reasoning_sees_description,
         )
 
-    def build_scorer(self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None):
-        """The :class:`vigos.scoring.Scorer` this config describes."""
+    def build_scorer(self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None,
+                     lockstep: bool = False):
+        """The :class:`vigos.scoring.Scorer` this config describes (``lockstep``: the same number of
+        forward passes on every process, which sharded weights need)."""
         from .scoring import Scorer, ScoringOptions
 
         options = ScoringOptions(
@@ -169,7 +171,8 @@ class ViGOSConfig(TrainingArguments):
             teacher_batch_size=self.teacher_batch_size,
         )
         student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
-        return Scorer(processor, self.teacher_terms(), student, teacher=teacher, options=options, reduce_sum=reduce_sum)
+        return Scorer(processor, self.teacher_terms(), student, teacher=teacher, options=options, reduce_sum=reduce_sum,
+                      lockstep=lockstep)
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -95,17 +95,27 @@ def student_prompt_length(processor: Any, config: ViGOSConfig):
 
 def train(config: ViGOSConfig) -> Path:
     """Run a whole training job from ``config``; returns the directory of the saved model/adapter."""
+    from transformers import set_seed
+
     from .trainer import ViGOSTrainer
 
     if not config.model_name_or_path:
         raise SystemExit("model_name_or_path is not set: name a checkpoint directory or hub id")
     if not config.dataset:
         raise SystemExit("dataset is not set: name a hub id, a saved dataset, a parquet or a JSONL file")
-    model, processor = load_model_and_processor(resolve_model_path(config.model_name_or_path))
+    # Under `accelerate launch` every process gets here: let one process per node
+    # build the tiny model and the synthetic data, and the others read them after.
+    with config.main_process_first(desc="building the model and data caches"):
+        model_path = resolve_model_path(config.model_name_or_path)
+        dataset_path = resolve_dataset(config.dataset, seed=config.seed)
+    model, processor = load_model_and_processor(model_path)
     if config.use_lora:
+        # The adapter's initial weights are drawn here, before the Trainer seeds
+        # anything: seed them, or two runs of one config start apart.
+        set_seed(config.seed)
         model = apply_lora(model, config)
     examples, report = load_examples(
-        resolve_dataset(config.dataset, seed=config.seed),
+        dataset_path,
         split=config.dataset_split,
         question_field=config.question_field,
         image_field=config.image_field,

@@ -55,8 +55,12 @@ class ScoreOutput:
     """What scoring returns.
 
     ``loss`` is the weighted sum of the terms; ``terms`` holds each term's
-    unweighted value (a mean over its supervised tokens of the global batch);
-    ``metrics`` are plain floats for logging.
+    unweighted value: this process's share of the term's mean over the global
+    batch (its tokens' divergences summed, divided by the global token count),
+    so that the shares of all processes add up to the term (with one process,
+    the share is the term). ``metrics`` are plain floats, the same on every
+    process: this call's share of the optimizer step's rates, means and terms
+    over all processes (with no gradient accumulation, the step's values).
     """
 
     loss: torch.Tensor
@@ -92,8 +96,12 @@ class Scorer:
         teacher: TeacherPolicy | None = None,
         options: ScoringOptions | None = None,
         reduce_sum: ReduceSum | None = None,
+        lockstep: bool = False,
     ):
         self.processor = processor
+        # Sharded weights (FSDP, ZeRO-3) are gathered collectively in every forward
+        # pass, so every process must run as many passes as the others.
+        self.lockstep = lockstep
         self.terms = list(terms)
         self.student_prompt = student_prompt
         self.teacher = teacher or TeacherPolicy()
@@ -126,6 +134,20 @@ class Scorer:
         """For each term, the completion token range each row's teacher supervises (None: not this row)."""
         return {t.name: [_supervised_range(t, s) for s in spans] for t in self.terms}
 
+    def totals(self, completions: Sequence[str | Sequence[int] | torch.Tensor]) -> torch.Tensor:
+        """This process's rollout count and each term's supervised token count for ``completions``.
+
+        Returns float32 [1 + terms]. Summed over the micro-batches of an
+        optimizer step and over processes, it is what ``step_totals`` takes.
+        """
+        spans = self.parser.parse_batch(self.tokenize_completions(completions))
+        supervised = self.supervised_ranges(spans)
+        return self._totals(spans, supervised)
+
+    def _totals(self, spans: list[CompletionSpans], supervised: dict[str, list[tuple[int, int] | None]]) -> torch.Tensor:
+        counts = [sum(r[1] - r[0] for r in supervised[t.name] if r) for t in self.terms]
+        return torch.tensor([len(spans), *counts], dtype=torch.float32)
+
     def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
         text = spec.text(example.question, example.answer if answer else None)
         return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill), image)
@@ -135,7 +157,17 @@ class Scorer:
         model: torch.nn.Module,
         examples: Sequence[Example],
         completions: Sequence[str | Sequence[int] | torch.Tensor],
+        *,
+        step_totals: torch.Tensor | None = None,
     ) -> ScoreOutput:
+        """Loss terms and metrics of ``completions`` (one per example).
+
+        ``step_totals`` [1 + terms]: the rollouts and each term's supervised
+        tokens over the whole optimizer step (every micro-batch of a gradient
+        accumulation window, every process; see :meth:`totals`). Each term is
+        normalized by them, so that the micro-batches' losses add up to the
+        step's. None: this call is the whole step (totals summed over processes).
+        """
         if len(examples) != len(completions):
             raise ValueError(f"got {len(examples)} examples but {len(completions)} completions; pass one example per completion")
         completion_ids = self.tokenize_completions(completions)
@@ -162,10 +194,9 @@ class Scorer:
         student_head = output_head(model)
         teacher_head = self.teacher.head(model)
 
-        counts = torch.tensor(
-            [sum(r[1] - r[0] for r in supervised[t.name] if r) for t in self.terms], dtype=torch.float32
-        )
-        global_counts = self.reduce_sum(counts.to(student_hidden.device))
+        local_totals = self._totals(spans, supervised).to(student_hidden.device)
+        totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(student_hidden.device)
+        global_counts = totals[1:]
         # Keeps every parameter in the graph when no term has a token here, so
         # that distributed gradient reduction still sees this process.
         loss = student_hidden.sum() * 0.0
@@ -190,7 +221,7 @@ class Scorer:
             )
             terms[term.name] = value
             loss = loss + term.weight * value
-        metrics = self._metrics(examples, completion_ids, spans, supervised, terms, loss)
+        metrics = self._metrics(examples, completion_ids, spans, local_totals, terms, loss, float(totals[0]))
         return ScoreOutput(loss, terms, metrics, spans, completion_ids, supervised)
 
     def _collate(self, contexts: Sequence[Context], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -213,6 +244,9 @@ class Scorer:
         student's gather. Only hidden states are kept, never logits.
         """
         hidden_size = output_head(model).shape[-1]
+        size = self.options.teacher_batch_size
+        # Every process holds as many rows, so this many passes per term is the most any process runs.
+        most_passes = -(-len(examples) // size)
         states: dict[str, torch.Tensor] = {}
         was_training = model.training
         model.eval()
@@ -228,12 +262,18 @@ class Scorer:
                         context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
                         jobs.append((context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
                     gathered = []
-                    size = self.options.teacher_batch_size
                     for offset in range(0, len(jobs), size):
                         chunk = jobs[offset : offset + size]
                         hidden = final_hidden_states(model, self._collate([c for c, _, _ in chunk], model))
                         for row, (_, first, count) in enumerate(chunk):
                             gathered.append(hidden[row, first : first + count])
+                    if self.lockstep and examples:
+                        # Passes on a throwaway context (one row's prompt, image included, so that
+                        # the vision tower runs too) until this process has run as many as any.
+                        filler = Context(self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False),
+                                         [], image_of[0])
+                        for _ in range(most_passes - -(-len(jobs) // size)):
+                            final_hidden_states(model, self._collate([filler], model))
                     states[term.name] = (
                         torch.cat(gathered) if gathered else torch.zeros((0, hidden_size), device=next(model.parameters()).device)
                     )
@@ -262,11 +302,13 @@ class Scorer:
         examples: Sequence[Example],
         completion_ids: list[list[int]],
         spans: list[CompletionSpans],
-        supervised: dict[str, list[tuple[int, int] | None]],
+        local_totals: torch.Tensor,
         terms: dict[str, torch.Tensor],
         loss: torch.Tensor,
+        step_rollouts: float,
     ) -> dict[str, float]:
-        n = max(len(spans), 1)
+        """This call's share of the step's metrics over all processes: sums across
+        processes, divided by the step's rollouts (``loss_*`` are already shares)."""
         tokenizer = self.processor.tokenizer
         correct = 0
         for example, ids, s in zip(examples, completion_ids, spans):
@@ -276,17 +318,27 @@ class Scorer:
 
                 prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
             correct += bool(is_correct(prediction, example.answer))
+        names = list(terms)
+        local = torch.tensor(
+            [sum(s.valid for s in spans), sum(s.tagless for s in spans), sum(s.length for s in spans), correct,
+             float(loss.detach())] + [float(terms[name].detach()) for name in names],
+            dtype=torch.float32,
+        )
+        summed = self.reduce_sum(torch.cat([local_totals.cpu(), local]).to(loss.device)).tolist()
+        rollouts, counts = summed[0], summed[1 : 1 + len(names)]
+        valid, tagless, length, correct, total_loss, *values = summed[1 + len(names) :]
+        n = max(step_rollouts, 1.0)
         metrics = {
-            "loss": float(loss.detach()),
-            "valid_rate": sum(s.valid for s in spans) / n,
-            "fallback_rate": sum(not s.valid for s in spans) / n,
-            "tagless_rate": sum(s.tagless for s in spans) / n,
-            "completion_length": sum(s.length for s in spans) / n,
+            "loss": total_loss,
+            "valid_rate": valid / n,
+            "fallback_rate": (rollouts - valid) / n,
+            "tagless_rate": tagless / n,
+            "completion_length": length / n,
             "answer_accuracy": correct / n,
         }
-        for name, value in terms.items():
-            metrics[f"loss_{name}"] = float(value.detach())
-            metrics[f"tokens_{name}"] = sum(r[1] - r[0] for r in supervised[name] if r) / n
+        for name, value, count in zip(names, values, counts):
+            metrics[f"loss_{name}"] = value
+            metrics[f"tokens_{name}"] = count / n
         return metrics
 
 

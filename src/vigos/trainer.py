@@ -8,13 +8,14 @@ Accelerate/DeepSpeed/FSDP launch — is the Trainer's own.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .checkpoints import AtomicCheckpointMixin
 from .config import ViGOSConfig
 from .data import Example, collate_examples
 from .rollout import HFGenerateRollout, Rollout, SamplingParams
@@ -22,14 +23,25 @@ from .prompts import DESCRIPTION_OPEN, PromptSpec
 from .scoring import ScoreOutput
 from .teachers import TeacherPolicy, make_teacher_policy
 
-class ViGOSTrainer(Trainer):
+class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
     """Post-trains a VLM with ViGOS or multimodal OPSD (``args.method``).
 
     ``train_dataset`` yields :class:`vigos.data.Example`; ``processing_class``
     is the model's processor. ``rollout`` defaults to Hugging Face
     ``generate`` with the config's sampling settings, ``teacher`` to the
     config's teacher policy.
+
+    Each loss term is a mean over its tokens in the whole optimizer step: every
+    micro-batch of a gradient-accumulation window, on every process. The
+    step's micro-batches are therefore rolled out together, at its first
+    micro-batch (the weights do not change within a step, so this samples what
+    rolling each out just before its own backward would), which gives the
+    step's token counts before any backward pass.
     """
+
+    # compute_loss returns each micro-batch's share of the step's loss, already
+    # normalized by the step's token counts: the Trainer must not divide it again.
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -57,8 +69,13 @@ class ViGOSTrainer(Trainer):
             SamplingParams(args.temperature, args.top_p, args.top_k, args.max_completion_length, args.num_generations),
             student_prompt,
         )
-        self.scorer = args.build_scorer(processing_class, teacher=self.teacher, reduce_sum=self._reduce_sum)
+        self.scorer = args.build_scorer(processing_class, teacher=self.teacher, reduce_sum=self._reduce_sum,
+                                        lockstep=self._weights_sharded())
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metric_steps: set[int] = set()
+        self._step_batches: list[Sequence[Example]] | None = None
+        self._step_rollouts: deque[list[list[int]]] = deque()
+        self._step_totals: torch.Tensor | None = None
         self.add_callback(_TeacherUpdate(self))
         self.add_callback(_MetricsFile(Path(args.output_dir)))
         if args.diagnostics_steps:
@@ -66,14 +83,42 @@ class ViGOSTrainer(Trainer):
 
             self.add_callback(DiagnosticsCallback(self, every=args.diagnostics_steps, sample_size=args.diagnostics_sample_size))
 
+    def _weights_sharded(self) -> bool:
+        """FSDP or DeepSpeed ZeRO-3: weights are gathered collectively in every forward pass."""
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        return self.accelerator.num_processes > 1 and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+
     def _reduce_sum(self, counts: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(counts, reduction="sum") if self.accelerator.num_processes > 1 else counts
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The optimizer step's micro-batches; they are rolled out at the step's first ``compute_loss``
+        (after the Trainer has restored the RNG on a resume)."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_batches, self._step_rollouts, self._step_totals = list(batch_samples), deque(), None
+        return batch_samples, None
+
+    def _roll_out_step(self, model) -> None:
+        totals = torch.zeros(1 + len(self.scorer.terms))
+        for batch in self._step_batches:
+            completions = self.rollout(model, batch)
+            self._step_rollouts.append(completions)
+            totals += self.scorer.totals(completions)
+        self._step_totals = self._reduce_sum(totals.to(self.args.device))
+
     def compute_loss(self, model, inputs: Sequence[Example], return_outputs: bool = False, num_items_in_batch=None):
         """Rollout → spans → teachers → loss (METHOD.md section 3)."""
-        completions = self.rollout(model, inputs)
+        if self._step_batches:  # a micro-batch of the training loop's current step, in order
+            if self._step_totals is None:
+                self._roll_out_step(model)
+            completions, totals = self._step_rollouts.popleft(), self._step_totals
+            if not self._step_rollouts:
+                self._step_batches = None
+        else:
+            completions, totals = self.rollout(model, inputs), None
         examples = [e for e in inputs for _ in range(self.args.num_generations)]
-        scored = self.scorer(model, examples, completions)
+        scored = self.scorer(model, examples, completions, step_totals=totals)
         self._record(scored, examples)
         # Each term is a mean over the global batch's tokens, while DDP averages
         # gradients over processes: scale back so the gradient is the global mean's.
@@ -83,15 +128,18 @@ class ViGOSTrainer(Trainer):
     def _record(self, scored: ScoreOutput, examples: Sequence[Example]) -> None:
         for name, value in scored.metrics.items():
             self._metrics[name].append(value)
+        self._metric_steps.add(self.state.global_step)
+        # The optimizer step these rollouts train (1-based, as in metrics.jsonl and checkpoint-N).
+        step = self.state.global_step + 1
         every = self.args.log_completions_steps
-        if every and self.state.global_step % every == 0 and self.is_world_process_zero():
+        if every and step % every == 0 and self.is_world_process_zero():
             tokenizer = self.processing_class.tokenizer
             path = Path(self.args.output_dir) / "completions.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 for example, ids, spans in list(zip(examples, scored.completion_ids, scored.spans))[: self.args.num_completions_to_log]:
                     record = {
-                        "step": self.state.global_step,
+                        "step": step,
                         "row": example.row,
                         "question": example.question,
                         "reference": example.answer,
@@ -103,13 +151,15 @@ class ViGOSTrainer(Trainer):
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each ViGOS metric since the last log."""
+        """Adds the per-step mean of each ViGOS metric since the last log."""
         if self._metrics and "loss" in logs:
-            # The Trainer logs the loss itself; the rest are the step's ViGOS metrics.
+            # The Trainer logs the loss itself. Each micro-batch recorded its share
+            # of its step's value: sum the shares, then average over the steps.
             for name, values in self._metrics.items():
                 if name != "loss":
-                    logs[name] = sum(values) / len(values)
+                    logs[name] = sum(values) / len(self._metric_steps)
             self._metrics.clear()
+            self._metric_steps.clear()
         super().log(logs, start_time)
 
 
