@@ -132,4 +132,7 @@ def train(config: ViGOSConfig) -> Path:
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     out = Path(config.output_dir)
     trainer.save_model(str(out))
+    # An undestroyed gloo/NCCL group aborts its worker threads at interpreter exit (SIGABRT).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return out
