@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo demo-quick clean
+.PHONY: install test test-fast demo demo-quick bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ demo: install
 
 demo-quick: install
 	$(BIN)/vigos demo --quick
+
+bench: install
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

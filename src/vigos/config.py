@@ -64,8 +64,9 @@ class ViGOSConfig(TrainingArguments):
     description_end_clip: float | None = field(default=0.05, metadata=_help("Clip of the last description token (boundary)."))
     reasoning_start_clip: float | None = field(default=0.05, metadata=_help("Clip of the first reasoning token (boundary)."))
     reasoning_sees_description: bool = field(default=False, metadata=_help("Show the reasoning teacher the student's description before the reasoning (the paper's 'same prefix' reading)."))
-    loss_chunk_size: int | None = field(default=1024, metadata=_help("Tokens per chunk when projecting hidden states to the vocabulary in the loss (None: one chunk)."))
+    loss_chunk_size: int | None = field(default=128, metadata=_help("Tokens per chunk when projecting hidden states to the vocabulary in the loss: the loss holds about 3 x chunk x vocabulary floats (128 at Qwen's 151,936: 230 MB); None: one chunk through plain autograd."))
     teacher_batch_size: int = field(default=8, metadata=_help("Sequences per teacher forward pass (bounds teacher memory)."))
+    naive_loss: bool = field(default=False, metadata=_help("Compute the loss the public release's way: full-vocabulary logits of the student and every teacher pass, all kept at once (slow and memory-hungry; for reference and benchmarks)."))
 
     # Prompts: templates with {question} and {answer}.
     student_prompt: str = field(default=prompts.STUDENT_PROMPT, metadata=_help("Student prompt template ({question})."))
@@ -169,6 +170,7 @@ class ViGOSConfig(TrainingArguments):
             reasoning_start_clip=self.reasoning_start_clip,
             loss_chunk_size=self.loss_chunk_size,
             teacher_batch_size=self.teacher_batch_size,
+            naive_loss=self.naive_loss,
         )
         student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
         return Scorer(processor, self.teacher_terms(), student, teacher=teacher, options=options, reduce_sum=reduce_sum,

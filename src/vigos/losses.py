@@ -10,7 +10,9 @@ building blocks compose into one loss term of METHOD.md section 3:
 `divergence_from_logits` is exactly that composition. `divergence_from_hidden`
 computes the same number from final hidden states and output projections,
 chunk by chunk over tokens, so that only ``[chunk, V]`` logits are alive at any
-moment in forward and backward.
+moment: each chunk's gradient is computed as soon as its logits are (in the
+style of fused linear + loss kernels), so nothing vocabulary-sized is saved
+for backward and no logits are recomputed.
 
 Conventions:
 
@@ -32,7 +34,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+
+from .fused_loss import chunked_divergence_sum
 
 Divergence = Callable[[Tensor, Tensor], Tensor]
 
@@ -295,19 +298,38 @@ def divergence_from_logits(
     return aggregate(values, mask, global_count)
 
 
-def _chunk_term(
-    student_hidden: Tensor,
-    teacher_hidden: Tensor,
+def _plain_term(
+    student_rows: Tensor,
+    teacher_rows: Tensor,
     student_head: Tensor,
     teacher_head: Tensor,
     clip: Tensor | float | None,
     divergence: Divergence,
 ) -> Tensor:
-    """Sum of clipped divergences over the rows of one chunk (all rows supervised)."""
-    student_logits = F.linear(student_hidden, student_head)
+    """Sum of clipped divergences over all rows at once, through autograd (the unchunked path)."""
+    student_logits = F.linear(student_rows, student_head)
     with torch.no_grad():
-        teacher_logits = F.linear(teacher_hidden, teacher_head)
+        teacher_logits = F.linear(teacher_rows, teacher_head)
     return clip_token_values(divergence(student_logits, teacher_logits), clip).sum()
+
+
+def _closed_form(divergence: Divergence) -> tuple[str, float] | None:
+    """``(kind, temperature)`` when ``divergence`` is a KL whose logit gradient has a closed form.
+
+    Recognizes `forward_kl` and `reverse_kl` as they come from
+    `get_divergence` (also the JSD endpoints beta = 0 and 1); any other
+    callable gets its per-chunk gradient from autograd instead.
+    """
+    func, keywords = divergence, {}
+    if isinstance(divergence, partial):
+        if divergence.args:
+            return None
+        func, keywords = divergence.func, dict(divergence.keywords)
+    if func is generalized_jsd and keywords.get("beta") in (0.0, 1.0):
+        func = forward_kl if keywords.pop("beta") == 0.0 else reverse_kl
+    if func in (forward_kl, reverse_kl) and set(keywords) <= {"temperature"}:
+        return func.__name__, float(keywords.get("temperature", 1.0))
+    return None
 
 
 def divergence_from_hidden(
@@ -328,9 +350,13 @@ def divergence_from_hidden(
     in value and gradient, without materializing ``[N, V]`` logits:
 
     - only the supervised rows (``mask``) are projected at all;
-    - they are processed ``chunk_size`` rows at a time, each chunk wrapped in
-      a non-reentrant ``torch.utils.checkpoint``, so the forward keeps no
-      ``[chunk, V]`` tensor and the backward recomputes one chunk at a time;
+    - they are processed ``chunk_size`` rows at a time; each chunk's logits
+      are computed once, and the gradient wrt the student rows and head is
+      accumulated right there (closed form for forward and reverse KL,
+      autograd on the chunk for other divergences), so the forward keeps no
+      ``[chunk, V]`` tensor and the backward only scales the accumulated
+      gradients. Peak memory is a few ``[chunk, V]`` buffers plus ``[N, H]``
+      (and ``[V, H]`` when the head is trained);
     - the teacher side is detached and computed without grad, so passing the
       student's own ``lm_head`` weight as ``teacher_head`` (LoRA: the teacher
       shares it) is fine and adds no gradient through the teacher.
@@ -346,8 +372,8 @@ def divergence_from_hidden(
         mask: ``[N]`` bool, the supervised tokens.
         clip: None, a scalar, or an ``[N]`` per-token clip (``inf`` = none).
         global_count: denominator, as in `aggregate`.
-        chunk_size: rows per chunk; None means one chunk without
-            checkpointing (the plain path).
+        chunk_size: rows per chunk; None means one chunk through plain
+            autograd (the unchunked reference path).
 
     Returns:
         Scalar loss term; exactly 0 (with a graph to the student inputs) when
@@ -374,34 +400,25 @@ def divergence_from_hidden(
     student_rows = student_hidden.index_select(0, rows)
     teacher_rows = teacher_hidden.detach().index_select(0, rows)
     teacher_head = teacher_head.detach()
-    per_token_clip = isinstance(clip, Tensor) and clip.dim() == 1
     if isinstance(clip, Tensor):
-        if per_token_clip and clip.shape != mask.shape:
+        if clip.dim() == 1 and clip.shape != mask.shape:
             raise ValueError(f"a per-token clip must have shape {list(mask.shape)}, got {list(clip.shape)}")
+        if clip.dim() not in (0, 1):
+            raise ValueError(f"clip must be a scalar or an [N] tensor, got shape {tuple(clip.shape)}")
         clip = clip.detach().to(student_hidden.device)
-        if per_token_clip:
+        if clip.dim() == 1:
             clip = clip.index_select(0, rows)
     elif clip is not None:
         clip = _check_scalar_clip(clip)
 
-    count = rows.shape[0]
-    step = max(count, 1) if chunk_size is None else chunk_size
-    total = student_rows.new_zeros((), dtype=torch.promote_types(student_rows.dtype, torch.float32))
-    # At least one (possibly empty) chunk, so an empty selection still yields
-    # an exact 0 connected to the student inputs.
-    for start in range(0, max(count, 1), step):
-        end = start + step
-        args = (
-            student_rows[start:end],
-            teacher_rows[start:end],
-            student_head,
-            teacher_head,
-            clip[start:end] if per_token_clip else clip,
-            divergence,
+    if chunk_size is None:
+        total = _plain_term(student_rows, teacher_rows, student_head, teacher_head, clip, divergence)
+    else:
+        dtype = torch.promote_types(student_rows.dtype, torch.float32)
+        row_clips = torch.full((rows.shape[0],), math.inf, dtype=dtype, device=student_rows.device)
+        if clip is not None:
+            row_clips.copy_(torch.as_tensor(clip, dtype=dtype, device=student_rows.device).expand_as(row_clips))
+        total = chunked_divergence_sum(
+            student_rows, student_head, teacher_rows, teacher_head, row_clips, divergence, _closed_form(divergence), chunk_size
         )
-        if chunk_size is None:
-            total = total + _chunk_term(*args)
-        else:
-            # The chunk function has no randomness, so saving the RNG state is wasted work.
-            total = total + checkpoint(_chunk_term, *args, use_reentrant=False, preserve_rng_state=False)
     return total / _token_count(mask, global_count, total)

@@ -2,6 +2,8 @@
 
 * encode a context (prompt text + image + appended token ids) into model
   inputs, processing each image once and reusing it for every context;
+* run each image through the vision tower once and hand the features to
+  every forward pass that shows it, when the tower is frozen;
 * run a forward pass that keeps the final hidden states rather than logits
   (the loss projects them through the output head chunk by chunk);
 * find the output head and the underlying Hugging Face model through
@@ -63,14 +65,62 @@ class Context:
         return len(self.prompt_ids) + len(self.appended_ids)
 
 
+@dataclass
+class ImageFeatures:
+    """Vision-tower outputs of some images, computed once and shared by every context showing one of them."""
+
+    encoded: Any  # the model's get_image_features output: per-image pooler_output (and deepstack_features)
+    position: dict[int, int]  # id(EncodedImage) -> its index in ``encoded``
+
+    def select(self, images: Sequence[EncodedImage]) -> dict[str, Any]:
+        """``mm_encoder_outputs`` for a batch showing ``images`` in this order."""
+        order = [self.position[id(image)] for image in images]
+        fields: dict[str, Any] = {"pooler_output": tuple(self.encoded.pooler_output[i] for i in order)}
+        deepstack = getattr(self.encoded, "deepstack_features", None)
+        if deepstack is not None:
+            fields["deepstack_features"] = [tuple(layer[i] for i in order) for layer in deepstack]
+        return {"image": type(self.encoded)(**fields)}
+
+
+def image_features_reusable(model: torch.nn.Module) -> bool:
+    """Whether one vision encode can serve every pass over an image: the model takes precomputed
+    features and its vision tower has nothing trained and no dropout, so every teacher's and the
+    student's tower compute the same function."""
+    core = unwrap(model)
+    visual = getattr(getattr(core, "model", core), "visual", None)
+    if visual is None or not hasattr(core, "get_image_features"):
+        return False
+    frozen = not any(p.requires_grad for p in visual.parameters())
+    return frozen and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in visual.modules())
+
+
+@torch.no_grad()
+def encode_image_features(model: torch.nn.Module, images: Sequence[EncodedImage]) -> ImageFeatures:
+    """Run ``images`` (distinct objects) through the vision tower in one batch."""
+    core = unwrap(model)
+    device = next(core.parameters()).device
+    encoded = core.get_image_features(
+        pixel_values=torch.cat([i.pixel_values for i in images]).to(device),
+        image_grid_thw=torch.cat([i.image_grid_thw for i in images]).to(device),
+        return_dict=True,
+    )
+    return ImageFeatures(encoded, {id(image): index for index, image in enumerate(images)})
+
+
 def collate_contexts(
-    contexts: Sequence[Context], *, pad_token_id: int, image_token: int, padding_side: str = "right"
-) -> dict[str, torch.Tensor]:
+    contexts: Sequence[Context],
+    *,
+    pad_token_id: int,
+    image_token: int,
+    padding_side: str = "right",
+    image_features: ImageFeatures | None = None,
+) -> dict[str, Any]:
     """Pad contexts into one batch of model inputs.
 
     Right padding keeps every row's prompt at the same offsets as when it was
     built, which is what the loss's position arithmetic relies on; generation
-    takes left padding.
+    takes left padding. With ``image_features`` the batch carries the
+    precomputed vision features (``mm_encoder_outputs``) instead of pixels.
     """
     width = max(c.length for c in contexts)
     input_ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long)
@@ -83,7 +133,10 @@ def collate_contexts(
     batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
     images = [c.image for c in contexts if c.image is not None]
     if images:
-        batch["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        if image_features is None:
+            batch["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        else:
+            batch["mm_encoder_outputs"] = image_features.select(images)
         batch["image_grid_thw"] = torch.cat([i.image_grid_thw for i in images])
         batch["mm_token_type_ids"] = (input_ids == image_token).long() * attention_mask
     return batch
@@ -118,7 +171,7 @@ def _capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def final_hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def final_hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Final (post-norm) hidden states [B, L, H] of a forward pass, without full logits.
 
     The pass goes through the outermost wrapper (so DDP/FSDP see their

@@ -10,8 +10,9 @@ samples with Hugging Face ``generate``; other engines implement the same
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -29,6 +30,8 @@ class SamplingParams:
     top_k: int = 20
     max_new_tokens: int = 4096
     num_samples: int = 1
+    # End-of-sequence is forbidden before this many new tokens (benchmarks set it to max_new_tokens).
+    min_new_tokens: int = 0
 
 
 class Rollout(Protocol):
@@ -48,12 +51,21 @@ def student_contexts(processor: Any, examples: Sequence[Example], prompt: Prompt
 
 
 class HFGenerateRollout:
-    """Rollouts with Hugging Face ``generate`` (sampling; left-padded batch)."""
+    """Rollouts with Hugging Face ``generate`` (sampling; left-padded batch).
 
-    def __init__(self, processor: Any, params: SamplingParams, prompt: PromptSpec | None = None):
+    ``merge_lora``: sample with the LoRA deltas folded into copies of the
+    adapted weights (see `merged_lora`), which makes each decoding step one
+    matmul per adapted layer instead of three; the model's own weights are
+    left untouched.
+    """
+
+    def __init__(
+        self, processor: Any, params: SamplingParams, prompt: PromptSpec | None = None, *, merge_lora: bool = True
+    ):
         self.processor = processor
         self.params = params
         self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
+        self.merge_lora = merge_lora
         tokenizer = processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
@@ -74,21 +86,82 @@ class HFGenerateRollout:
         was_training = generator.training
         generator.eval()
         try:
-            output = generator.generate(
-                **batch,
-                do_sample=True,
-                temperature=self.params.temperature,
-                top_p=self.params.top_p,
-                top_k=self.params.top_k or None,
-                max_new_tokens=self.params.max_new_tokens,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=self.eos_token_ids,
-                suppress_tokens=self.suppressed_ids,
-            )
+            with merged_lora(generator) if self.merge_lora else nullcontext(False):
+                output = generator.generate(
+                    **batch,
+                    do_sample=True,
+                    temperature=self.params.temperature,
+                    top_p=self.params.top_p,
+                    top_k=self.params.top_k or None,
+                    max_new_tokens=self.params.max_new_tokens,
+                    min_new_tokens=self.params.min_new_tokens or None,
+                    pad_token_id=self.pad_token_id,
+                    eos_token_id=self.eos_token_ids,
+                    suppress_tokens=self.suppressed_ids,
+                )
         finally:
             generator.train(was_training)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [_until_eos(ids, self.eos_token_ids) for ids in new_tokens]
+
+
+def _mergeable_lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's LoRA linear layers if every one can be folded exactly as PEFT computes it, else []."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.utils.other import ModulesToSaveWrapper
+    except ImportError:
+        return []
+    if not hasattr(model, "disable_adapter"):
+        return []
+    layers = []
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            return []  # switching the adapter off would also swap these back to their originals
+        if not isinstance(module, LoraLinear):
+            continue
+        weight = module.base_layer.weight
+        active = [a for a in module.active_adapters if a in module.lora_A]
+        plain = type(weight) is torch.nn.Parameter and weight.numel() > 0 and isinstance(module.base_layer, torch.nn.Linear)
+        if module.merged or module.disable_adapters or not plain or any(
+            module.use_dora.get(a, False) or module.lora_bias.get(a, False) for a in active
+        ):
+            return []
+        layers.append(module)
+    return layers
+
+
+@contextmanager
+def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
+    """Inside, a PEFT LoRA ``model`` computes with ``W + scale * B @ A`` as one weight per adapted layer.
+
+    The merged weights are new tensors swapped in for the block; the
+    original parameters (the adapter-off teacher's weights included) are
+    put back untouched afterwards, never added to and subtracted from. This
+    costs one extra copy of the adapted weights while it lasts. Yields
+    whether anything was merged: models without LoRA, or with layers that
+    cannot be folded exactly (DoRA, LoRA bias, sharded or placeholder
+    weights, modules_to_save), run as they are.
+    """
+    layers = _mergeable_lora_layers(model)
+    if not layers:
+        yield False
+        return
+    with torch.no_grad():
+        merged = []
+        for module in layers:
+            weight = module.base_layer.weight
+            delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+            merged.append(torch.nn.Parameter(weight + delta, requires_grad=False))
+    originals = [module.base_layer.weight for module in layers]
+    try:
+        for module, weight in zip(layers, merged):
+            module.base_layer.weight = weight
+        with model.disable_adapter():
+            yield True
+    finally:
+        for module, weight in zip(layers, originals):
+            module.base_layer.weight = weight
 
 
 def vision_token_ids(processor: Any) -> list[int]:

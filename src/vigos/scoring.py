@@ -12,8 +12,10 @@ student's sequence and, with its own ``P``, in each teacher's.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -23,9 +25,12 @@ from .grading import is_correct
 from .modeling import (
     Context,
     EncodedImage,
+    ImageFeatures,
     collate_contexts,
     encode_image,
+    encode_image_features,
     final_hidden_states,
+    image_features_reusable,
     image_token_id,
     output_head,
     tokenize_prompt,
@@ -46,8 +51,16 @@ class ScoringOptions:
     token_loss_clip: float | None = 0.05
     description_end_clip: float | None = 0.05
     reasoning_start_clip: float | None = 0.05
-    loss_chunk_size: int | None = 1024
+    loss_chunk_size: int | None = 128
     teacher_batch_size: int = 8
+    # The public release's way, kept as a reference and for benchmarks: full
+    # [L, V] logits of the student and of every teacher pass, all alive at
+    # once, then divergence_from_logits.
+    naive_loss: bool = False
+    # One vision encode per image per call, shared by every teacher pass and
+    # the student pass, when the vision tower is frozen (the naive path
+    # encodes the image once per context, as the release does).
+    reuse_image_features: bool = True
 
 
 @dataclass
@@ -69,6 +82,21 @@ class ScoreOutput:
     spans: list[CompletionSpans]
     completion_ids: list[list[int]]
     supervised: dict[str, list[tuple[int, int] | None]] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the wall time of the block to ``times[stage]`` (host time: no device synchronization)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _full_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Full-vocabulary logits [B, L, V] of every position (the naive path)."""
+    return model(**batch, use_cache=False).logits
 
 
 def _supervised_range(term: TeacherTerm, spans: CompletionSpans) -> tuple[int, int] | None:
@@ -186,50 +214,97 @@ class Scorer:
         image_of = [images[id(e.image)] for e in examples]
 
         supervised = self.supervised_ranges(spans)
-        teacher_states = self.teacher_states(model, examples, completion_ids, image_of, supervised)
+        naive = self.options.naive_loss
+        times: dict[str, float] = {}
+        features = None
+        # With sharded weights (lockstep) the vision tower is gathered inside the model's own passes: keep pixels.
+        if self.options.reuse_image_features and not naive and not self.lockstep and image_features_reusable(model):
+            with _timed(times, "vision"):
+                features = encode_image_features(model, list(images.values()))
+        # The naive path keeps each teacher pass's full logits alive until the loss, as the release does.
+        kept: list[torch.Tensor] | None = [] if naive else None
+        with _timed(times, "teachers"):
+            teacher_outputs = self._teacher_outputs(
+                model, examples, completion_ids, image_of, supervised, _full_logits if naive else final_hidden_states,
+                kept, features,
+            )
 
         student_prompts = [self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
-        student_hidden = final_hidden_states(model, self._collate(contexts, model))
-        student_head = output_head(model)
-        teacher_head = self.teacher.head(model)
+        with _timed(times, "student"):
+            student_output = (_full_logits if naive else final_hidden_states)(model, self._collate(contexts, model, features))
 
-        local_totals = self._totals(spans, supervised).to(student_hidden.device)
-        totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(student_hidden.device)
-        global_counts = totals[1:]
-        # Keeps every parameter in the graph when no term has a token here, so
-        # that distributed gradient reduction still sees this process.
-        loss = student_hidden.sum() * 0.0
-        terms: dict[str, torch.Tensor] = {}
-        prompt_lengths = torch.tensor([len(p) for p in student_prompts], device=student_hidden.device)
-        width = max((len(c) for c in completion_ids), default=0)
-        for index, term in enumerate(self.terms):
-            rows = supervised[term.name]
-            row_index, token_index = span_mask(rows, width).to(student_hidden.device).nonzero(as_tuple=True)
-            student_states = student_hidden[row_index, prompt_lengths[row_index] + token_index - 1]
-            clip = self._clip_values(term, rows, row_index, token_index)
-            value = losses.divergence_from_hidden(
-                student_states,
-                teacher_states[term.name].to(student_states.dtype),
-                student_head,
-                teacher_head,
-                self.divergences[term.name],
-                mask=torch.ones(len(row_index), dtype=torch.bool, device=student_hidden.device),
-                clip=clip,
-                global_count=global_counts[index],
-                chunk_size=self.options.loss_chunk_size,
+        device = student_output.device
+        local_totals = self._totals(spans, supervised).to(device)
+        totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(device)
+        with _timed(times, "loss"):
+            loss, terms = self._loss(
+                model, student_output, teacher_outputs, student_prompts, completion_ids, supervised, totals[1:]
             )
-            terms[term.name] = value
-            loss = loss + term.weight * value
+        del kept
         metrics = self._metrics(examples, completion_ids, spans, local_totals, terms, loss, float(totals[0]))
+        metrics.update({f"time_{stage}": seconds for stage, seconds in times.items()})
         return ScoreOutput(loss, terms, metrics, spans, completion_ids, supervised)
 
-    def _collate(self, contexts: Sequence[Context], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        device = next(model.parameters()).device
-        batch = collate_contexts(contexts, pad_token_id=self.pad_token_id, image_token=self.image_token)
-        return {k: v.to(device) for k, v in batch.items()}
+    def _loss(
+        self,
+        model: torch.nn.Module,
+        student_output: torch.Tensor,
+        teacher_outputs: dict[str, torch.Tensor],
+        student_prompts: list[list[int]],
+        completion_ids: list[list[int]],
+        supervised: dict[str, list[tuple[int, int] | None]],
+        global_counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss and each term, from the student's final hidden states [B, L, H]
+        (or, naive path, full logits [B, L, V]), each teacher's rows at its supervised tokens,
+        and each term's token count over the step [terms]."""
+        device = student_output.device
+        # Keeps every parameter in the graph when no term has a token here, so
+        # that distributed gradient reduction still sees this process.
+        loss = student_output.sum() * 0.0
+        terms: dict[str, torch.Tensor] = {}
+        prompt_lengths = torch.tensor([len(p) for p in student_prompts], device=device)
+        width = max((len(c) for c in completion_ids), default=0)
+        if not self.options.naive_loss:
+            student_head = output_head(model)
+            teacher_head = self.teacher.head(model)
+        for index, term in enumerate(self.terms):
+            rows = supervised[term.name]
+            row_index, token_index = span_mask(rows, width).to(device).nonzero(as_tuple=True)
+            student_rows = student_output[row_index, prompt_lengths[row_index] + token_index - 1]
+            clip = self._clip_values(term, rows, row_index, token_index)
+            supervised_rows = torch.ones(len(row_index), dtype=torch.bool, device=device)
+            if self.options.naive_loss:
+                value = losses.divergence_from_logits(
+                    student_rows, teacher_outputs[term.name], self.divergences[term.name],
+                    supervised_rows, clip, global_counts[index],
+                )
+            else:
+                value = losses.divergence_from_hidden(
+                    student_rows,
+                    teacher_outputs[term.name].to(student_rows.dtype),
+                    student_head,
+                    teacher_head,
+                    self.divergences[term.name],
+                    mask=supervised_rows,
+                    clip=clip,
+                    global_count=global_counts[index],
+                    chunk_size=self.options.loss_chunk_size,
+                )
+            terms[term.name] = value
+            loss = loss + term.weight * value
+        return loss, terms
 
-    @torch.no_grad()
+    def _collate(
+        self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
+    ) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        batch = collate_contexts(
+            contexts, pad_token_id=self.pad_token_id, image_token=self.image_token, image_features=features
+        )
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def teacher_states(
         self,
         model: torch.nn.Module,
@@ -243,7 +318,24 @@ class Scorer:
         Returns {term: [N_term, H]} in row-major token order, matching the
         student's gather. Only hidden states are kept, never logits.
         """
-        hidden_size = output_head(model).shape[-1]
+        return self._teacher_outputs(model, examples, completion_ids, image_of, supervised, final_hidden_states)
+
+    @torch.no_grad()
+    def _teacher_outputs(
+        self,
+        model: torch.nn.Module,
+        examples: Sequence[Example],
+        completion_ids: list[list[int]],
+        image_of: list[EncodedImage],
+        supervised: dict[str, list[tuple[int, int] | None]],
+        forward: Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor],
+        kept: list[torch.Tensor] | None = None,
+        features: ImageFeatures | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``forward``'s output ([B, L, D]: hidden states or logits) of each teacher pass, gathered
+        to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output; ``features``
+        (if given) stand in for the images' pixels."""
+        width = output_head(model).shape[0 if forward is _full_logits else 1]
         size = self.options.teacher_batch_size
         # Every process holds as many rows, so this many passes per term is the most any process runs.
         most_passes = -(-len(examples) // size)
@@ -264,9 +356,11 @@ class Scorer:
                     gathered = []
                     for offset in range(0, len(jobs), size):
                         chunk = jobs[offset : offset + size]
-                        hidden = final_hidden_states(model, self._collate([c for c, _, _ in chunk], model))
+                        output = forward(model, self._collate([c for c, _, _ in chunk], model, features))
+                        if kept is not None:
+                            kept.append(output)
                         for row, (_, first, count) in enumerate(chunk):
-                            gathered.append(hidden[row, first : first + count])
+                            gathered.append(output[row, first : first + count])
                     if self.lockstep and examples:
                         # Passes on a throwaway context (one row's prompt, image included, so that
                         # the vision tower runs too) until this process has run as many as any.
@@ -275,7 +369,7 @@ class Scorer:
                         for _ in range(most_passes - -(-len(jobs) // size)):
                             final_hidden_states(model, self._collate([filler], model))
                     states[term.name] = (
-                        torch.cat(gathered) if gathered else torch.zeros((0, hidden_size), device=next(model.parameters()).device)
+                        torch.cat(gathered) if gathered else torch.zeros((0, width), device=next(model.parameters()).device)
                     )
         finally:
             model.train(was_training)

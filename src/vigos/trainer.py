@@ -8,6 +8,7 @@ Accelerate/DeepSpeed/FSDP launch — is the Trainer's own.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -109,6 +110,7 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
 
     def compute_loss(self, model, inputs: Sequence[Example], return_outputs: bool = False, num_items_in_batch=None):
         """Rollout → spans → teachers → loss (METHOD.md section 3)."""
+        start = time.perf_counter()
         if self._step_batches:  # a micro-batch of the training loop's current step, in order
             if self._step_totals is None:
                 self._roll_out_step(model)
@@ -117,8 +119,11 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
                 self._step_batches = None
         else:
             completions, totals = self.rollout(model, inputs), None
+        # The whole step's rollouts happen at its first micro-batch: the step's sum is its rollout time.
+        rollout_seconds = time.perf_counter() - start
         examples = [e for e in inputs for _ in range(self.args.num_generations)]
         scored = self.scorer(model, examples, completions, step_totals=totals)
+        scored.metrics["time_rollout"] = rollout_seconds
         self._record(scored, examples)
         # Each term is a mean over the global batch's tokens, while DDP averages
         # gradients over processes: scale back so the gradient is the global mean's.
