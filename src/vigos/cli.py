@@ -115,7 +115,7 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
         raise ConfigError(f"invalid configuration: {error}") from None
 
 
-def _train(args: argparse.Namespace, rest: list[str]) -> int:
+def _train(args: argparse.Namespace) -> int:
     from .recipe import train
 
     if args.help_options:
@@ -129,52 +129,18 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
                 print(f"  --{f.name}: {f.metadata.get('help', '')} (default: {f.default if f.default is not dataclasses.MISSING else '...'})")
         print("Every transformers.TrainingArguments option is accepted too.")
         return 0
-    config = load_config(args.config, parse_overrides(rest))
+    config = load_config(args.config, parse_overrides(args.overrides))
     out = train(config)
     print(f"saved to {out}")
     return 0
 
 
-def _make_tiny(args: argparse.Namespace, rest: list[str]) -> int:
+def _make_tiny(args: argparse.Namespace) -> int:
     from .tiny import make_tiny
 
-    if rest:
-        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
     out = make_tiny(args.arch, args.out, size=args.size, seed=args.seed)
     print(f"wrote a tiny {args.arch} ({args.size}) to {out}")
     return 0
-
-
-def _eval(args: argparse.Namespace, rest: list[str]) -> int:
-    from .eval.runner import eval_command
-
-    if rest:
-        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
-    return eval_command(args)
-
-
-def _diagnose(args: argparse.Namespace, rest: list[str]) -> int:
-    from .diagnostics import diagnose_command
-
-    if rest:
-        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
-    return diagnose_command(args)
-
-
-def _export(args: argparse.Namespace, rest: list[str]) -> int:
-    from .export import export_command
-
-    if rest:
-        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
-    return export_command(args)
-
-
-def _demo(args: argparse.Namespace, rest: list[str]) -> int:
-    from .demo import demo_command
-
-    if rest:
-        raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
-    return demo_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,28 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_make_tiny)
 
-    from .demo import add_demo_arguments
-    from .eval.runner import add_eval_arguments
+    from .demo import add_demo_arguments, demo_command
+    from .eval.runner import add_eval_arguments, eval_command
 
     evaluate = commands.add_parser("eval", help="sample k answers per question and grade them (Pass@k, Avg@k, ViLP)")
     add_eval_arguments(evaluate)
-    evaluate.set_defaults(handler=_eval)
+    evaluate.set_defaults(handler=eval_command)
 
-    from .diagnostics import add_diagnose_arguments
+    from .diagnostics import add_diagnose_arguments, diagnose_command
 
     diagnose = commands.add_parser("diagnose", help="shortcut diagnostics: grounding, leakage, teacher image reliance, image sensitivity")
     add_diagnose_arguments(diagnose)
-    diagnose.set_defaults(handler=_diagnose)
+    diagnose.set_defaults(handler=diagnose_command)
 
-    from .export import add_export_arguments
+    from .export import add_export_arguments, export_command
 
     export = commands.add_parser("export", help="merge a LoRA adapter into its base model; write a standalone model")
     add_export_arguments(export)
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=export_command)
 
     demo = commands.add_parser("demo", help="the paper's experiment in miniature, offline on a CPU, with a report")
     add_demo_arguments(demo)
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=demo_command)
     return parser
 
 
@@ -226,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        return args.handler(args, rest)
+        # Only `train` takes --key value overrides of its config; elsewhere a stray argument is an error.
+        if rest and args.command != "train":
+            raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+        args.overrides = rest
+        return args.handler(args)
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"vigos {args.command}: {error}", file=sys.stderr)
         return 2
