@@ -1,16 +1,18 @@
 """Benchmark of a full ViGOS training step on the "small" tiny Qwen2.5-VL: naive against ours.
 
-A step is what ``ViGOSTrainer`` does per batch: a rollout of 2 prompts with
-Hugging Face ``generate`` (temperature 1.1, top-p 0.95, top-k 20; every
-completion forced to the same length with ``min_new_tokens``), the teacher
+A step is what ``ViGOSTrainer`` does per batch: a rollout of 2 prompts
+(temperature 1.1, top-p 0.95, top-k 20; every completion forced to the same
+length with ``min_new_tokens``), the teacher
 passes, the student's forward pass, the loss, backward, gradient clipping
 and an AdamW step on a LoRA adapter (r 16) of the language model.
 
 The naive path is the public release's way: ``ScoringOptions.naive_loss``
 (full-vocabulary logits of the student and every teacher pass kept at once,
 then ``divergence_from_logits``) and ``generate`` on the unmerged LoRA
-model. Ours: hidden states and the chunked loss, and ``generate`` with the
-LoRA deltas folded into the weights (``HFGenerateRollout(merge_lora=True)``).
+model. Ours: hidden states and the chunked loss, and the lean sampler
+(``sampler.py``: each prompt prefilled once, then vigos's own decode loop
+over the weights with the LoRA deltas folded in), which draws the same
+tokens as ``generate`` for a given seed.
 
 Time is broken down into rollout, teacher passes, student forward +
 backward, loss (forward, and its share of backward: everything before the
@@ -65,7 +67,8 @@ def _setup(model_dir: str, length: int):
     paths = {}
     for name, naive in (("naive", True), ("ours", False)):
         config = ViGOSConfig(output_dir=tempfile.mkdtemp(), report_to="none", naive_loss=naive)
-        paths[name] = (HFGenerateRollout(processor, params, merge_lora=not naive), config.build_scorer(processor, teacher=teacher))
+        rollout = HFGenerateRollout(processor, params, merge_lora=not naive, sampler="generate" if naive else "lean")
+        paths[name] = (rollout, config.build_scorer(processor, teacher=teacher))
     examples = [
         Example(question=q, answer=a, image=Image.new("RGB", (112, 112), colour), row=i, meta={})
         for i, (q, a, colour) in enumerate(QUESTIONS)
@@ -187,7 +190,7 @@ def run(*, lengths: tuple[int, ...] = (64, 256), steps: int = 6, threads: int = 
                 memory_ratio=ours_row["max_rss_bytes"] / naive_row["max_rss_bytes"],
             ))
     settings = dict(model="tiny qwen2_5_vl 'small' (text hidden 256, 4 layers, vocabulary 2,048; vision depth 2)",
-                    lora_r=16, prompts_per_step=2, sampling="temperature 1.1, top-p 0.95, top-k 20, HF generate",
+                    lora_r=16, prompts_per_step=2, sampling="temperature 1.1, top-p 0.95, top-k 20",
                     steps=steps, dtype="float32", torch_threads=threads)
     return {"settings": settings, "rows": rows, "comparisons": comparisons}
 

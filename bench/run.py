@@ -83,8 +83,8 @@ def _step_table(result: dict[str, Any]) -> list[str]:
         "",
         f"{s['model']}, LoRA r {s['lora_r']}, {s['prompts_per_step']} prompts per step, {s['sampling']}, "
         f"completions forced to L tokens; fp32, {s['torch_threads']} torch thread. naive = full-logits loss "
-        "(`naive_loss`) and generate on the unmerged LoRA model, as the release; ours = chunked loss from hidden "
-        f"states and generate with LoRA folded in (`merge_lora`). Medians over {s['steps']} steps per path, the "
+        "(`naive_loss`) and HF `generate` on the unmerged LoRA model, as the release; ours = chunked loss from hidden "
+        f"states and the lean sampler (prompt prefilled once, own decode loop, LoRA folded in). Medians over {s['steps']} steps per path, the "
         "paths alternating step by step in one process after a warm-up step each; peak RSS from one step per path "
         "in its own process. Stage times in seconds; 'teachers' includes ours' one shared vision encode, 'loss' "
         "includes its share of backward, 'student' is the student's forward + backward.",

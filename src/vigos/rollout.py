@@ -4,8 +4,9 @@ A rollout takes the model and the examples and returns, for each example,
 ``num_samples`` completions as token ids (the tokens after the student
 prompt's ``<description>`` pre-fill, up to and including the end-of-sequence
 token). It knows nothing of teachers or losses. :class:`HFGenerateRollout`
-samples with Hugging Face ``generate``; other engines implement the same
-:class:`Rollout` protocol.
+samples from the Hugging Face model, by default with vigos's lean decode loop
+(``sampler.py``), or with Hugging Face ``generate``; other engines implement
+the same :class:`Rollout` protocol.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 from .data import Example
 from .modeling import Context, collate_contexts, encode_image, image_token_id, tokenize_prompt
 from .prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec, render_prompt
+from .sampler import LeanDecoder, SamplingFilters, completion_ids
+
+SAMPLERS = ("lean", "generate")
 
 
 @dataclass(frozen=True)
@@ -51,21 +55,37 @@ def student_contexts(processor: Any, examples: Sequence[Example], prompt: Prompt
 
 
 class HFGenerateRollout:
-    """Rollouts with Hugging Face ``generate`` (sampling; left-padded batch).
+    """Rollouts from a Hugging Face model (sampling; left-padded batch).
+
+    ``sampler``: ``"lean"`` (default) prefills each distinct prompt once and
+    decodes with vigos's own loop over the weights (:class:`LeanDecoder`),
+    drawing the same tokens as ``generate`` for the same seed;
+    ``"generate"`` calls Hugging Face ``generate`` on every sample's copy of
+    the prompt. A model whose layout the lean loop does not cover, or whose
+    LoRA layers cannot be folded, falls back to ``generate``.
 
     ``merge_lora``: sample with the LoRA deltas folded into copies of the
     adapted weights (see `merged_lora`), which makes each decoding step one
     matmul per adapted layer instead of three; the model's own weights are
-    left untouched.
+    left untouched. The lean sampler needs it.
     """
 
     def __init__(
-        self, processor: Any, params: SamplingParams, prompt: PromptSpec | None = None, *, merge_lora: bool = True
+        self,
+        processor: Any,
+        params: SamplingParams,
+        prompt: PromptSpec | None = None,
+        *,
+        merge_lora: bool = True,
+        sampler: str = "lean",
     ):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.processor = processor
         self.params = params
         self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
         self.merge_lora = merge_lora
+        self.sampler = sampler
         tokenizer = processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
@@ -77,16 +97,22 @@ class HFGenerateRollout:
         from accelerate.utils import extract_model_from_parallel
 
         generator = extract_model_from_parallel(model)
-        contexts = [c for c in student_contexts(self.processor, examples, self.prompt) for _ in range(self.params.num_samples)]
-        batch = collate_contexts(
-            contexts, pad_token_id=self.pad_token_id, image_token=image_token_id(self.processor), padding_side="left"
-        )
+        prompts = student_contexts(self.processor, examples, self.prompt)
         device = next(generator.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
         was_training = generator.training
         generator.eval()
         try:
-            with merged_lora(generator) if self.merge_lora else nullcontext(False):
+            with merged_lora(generator) if self.merge_lora else nullcontext(False) as merged:
+                decoder = None
+                if self.sampler == "lean" and (merged or not _has_lora(generator)):
+                    decoder = LeanDecoder.of(generator)
+                if decoder is not None:
+                    return completion_ids(
+                        decoder.sample(self._batch(prompts, 1, device), self.params.num_samples,
+                                       self.params.max_new_tokens, self._filters(), self.pad_token_id),
+                        self.eos_token_ids,
+                    )
+                batch = self._batch(prompts, self.params.num_samples, device)
                 output = generator.generate(
                     **batch,
                     do_sample=True,
@@ -98,11 +124,34 @@ class HFGenerateRollout:
                     pad_token_id=self.pad_token_id,
                     eos_token_id=self.eos_token_ids,
                     suppress_tokens=self.suppressed_ids,
+                    # Only the settings above: a checkpoint's own generation defaults (Qwen's ship a
+                    # repetition penalty) must not change what the rollout samples.
+                    repetition_penalty=1.0,
                 )
         finally:
             generator.train(was_training)
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        return [_until_eos(ids, self.eos_token_ids) for ids in new_tokens]
+        return completion_ids(output[:, batch["input_ids"].shape[1] :], self.eos_token_ids)
+
+    def _batch(self, prompts: Sequence[Context], copies: int, device: torch.device) -> dict[str, Any]:
+        contexts = [c for c in prompts for _ in range(copies)]
+        batch = collate_contexts(
+            contexts, pad_token_id=self.pad_token_id, image_token=image_token_id(self.processor), padding_side="left"
+        )
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def _filters(self) -> SamplingFilters:
+        return SamplingFilters(
+            temperature=self.params.temperature,
+            top_k=self.params.top_k,
+            top_p=self.params.top_p,
+            min_new_tokens=self.params.min_new_tokens,
+            eos_token_ids=tuple(self.eos_token_ids),
+            suppressed_ids=tuple(self.suppressed_ids),
+        )
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    return any(hasattr(module, "lora_A") for module in model.modules())
 
 
 def _mergeable_lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -170,10 +219,3 @@ def vision_token_ids(processor: Any) -> list[int]:
     names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", processor.image_token)
     unk = tokenizer.unk_token_id
     return sorted({i for i in (tokenizer.convert_tokens_to_ids(n) for n in names) if i is not None and i != unk})
-
-
-def _until_eos(ids: list[int], eos_token_ids: Sequence[int]) -> list[int]:
-    for index, token in enumerate(ids):
-        if token in eos_token_ids:
-            return ids[: index + 1]
-    return ids

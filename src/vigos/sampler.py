@@ -1,0 +1,289 @@
+"""A lean sampler: vigos's own decode loop over a Qwen-VL model's weights.
+
+Why not Hugging Face ``generate``: on a small model every decoding step pays
+milliseconds of Python in ``generate`` and in the decoder's module stack
+(input preparation, mask building, output recording, per-module hooks,
+three LoRA matmuls per adapted layer) while the arithmetic itself is a
+handful of matrix-vector products. Here a step is just that arithmetic:
+
+* the prompt batch is prefilled once with the model's own forward pass
+  (vision tower, multimodal rotary positions, deepstack features: all the
+  family-specific parts stay the model's), one row per distinct prompt;
+  its key/value cache is then copied ``num_samples`` times, so a prompt's
+  image is encoded and its text prefilled once for all its samples;
+* decoding runs over flat per-layer weights (query/key/value fused into one
+  matrix, gate/up into another; LoRA already folded in by the caller) with
+  a preallocated key/value cache and one ``scaled_dot_product_attention``
+  per layer;
+* sampling applies the same filters in the same order as ``generate``
+  (min-new-tokens, suppressed tokens, temperature, top-k, top-p) and draws
+  with one ``torch.multinomial`` per step over every row, finished or not,
+  so for a fixed seed it consumes the random stream exactly as ``generate``
+  does and, up to float rounding, samples the same tokens
+  (tests/test_sampler.py compares them token by token).
+
+Text tokens after the prompt have equal temporal/height/width rotary
+positions, so decoding needs only each row's next position: the prompt's
+largest multimodal position + 1 (the model's ``rope_deltas``) plus the
+number of tokens generated so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SamplingFilters:
+    """What ``generate``'s logits processors do to a step's scores, as plain settings."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_new_tokens: int
+    eos_token_ids: tuple[int, ...]
+    suppressed_ids: tuple[int, ...]
+
+
+def filter_scores(scores: torch.Tensor, step: int, filters: SamplingFilters) -> torch.Tensor:
+    """Scores [N, V] (float32) after the sampling filters, in ``generate``'s order; removed tokens get -inf."""
+    vocab = scores.shape[-1]
+    if step < filters.min_new_tokens and filters.eos_token_ids:
+        scores = scores.index_fill(-1, torch.tensor(filters.eos_token_ids, device=scores.device), -float("inf"))
+    if filters.suppressed_ids:
+        scores = scores.index_fill(-1, torch.tensor(filters.suppressed_ids, device=scores.device), -float("inf"))
+    if filters.temperature != 1.0:
+        scores = scores / filters.temperature
+    if filters.top_k:
+        kth = torch.topk(scores, min(filters.top_k, vocab))[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if filters.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= (1 - filters.top_p)
+        drop_sorted[..., -1:] = False  # the most likely token always stays
+        scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -float("inf"))
+    return scores
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights, ready for a decode step."""
+
+    input_norm: tuple[torch.Tensor, float]
+    qkv_weight: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, H]
+    qkv_bias: torch.Tensor | None
+    q_norm: tuple[torch.Tensor, float] | None  # Qwen3: RMSNorm over each head's query and key
+    k_norm: tuple[torch.Tensor, float] | None
+    o_weight: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: tuple[torch.Tensor, float]
+    gate_up_weight: torch.Tensor  # [2 * intermediate, H]
+    down_weight: torch.Tensor
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight and bias; a PEFT LoRA layer's base weight (the caller folded the deltas in)."""
+    base = getattr(module, "base_layer", module)
+    return base.weight, base.bias
+
+
+def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
+    eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
+    return module.weight, float(eps)
+
+
+def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+    # As the Qwen RMSNorms compute it (normalize in float32, back to the input dtype, then scale),
+    # with the normalization as one fused op.
+    weight, eps = norm
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LeanDecoder:
+    """Decode steps over a Qwen-VL language model's weights. Build with :meth:`of`."""
+
+    def __init__(self, model: torch.nn.Module, core: torch.nn.Module, layers: list[_Layer], attention: torch.nn.Module):
+        self.model = model
+        self.core = core
+        self.language_model = core.model.language_model
+        self.layers = layers
+        self.num_heads = attention.config.num_attention_heads
+        self.num_kv_heads = attention.config.num_key_value_heads
+        self.head_dim = attention.head_dim
+        self.scaling = attention.scaling
+        self.final_norm = _norm(self.language_model.norm)
+        self.embedding = self.language_model.embed_tokens.weight
+        self.head_weight, self.head_bias = _weight(core.get_output_embeddings())
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "LeanDecoder | None":
+        """The decoder for ``model`` (PEFT/DDP-wrapped or not), or None when its layout is not one this
+        loop reproduces exactly (then the caller samples with ``generate``)."""
+        from .modeling import unwrap
+
+        core = unwrap(model)
+        language_model = getattr(getattr(core, "model", None), "language_model", None)
+        if language_model is None or not hasattr(core.model, "rope_deltas"):
+            return None
+        config = language_model.config
+        if getattr(config, "use_sliding_window", False) or any(
+            kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()
+        ):
+            return None
+        layers = []
+        for block in language_model.layers:
+            attention, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+            names = ("q_proj", "k_proj", "v_proj", "o_proj")
+            if attention is None or mlp is None or not all(hasattr(attention, n) for n in names):
+                return None
+            if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                return None
+            (wq, bq), (wk, bk), (wv, bv) = (_weight(getattr(attention, n)) for n in names[:3])
+            if len({b is None for b in (bq, bk, bv)}) != 1:
+                return None
+            o_weight, o_bias = _weight(attention.o_proj)
+            layers.append(_Layer(
+                input_norm=_norm(block.input_layernorm),
+                qkv_weight=torch.cat([wq, wk, wv]),
+                qkv_bias=None if bq is None else torch.cat([bq, bk, bv]),
+                q_norm=_norm(attention.q_norm) if hasattr(attention, "q_norm") else None,
+                k_norm=_norm(attention.k_norm) if hasattr(attention, "k_norm") else None,
+                o_weight=o_weight,
+                o_bias=o_bias,
+                post_norm=_norm(block.post_attention_layernorm),
+                gate_up_weight=torch.cat([_weight(mlp.gate_proj)[0], _weight(mlp.up_proj)[0]]),
+                down_weight=_weight(mlp.down_proj)[0],
+                act=mlp.act_fn,
+            ))
+        if any(_weight(m)[1] is not None for block in language_model.layers for m in (block.mlp.gate_proj, block.mlp.down_proj)):
+            return None
+        return cls(model, core, layers, language_model.layers[0].self_attn)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: dict[str, Any],
+        num_samples: int,
+        max_new_tokens: int,
+        filters: SamplingFilters,
+        pad_token_id: int,
+    ) -> torch.Tensor:
+        """New tokens [B * num_samples, <= max_new_tokens] for a left-padded prompt batch of B rows.
+
+        Rows are grouped by prompt (``num_samples`` consecutive rows each); a
+        finished row is filled with ``pad_token_id`` after its end-of-sequence
+        token, and decoding stops when every row has finished.
+        """
+        prompt_mask = batch["attention_mask"].bool()
+        rows, prompt_length = prompt_mask.shape
+        # Prefill: the model's own forward pass (vision, rotary positions, deepstack); it leaves each
+        # row's rotary offset in ``rope_deltas``.
+        self.core.model.rope_deltas = None
+        out = self.model(**batch, use_cache=True, logits_to_keep=1)
+        deltas = self.core.model.rope_deltas
+        cache = out.past_key_values
+        first_logits = out.logits[:, -1].float()
+        del out
+
+        total = prompt_length + max_new_tokens
+        n = rows * num_samples
+        device = first_logits.device
+        keys, values = [], []
+        for index in range(len(self.layers)):
+            layer_keys, layer_values = _cache_tensors(cache, index)
+            k = layer_keys.new_empty((n, self.num_kv_heads, total, self.head_dim))
+            v = layer_values.new_empty((n, self.num_kv_heads, total, self.head_dim))
+            k[:, :, :prompt_length] = layer_keys.repeat_interleave(num_samples, dim=0)
+            v[:, :, :prompt_length] = layer_values.repeat_interleave(num_samples, dim=0)
+            keys.append(k)
+            values.append(v)
+        del cache
+        attend = torch.ones((n, total), dtype=torch.bool, device=device)
+        attend[:, :prompt_length] = prompt_mask.repeat_interleave(num_samples, dim=0)
+        positions = (prompt_mask.sum(-1, keepdim=True) + deltas.reshape(rows, 1).to(device)).repeat_interleave(num_samples, 0)
+
+        # Every row's rotary cos/sin for all the positions it can reach, in one call of the model's own
+        # rotary module: [N, max_new_tokens, head_dim] each.
+        steps = torch.arange(max_new_tokens, device=device)
+        cos, sin = self.language_model.rotary_emb(self.embedding, (positions + steps).unsqueeze(0).expand(3, n, -1))
+        eos = torch.tensor(filters.eos_token_ids or (-1,), device=device)
+        unfinished = torch.ones(n, dtype=torch.long, device=device)
+        logits = first_logits.repeat_interleave(num_samples, dim=0)
+        tokens = []
+        for step in range(max_new_tokens):
+            probs = filter_scores(logits, step, filters).softmax(dim=-1)
+            token = torch.multinomial(probs, num_samples=1).squeeze(1)
+            token = token * unfinished + pad_token_id * (1 - unfinished)
+            tokens.append(token)
+            unfinished = unfinished & ~torch.isin(token, eos)
+            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+                break
+            logits = self._step(token, cos[:, step], sin[:, step], prompt_length + step, keys, values, attend)
+        return torch.stack(tokens, dim=1)
+
+    def _step(
+        self,
+        token: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        slot: int,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        attend: torch.Tensor,
+    ) -> torch.Tensor:
+        """Feed one token per row (rotary ``cos``/``sin`` [N, head_dim]) at cache ``slot``; the next logits
+        [N, V] in float32."""
+        n = token.shape[0]
+        hidden = F.embedding(token, self.embedding)[:, None, :]
+        cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # broadcast over [N, 1, heads, head_dim]
+        # One additive mask for every layer (a boolean one is converted inside each attention call).
+        mask = torch.zeros(attend.shape[0], 1, 1, slot + 1, dtype=hidden.dtype, device=hidden.device)
+        mask.masked_fill_(~attend[:, None, None, : slot + 1], -float("inf"))
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        for layer, layer_keys, layer_values in zip(self.layers, keys, values):
+            qkv = F.linear(_rms_norm(hidden, layer.input_norm), layer.qkv_weight, layer.qkv_bias)
+            qkv = qkv.view(n, 1, heads + 2 * kv_heads, self.head_dim)
+            if layer.q_norm is not None:
+                qk = torch.cat([_rms_norm(qkv[:, :, :heads], layer.q_norm),
+                                _rms_norm(qkv[:, :, heads : heads + kv_heads], layer.k_norm)], dim=2)
+            else:
+                qk = qkv[:, :, : heads + kv_heads]
+            qk = qk * cos + _rotate_half(qk) * sin  # queries and keys rotated together
+            layer_keys[:, :, slot] = qk[:, 0, heads:]
+            layer_values[:, :, slot] = qkv[:, 0, heads + kv_heads :]
+            attended = F.scaled_dot_product_attention(
+                qk[:, :, :heads].transpose(1, 2), layer_keys[:, :, : slot + 1], layer_values[:, :, : slot + 1],
+                attn_mask=mask, scale=self.scaling, enable_gqa=True,
+            )
+            hidden = hidden + F.linear(attended.transpose(1, 2).reshape(n, 1, heads * self.head_dim), layer.o_weight, layer.o_bias)
+            gate, up = F.linear(_rms_norm(hidden, layer.post_norm), layer.gate_up_weight).chunk(2, dim=-1)
+            hidden = hidden + F.linear(layer.act(gate) * up, layer.down_weight)
+        hidden = _rms_norm(hidden[:, 0], self.final_norm)
+        return F.linear(hidden, self.head_weight, self.head_bias).float()
+
+
+def _cache_tensors(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``index``'s prefill keys and values [B, kv_heads, L, head_dim] from a transformers cache."""
+    layer = cache.layers[index]
+    return layer.keys, layer.values
+
+
+def completion_ids(tokens: torch.Tensor, eos_token_ids: Sequence[int]) -> list[list[int]]:
+    """Each row of new tokens [N, T] cut after its first end-of-sequence token."""
+    eos = set(eos_token_ids)
+    out = []
+    for ids in tokens.tolist():
+        end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        out.append(ids[:end])
+    return out
