@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["chunked_divergence_sum"]
+__all__ = ["chunked_divergence_sum", "values_with_finite_gradient"]
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -97,6 +97,28 @@ def _kl_chunk(
     return values, gap.sub_(expected_gap.unsqueeze(1)).mul_(probs[:n])
 
 
+def values_with_finite_gradient(
+    divergence: Callable[[Tensor, Tensor], Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+) -> Tensor:
+    """``divergence(student_logits, teacher_logits)`` [N], with every token whose value is +inf (the teacher
+    gives probability 0 where the student has mass) cut from the autograd graph.
+
+    Such a token's value stays +inf (a clip bounds it to a constant), but its backward would multiply a
+    zero gradient by an infinite log-ratio and spread NaN over every parameter; detached, it contributes
+    exactly no gradient, as the clamp says it should. The common all-finite case costs nothing extra.
+    """
+    values = divergence(student_logits, teacher_logits)
+    if not values.requires_grad:
+        return values
+    infinite = torch.isposinf(values.detach())
+    if not bool(infinite.any()):
+        return values
+    return divergence(torch.where(infinite[:, None], student_logits.detach(), student_logits), teacher_logits)
+
+
+
 def _autograd_chunk(
     student_rows: Tensor,
     teacher_rows: Tensor,
@@ -111,7 +133,7 @@ def _autograd_chunk(
         teacher_logits = F.linear(teacher_rows, teacher_head)
     with torch.enable_grad():
         student_logits.requires_grad_(True)
-        values = torch.clamp(divergence(student_logits, teacher_logits), max=clip)
+        values = torch.clamp(values_with_finite_gradient(divergence, student_logits, teacher_logits), max=clip)
         (grad,) = torch.autograd.grad(values.sum(), student_logits)
     return values.detach(), grad
 

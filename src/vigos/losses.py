@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused_loss import chunked_divergence_sum
+from .fused_loss import chunked_divergence_sum, values_with_finite_gradient
 
 Divergence = Callable[[Tensor, Tensor], Tensor]
 
@@ -294,7 +294,7 @@ def divergence_from_logits(
     Returns:
         Scalar loss term.
     """
-    values = clip_token_values(divergence(student_logits, teacher_logits), clip)
+    values = clip_token_values(values_with_finite_gradient(divergence, student_logits, teacher_logits), clip)
     return aggregate(values, mask, global_count)
 
 
@@ -310,7 +310,7 @@ def _plain_term(
     student_logits = F.linear(student_rows, student_head)
     with torch.no_grad():
         teacher_logits = F.linear(teacher_rows, teacher_head)
-    return clip_token_values(divergence(student_logits, teacher_logits), clip).sum()
+    return clip_token_values(values_with_finite_gradient(divergence, student_logits, teacher_logits), clip).sum()
 
 
 def _closed_form(divergence: Divergence) -> tuple[str, float] | None:
