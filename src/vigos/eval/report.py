@@ -19,7 +19,6 @@ level; default 0.95, that of ``summarize``).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -28,11 +27,11 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from vigos.eval.documents import Block, Table, markdown_table, write_documents
 from vigos.eval.metrics import metric_names
 from vigos.eval.report_plots import MISSING, BarSeries, Interval, ScorePriorPoint, grouped_bar_chart, score_prior_chart
 
@@ -158,132 +157,6 @@ def _metric_label(metric: str) -> str:
     return metric.capitalize()
 
 
-@dataclass
-class _Table:
-    """Rows of text cells; the first ``label_columns`` hold labels, the rest numbers (right-aligned).
-
-    ``bold`` holds ``(row, column)`` cells; a rule is drawn above each row in ``section_starts``.
-    """
-
-    header: list[str]
-    rows: list[list[str]]
-    label_columns: int = 1
-    bold: set[tuple[int, int]] = field(default_factory=set)
-    section_starts: set[int] = field(default_factory=set)
-
-
-# A document is a list of blocks, rendered to Markdown and to HTML alike:
-# ("h2", text), ("p", text), ("ul", [text]), ("meta", [(label, value)]), ("table", _Table),
-# ("figure", (src, alt, caption)), ("links", [(label, href)]).
-_Block = tuple[str, Any]
-
-
-def _md_text(text: str) -> str:
-    text = " ".join(str(text).split())
-    for char, escaped in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"), ("`", "\\`"), ("<", "&lt;"), (">", "&gt;")):
-        text = text.replace(char, escaped)
-    return text
-
-
-def _md_label(text: str) -> str:
-    """Text for inside ``[...]`` of a Markdown link or image."""
-    return _md_text(text).replace("[", "\\[").replace("]", "\\]")
-
-
-def _md_table(table: _Table) -> str:
-    align = ["---" if i < table.label_columns else "---:" for i in range(len(table.header))]
-    lines = ["| " + " | ".join(_md_text(cell) for cell in table.header) + " |", "| " + " | ".join(align) + " |"]
-    for r, row in enumerate(table.rows):
-        cells = [f"**{_md_text(cell)}**" if (r, c) in table.bold else _md_text(cell) for c, cell in enumerate(row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _html_table(table: _Table) -> str:
-    def cell(tag: str, c: int, text: str, bold: bool = False) -> str:
-        kind = ' class="num"' if c >= table.label_columns else ""
-        body = f"<strong>{html.escape(text)}</strong>" if bold else html.escape(text)
-        return f"<{tag}{kind}>{body}</{tag}>"
-
-    lines = ["<table>", "<thead><tr>" + "".join(cell("th", c, h) for c, h in enumerate(table.header)) + "</tr></thead>",
-             "<tbody>"]
-    for r, row in enumerate(table.rows):
-        opening = '<tr class="section">' if r in table.section_starts else "<tr>"
-        cells = "".join(cell("td", c, text, (r, c) in table.bold) for c, text in enumerate(row))
-        lines.append(f"{opening}{cells}</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines)
-
-
-def _to_markdown(title: str, blocks: Sequence[_Block]) -> str:
-    parts = [f"# {_md_text(title)}"]
-    for kind, content in blocks:
-        if kind == "h2":
-            parts.append(f"## {_md_text(content)}")
-        elif kind == "p":
-            parts.append(_md_text(content))
-        elif kind == "ul":
-            parts.append("\n".join(f"- {_md_text(item)}" for item in content))
-        elif kind == "meta":
-            parts.append("\n".join(f"- **{_md_text(label)}:** {_md_text(value)}" for label, value in content))
-        elif kind == "table":
-            parts.append(_md_table(content))
-        elif kind == "figure":
-            src, alt, caption = content
-            parts.append(f"![{_md_label(alt)}]({quote(src)})\n\n*{_md_text(caption)}*")
-        elif kind == "links":
-            parts.append("\n".join(f"- [{_md_label(label)}]({quote(href)})" for label, href in content))
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; color: #1c1c1c;
-       max-width: 1150px; margin: 1.5rem auto; padding: 0 1rem; line-height: 1.45; }
-h1 { font-size: 1.55rem; margin: 0 0 .6rem; }
-h2 { font-size: 1.15rem; margin: 1.8rem 0 .5rem; padding-bottom: .2rem; border-bottom: 1px solid #ddd; }
-dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem; margin: 0; font-size: .92rem; }
-dl.meta dt { font-weight: bold; color: #555; }
-dl.meta dd { margin: 0; }
-table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
-th, td { border: 1px solid #d4d4d4; padding: .28rem .6rem; text-align: left; vertical-align: top; }
-th { background: #eef1f5; }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tbody tr:nth-child(even) td { background: #fafafa; }
-tr.section td { border-top: 2px solid #888; }
-figure { margin: 1rem 0; }
-img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption, p.note { color: #555; font-size: .88rem; }
-ul { padding-left: 1.3rem; }
-""".strip()
-
-
-def _to_html(title: str, blocks: Sequence[_Block]) -> str:
-    esc = html.escape
-    parts = []
-    for kind, content in blocks:
-        if kind == "h2":
-            parts.append(f"<h2>{esc(content)}</h2>")
-        elif kind == "p":
-            parts.append(f'<p class="note">{esc(content)}</p>')
-        elif kind == "ul":
-            parts.append("<ul>\n" + "\n".join(f"<li>{esc(item)}</li>" for item in content) + "\n</ul>")
-        elif kind == "meta":
-            rows = "\n".join(f"<dt>{esc(label)}</dt><dd>{esc(value)}</dd>" for label, value in content)
-            parts.append(f'<dl class="meta">\n{rows}\n</dl>')
-        elif kind == "table":
-            parts.append(_html_table(content))
-        elif kind == "figure":
-            src, alt, caption = content
-            parts.append(f'<figure>\n<img src="{esc(quote(src))}" alt="{esc(alt)}">\n'
-                         f"<figcaption>{esc(caption)}</figcaption>\n</figure>")
-        elif kind == "links":
-            items = "\n".join(f'<li><a href="{esc(quote(href))}">{esc(label)}</a></li>' for label, href in content)
-            parts.append(f"<ul>\n{items}\n</ul>")
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
-            f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n{body}\n</body>\n</html>\n")
-
-
 # --- Tables -------------------------------------------------------------------------------------
 
 def _metric_columns(run: _Run) -> list[str]:
@@ -298,24 +171,24 @@ def _figures(block: Mapping[str, Any] | None, run: _Run) -> list[str]:
     return [str(block[run.metrics[0]]["n"]), *(_percent(block[metric]) for metric in run.metrics)]
 
 
-def _results_table(run: _Run) -> _Table:
+def _results_table(run: _Run) -> Table:
     rows = [[_display(name), *_figures(block, run)] for name, block in run.benchmarks.items()]
     rows.append([f"Mean of {run.mean.get('n_benchmarks', len(run.benchmarks))} benchmarks", *_figures(run.mean, run)])
-    return _Table(["Benchmark", "n", *_metric_columns(run)], rows, section_starts={len(rows) - 1})
+    return Table(["Benchmark", "n", *_metric_columns(run)], rows, section_starts={len(rows) - 1})
 
 
-def _vilp_table(run: _Run) -> _Table:
+def _vilp_table(run: _Run) -> Table:
     rows = [[_display(name), f"{label} ({meaning})", *_figures(sides.get(side), run)]
             for name, sides in run.vilp.items() for side, label, meaning in VILP_SIDES]
-    return _Table(["Benchmark", "Side", "n", *_metric_columns(run)], rows, label_columns=2)
+    return Table(["Benchmark", "Side", "n", *_metric_columns(run)], rows, label_columns=2)
 
 
-def _breakdown_table(run: _Run) -> _Table | None:
+def _breakdown_table(run: _Run) -> Table | None:
     rows = [[_display(name), f"{word}: {value}", *_figures(group, run)]
             for name, block in run.benchmarks.items()
             for field_name, word in (("by_category", "category"), ("by_split", "split"))
             for value, group in (block.get(field_name) or {}).items()]
-    return _Table(["Benchmark", "Group", "n", *_metric_columns(run)], rows, label_columns=2) if rows else None
+    return Table(["Benchmark", "Group", "n", *_metric_columns(run)], rows, label_columns=2) if rows else None
 
 
 def results_table_markdown(summary: dict) -> str:
@@ -326,9 +199,9 @@ def results_table_markdown(summary: dict) -> str:
     has ViLP figures. Meant for a terminal as much as for ``report.md``.
     """
     run = _parse_summary(summary, "summary")
-    parts = [_md_table(_results_table(run))]
+    parts = [markdown_table(_results_table(run))]
     if run.vilp:
-        parts.append(_md_table(_vilp_table(run)))
+        parts.append(markdown_table(_vilp_table(run)))
     parts.append(f"Percent correct; [{_ci_label(run.summary)}] percentile bootstrap over items.")
     return "\n\n".join(parts)
 
@@ -404,13 +277,6 @@ def _response_links(folder: Path) -> list[tuple[str, str]]:
     return [(path.name, f"responses/{path.name}") for path in sorted((folder / "responses").glob("*.jsonl"))]
 
 
-def _write_documents(out: Path, stem: str, title: str, blocks: Sequence[_Block]) -> tuple[Path, Path]:
-    md_path, html_path = out / f"{stem}.md", out / f"{stem}.html"
-    md_path.write_text(_to_markdown(title, blocks), encoding="utf-8")
-    html_path.write_text(_to_html(title, blocks), encoding="utf-8")
-    return md_path, html_path
-
-
 def write_report(run_dir: str | Path, summary: dict | None = None, *, title: str | None = None
                  ) -> dict[str, Path | list[Path]]:
     """Write ``report.md``, ``report.html`` and the PNG plots of one run into ``run_dir``.
@@ -429,7 +295,7 @@ def write_report(run_dir: str | Path, summary: dict | None = None, *, title: str
     metrics = " and ".join(_metric_label(metric) for metric in run.metrics)
     ci = _ci_label(run.summary)
 
-    blocks: list[_Block] = [("meta", _meta(run)), ("h2", "Results"), ("table", _results_table(run)),
+    blocks: list[Block] = [("meta", _meta(run)), ("h2", "Results"), ("table", _results_table(run)),
                             ("p", f"Percent correct; [{ci}] percentile bootstrap over items. The mean weighs "
                                   "every benchmark equally.")]
     if run.vilp:
@@ -455,7 +321,7 @@ def write_report(run_dir: str | Path, summary: dict | None = None, *, title: str
     if links := _response_links(folder):
         blocks += [("h2", "Responses"), ("links", links)]
 
-    md_path, html_path = _write_documents(folder, "report", title or f"Evaluation report: {run.name}", blocks)
+    md_path, html_path = write_documents(folder, "report", title or f"Evaluation report: {run.name}", blocks)
     return {"html": html_path, "md": md_path, "plots": plots}
 
 
@@ -485,7 +351,7 @@ def _best_columns(blocks: Sequence[Mapping[str, Any] | None], metric: str) -> li
     return [c for c, value in enumerate(shown) if value == max(present)] if len(present) >= 2 else []
 
 
-def _compare_table(runs: Sequence[_Run], benchmarks: Sequence[str], vilp_names: Sequence[str]) -> _Table:
+def _compare_table(runs: Sequence[_Run], benchmarks: Sequence[str], vilp_names: Sequence[str]) -> Table:
     rows: list[list[str]] = []
     figures: list[tuple[list[Mapping[str, Any] | None], str]] = []
 
@@ -503,7 +369,7 @@ def _compare_table(runs: Sequence[_Run], benchmarks: Sequence[str], vilp_names: 
         for side, label, _ in VILP_SIDES:
             add(f"{_display(name)} {label}", [(run.vilp.get(name) or {}).get(side) for run in runs])
     bold = {(r, 2 + c) for r, (blocks, metric) in enumerate(figures) for c in _best_columns(blocks, metric)}
-    return _Table(["Benchmark", "Metric", *(run.name for run in runs)], rows, label_columns=2, bold=bold,
+    return Table(["Benchmark", "Metric", *(run.name for run in runs)], rows, label_columns=2, bold=bold,
                   section_starts=section_starts)
 
 
@@ -546,11 +412,11 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, names: 
     vilp_names = list(dict.fromkeys(name for run in runs for name in run.vilp))
     ci = _ci_label(runs[0].summary)
 
-    runs_table = _Table(["Run", "Model", "k", "Created", "Folder"],
+    runs_table = Table(["Run", "Model", "k", "Created", "Folder"],
                         [[run.name, str(run.summary.get("model", MISSING)), str(run.k),
                           str(run.summary.get("created", MISSING)), str(run.folder)] for run in runs],
                         label_columns=5)
-    blocks: list[_Block] = [("h2", "Runs"), ("table", runs_table), ("h2", "Results"),
+    blocks: list[Block] = [("h2", "Runs"), ("table", runs_table), ("h2", "Results"),
                             ("table", _compare_table(runs, benchmarks, vilp_names)),
                             ("p", f"Percent correct with [{ci}]; bold: the best run of each row. "
                                   f"{MISSING}: the run has no such benchmark.")]
@@ -583,7 +449,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, names: 
     if reports:
         blocks += [("h2", "Run reports"), ("links", reports)]
 
-    md_path, html_path = _write_documents(out, "compare", title, blocks)
+    md_path, html_path = write_documents(out, "compare", title, blocks)
     return {"html": html_path, "md": md_path, "plots": plots}
 
 
