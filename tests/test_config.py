@@ -23,6 +23,7 @@ def test_release_defaults():
     assert (cfg.token_loss_clip, cfg.description_end_clip, cfg.reasoning_start_clip) == (0.05, 0.05, 0.05)
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (64, 128, 0.05)
     assert cfg.learning_rate == 5e-6 and cfg.max_grad_norm == 0.1
+    assert (cfg.rollout_engine, cfg.vllm_sync_steps, cfg.vllm_gpu_memory_utilization) == ("hf", 1, 0.45)
     assert [t.name for t in cfg.teacher_terms()] == ["perception", "reasoning", "reference"]
     assert [t.name for t in make(method="opsd").teacher_terms()] == ["privileged"]
 
@@ -48,6 +49,12 @@ def test_every_own_field_has_help():
         ({"student_prompt": "{question} {answer}"}, "student_prompt must not contain {answer}"),
         ({"reasoning_prompt": "{question} only"}, "reasoning_prompt must contain {answer}"),
         ({"perception_prompt": "Describe {question}"}, "perception teacher sees the image only"),
+        ({"rollout_engine": "sglang"}, "rollout_engine must be one of hf, vllm_server, vllm_colocate"),
+        ({"vllm_sync_steps": 0}, "vllm_sync_steps must be >= 1"),
+        ({"vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization must be > 0.0 and <= 1.0"),
+        ({"vllm_request_timeout": 0}, "vllm_request_timeout must be > 0"),
+        ({"rollout_engine": "vllm_server", "use_lora": False}, "rollout_engine 'vllm_server' needs use_lora"),
+        ({"rollout_engine": "vllm_server", "vllm_server_url": "localhost:8000"}, "vllm_server_url must start with http://"),
     ],
 )
 def test_range_checks_name_the_option(kw, message):
@@ -78,3 +85,14 @@ def test_unknown_keys_list_close_matches(tmp_path):
         load_config(None, {"method": "x", "output_dir": "x"})
     with pytest.raises(ConfigError, match="needs a value"):
         parse_overrides(["--lora_r"])
+
+
+def test_rollout_sampler_is_checked_and_reaches_the_rollout(tmp_path, tiny_model_dir):
+    from transformers import AutoProcessor
+
+    with pytest.raises(ValueError, match="rollout_sampler"):
+        ViGOSConfig(output_dir=str(tmp_path), report_to="none", rollout_sampler="beam")
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    for sampler in ("lean", "generate"):
+        config = ViGOSConfig(output_dir=str(tmp_path), report_to="none", rollout_sampler=sampler)
+        assert config.build_rollout(processor).sampler == sampler

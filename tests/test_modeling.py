@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import sys
+import types
+
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vigos.modeling import Context, collate_contexts, encode_image, final_hidden_states, image_token_id, output_head, tokenize_prompt
+from vigos.modeling import (
+    Context,
+    collate_contexts,
+    encode_image,
+    final_hidden_states,
+    gathered_output_head,
+    image_token_id,
+    output_head,
+    output_head_shape,
+    tokenize_prompt,
+)
 from vigos.prompts import render_prompt
 
 
@@ -29,3 +43,43 @@ def test_encoding_matches_processor_and_hidden_states_give_logits(request, fixtu
         hidden = final_hidden_states(model, batch)
         logits = model(**batch).logits
     assert torch.allclose(hidden @ output_head(model).T, logits, atol=1e-5)
+
+
+def test_output_head_is_gathered_only_under_zero3(tiny_model_dir, monkeypatch):
+    """DeepSpeed is not installed here: a stand-in records how GatheredParameters is entered."""
+    entered = []
+
+    class GatheredParameters:
+        def __init__(self, params, modifier_rank=None, fwd_module=None, enabled=True):
+            entered.append((params, modifier_rank))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    deepspeed = types.ModuleType("deepspeed")
+    deepspeed.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)  # what find_spec checks elsewhere
+    deepspeed.zero = types.SimpleNamespace(GatheredParameters=GatheredParameters)
+    monkeypatch.setitem(sys.modules, "deepspeed", deepspeed)
+    weight = output_head(model)
+    with gathered_output_head(model) as head:
+        assert head is weight
+    assert not entered, "no ZeRO-3 marks: the weight is used as it is"
+
+    weight.requires_grad_(False)  # LoRA: the head is frozen
+    monkeypatch.setattr(weight, "ds_id", 0, raising=False)
+    monkeypatch.setattr(weight, "ds_shape", torch.Size([7, 3]), raising=False)
+    with gathered_output_head(model) as head:
+        assert head is weight
+    assert entered == [([weight], None)]
+    assert output_head_shape(model) == (7, 3)
+    with pytest.raises(ValueError, match="ZeRO-3 cannot run this loss: loss_chunk_size is None"):
+        with gathered_output_head(model, needed_in_backward=True):
+            pass
+    weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="the output head is trained.*LoRA"):
+        with gathered_output_head(model):
+            pass

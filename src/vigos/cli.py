@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the paper's experiment in miniature, offline on a CPU, with a report")
     add_demo_arguments(demo)
     demo.set_defaults(handler=demo_command)
+
+    from .serve import add_serve_arguments, serve_command
+
+    serve = commands.add_parser("serve", help="serve a model through the OpenAI-compatible API subset of vLLM rollouts (CPU or one GPU)")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=serve_command)
     return parser
 
 

@@ -7,15 +7,18 @@ release"); ``configs/`` holds the paper's 3B/7B runs and a tiny CPU one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainingArguments
 
 from . import prompts
 from .losses import DIVERGENCES
+from .rollout import SAMPLERS
 from .teachers import TEACHER_KINDS, TeacherPolicy, opsd_terms, vigos_terms
 
 METHODS = ("vigos", "opsd")
+ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
 BAD_ROWS = ("skip", "error")
 
 
@@ -46,6 +49,12 @@ class ViGOSConfig(TrainingArguments):
     temperature: float = field(default=1.1, metadata=_help("Rollout sampling temperature."))
     top_p: float = field(default=0.95, metadata=_help("Rollout nucleus sampling mass."))
     top_k: int = field(default=20, metadata=_help("Rollout top-k sampling (0 disables)."))
+    rollout_engine: str = field(default="hf", metadata=_help("What samples the rollouts: 'hf' (the training model, in process), 'vllm_server' (a separately started OpenAI-compatible vLLM server, sent the LoRA adapter; needs use_lora) or 'vllm_colocate' (an in-process vLLM engine on the training GPU; one process)."))
+    rollout_sampler: str = field(default="lean", metadata=_help("How the 'hf' engine samples: 'lean' (each prompt prefilled once, then vigos's own decode loop; the same tokens as generate for a seed) or 'generate' (Hugging Face generate)."))
+    vllm_server_url: str = field(default="http://127.0.0.1:8000", metadata=_help("Base URL of the vLLM server (rollout_engine 'vllm_server'); it must read files this run writes under output_dir."))
+    vllm_sync_steps: int = field(default=1, metadata=_help("Push the policy (LoRA adapter or weights) to vLLM every N optimizer steps: 1 keeps rollouts on-policy; N > 1 samples from a policy up to N - 1 steps old."))
+    vllm_gpu_memory_utilization: float = field(default=0.45, metadata=_help("Share of GPU memory the colocated vLLM engine takes (release: 0.45 for 3B, 0.40 for 7B)."))
+    vllm_request_timeout: float = field(default=600.0, metadata=_help("Seconds to wait for the vLLM server to answer one request (one example's samples)."))
 
     # Teachers and loss.
     teacher: str = field(default="fixed", metadata=_help("Teacher weights: 'fixed' (initial policy; LoRA adapter off), 'current' or 'ema'."))
@@ -109,6 +118,17 @@ class ViGOSConfig(TrainingArguments):
         _range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         _range("top_k", self.top_k, low=0)
         _range("num_generations", self.num_generations, low=1)
+        _choice("rollout_engine", self.rollout_engine, ROLLOUT_ENGINES)
+        _choice("rollout_sampler", self.rollout_sampler, SAMPLERS)
+        _range("vllm_sync_steps", self.vllm_sync_steps, low=1)
+        _range("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0.0, high=1.0, low_open=True)
+        _range("vllm_request_timeout", self.vllm_request_timeout, low=0.0, low_open=True)
+        if self.rollout_engine == "vllm_server":
+            if not self.use_lora:
+                raise ValueError("rollout_engine 'vllm_server' needs use_lora: true: the server is sent the policy as "
+                                 "a LoRA adapter (full weights cannot be pushed to it); use 'vllm_colocate' or 'hf'")
+            if not self.vllm_server_url.startswith(("http://", "https://")):
+                raise ValueError(f"vllm_server_url must start with http:// or https://; got {self.vllm_server_url!r}")
         _range("max_completion_length", self.max_completion_length, low=1)
         _range("max_prompt_length", self.max_prompt_length, low=1)
         _range("ema_decay", self.ema_decay, low=0.0, high=1.0)
@@ -155,6 +175,30 @@ class ViGOSConfig(TrainingArguments):
             reference_divergence=self.reference_divergence,
             reasoning_sees_description=self.reasoning_sees_description,
         )
+
+    def build_rollout(self, processor: Any, *, model_path: str | None = None):
+        """The :class:`vigos.rollout.Rollout` ``rollout_engine`` names (``model_path``: the base checkpoint,
+        which ``vllm_colocate`` loads). vLLM engines also have ``sync``, which the trainer calls every
+        ``vllm_sync_steps`` optimizer steps."""
+        from .rollout import HFGenerateRollout, SamplingParams
+
+        params = SamplingParams(self.temperature, self.top_p, self.top_k, self.max_completion_length, self.num_generations)
+        student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
+        sync_dir = Path(self.output_dir) / "vllm-policy"
+        if self.rollout_engine == "vllm_server":
+            from .vllm_rollout import VLLMServerRollout
+
+            return VLLMServerRollout(processor, params, student, url=self.vllm_server_url, sync_dir=sync_dir,
+                                     timeout=self.vllm_request_timeout)
+        if self.rollout_engine == "vllm_colocate":
+            from .vllm_colocate import VLLMColocateRollout
+
+            if not model_path:
+                raise ValueError("rollout_engine 'vllm_colocate' needs the base checkpoint's path for vLLM to load")
+            return VLLMColocateRollout(processor, params, student, model_path=model_path, sync_dir=sync_dir,
+                                       gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                                       lora_rank=self.lora_r if self.use_lora else None, seed=self.seed)
+        return HFGenerateRollout(processor, params, student, sampler=self.rollout_sampler)
 
     def build_scorer(self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None,
                      lockstep: bool = False):

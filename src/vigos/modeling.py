@@ -151,8 +151,52 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def output_head(model: torch.nn.Module) -> torch.Tensor:
-    """The output projection weight [V, H]."""
+    """The output projection weight [V, H] (under DeepSpeed ZeRO-3, a partitioned placeholder:
+    read it inside `gathered_output_head`)."""
     return unwrap(model).get_output_embeddings().weight
+
+
+def output_head_shape(model: torch.nn.Module) -> torch.Size:
+    """[V, H] of the output head, also while ZeRO-3 holds it partitioned (its own shape is then [0])."""
+    weight = output_head(model)
+    return getattr(weight, "ds_shape", weight.shape)
+
+
+@contextmanager
+def gathered_output_head(model: torch.nn.Module, *, needed_in_backward: bool = False) -> Iterator[torch.Tensor]:
+    """The output head [V, H], whole for the duration of the block.
+
+    The loss projects final hidden states through the head outside the
+    model's forward pass, where DeepSpeed ZeRO-3 leaves the weight
+    partitioned (an empty placeholder, marked by its ``ds_id``). Inside the
+    block it is gathered with ``deepspeed.zero.GatheredParameters`` for reading
+    only (``modifier_rank=None``); every process must enter the block, as the
+    gather is collective. Without ZeRO-3 this yields the weight as it is.
+
+    The weight is partitioned again when the block ends, so nothing may need
+    it in the backward pass: the chunked loss computes its gradients inside
+    its forward and keeps none of the head, which is what makes this enough.
+    A trained head (its gradient would be a dense [V, H] tensor that ZeRO-3
+    does not expect from outside a module's forward) and callers whose
+    backward reads the head (``needed_in_backward``: the unchunked autograd
+    loss) are refused under ZeRO-3 with an error saying what to use instead.
+    """
+    weight = output_head(model)
+    if not hasattr(weight, "ds_id"):
+        yield weight
+        return
+    if weight.requires_grad or needed_in_backward:
+        why = ("the output head is trained (its gradient would come from outside ZeRO-3's hooks)" if weight.requires_grad
+               else "loss_chunk_size is None (that loss reads the head again in the backward pass, after ZeRO-3 "
+                    "has partitioned it)")
+        raise ValueError(
+            f"DeepSpeed ZeRO-3 cannot run this loss: {why}. Train with LoRA (the head stays frozen) and a "
+            "loss_chunk_size, or use ZeRO-2 or FSDP."
+        )
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+        yield weight
 
 
 def _final_norm(model: torch.nn.Module) -> torch.nn.Module:

@@ -279,11 +279,13 @@ def _cache_tensors(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.keys, layer.values
 
 
+def until_eos(ids: Sequence[int], eos_token_ids: Sequence[int]) -> list[int]:
+    """``ids`` cut after the first end-of-sequence token (kept): a rollout's completion."""
+    eos = set(eos_token_ids)
+    end = next((i + 1 for i, token in enumerate(ids) if token in eos), len(ids))
+    return list(ids[:end])
+
+
 def completion_ids(tokens: torch.Tensor, eos_token_ids: Sequence[int]) -> list[list[int]]:
     """Each row of new tokens [N, T] cut after its first end-of-sequence token."""
-    eos = set(eos_token_ids)
-    out = []
-    for ids in tokens.tolist():
-        end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
-        out.append(ids[:end])
-    return out
+    return [until_eos(ids, eos_token_ids) for ids in tokens.tolist()]

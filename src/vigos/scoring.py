@@ -13,7 +13,7 @@ student's sequence and, with its own ``P``, in each teacher's.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,9 +30,11 @@ from .modeling import (
     encode_image,
     encode_image_features,
     final_hidden_states,
+    gathered_output_head,
     image_features_reusable,
     image_token_id,
     output_head,
+    output_head_shape,
     tokenize_prompt,
 )
 from .prompts import PromptSpec, render_prompt
@@ -237,7 +239,9 @@ class Scorer:
         device = student_output.device
         local_totals = self._totals(spans, supervised).to(device)
         totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(device)
-        with _timed(times, "loss"):
+        # The chunked loss reads the output head outside the forward: ZeRO-3 must gather it for that.
+        head = nullcontext() if naive else gathered_output_head(model, needed_in_backward=self.options.loss_chunk_size is None)
+        with _timed(times, "loss"), head:
             loss, terms = self._loss(
                 model, student_output, teacher_outputs, student_prompts, completion_ids, supervised, totals[1:]
             )
@@ -335,7 +339,7 @@ class Scorer:
         """``forward``'s output ([B, L, D]: hidden states or logits) of each teacher pass, gathered
         to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output; ``features``
         (if given) stand in for the images' pixels."""
-        width = output_head(model).shape[0 if forward is _full_logits else 1]
+        width = output_head_shape(model)[0 if forward is _full_logits else 1]
         size = self.options.teacher_batch_size
         # Every process holds as many rows, so this many passes per term is the most any process runs.
         most_passes = -(-len(examples) // size)

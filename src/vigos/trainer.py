@@ -19,8 +19,9 @@ from transformers import Trainer, TrainerCallback
 from .checkpoints import AtomicCheckpointMixin
 from .config import ViGOSConfig
 from .data import Example, collate_examples
-from .rollout import HFGenerateRollout, Rollout, SamplingParams
-from .prompts import DESCRIPTION_OPEN, PromptSpec
+from .modeling import unwrap
+from .rollout import Rollout
+from .prompts import DESCRIPTION_OPEN
 from .scoring import ScoreOutput
 from .teachers import TeacherPolicy, make_teacher_policy
 
@@ -28,9 +29,10 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
     """Post-trains a VLM with ViGOS or multimodal OPSD (``args.method``).
 
     ``train_dataset`` yields :class:`vigos.data.Example`; ``processing_class``
-    is the model's processor. ``rollout`` defaults to Hugging Face
-    ``generate`` with the config's sampling settings, ``teacher`` to the
-    config's teacher policy.
+    is the model's processor. ``rollout`` defaults to the config's
+    ``rollout_engine`` with its sampling settings (an engine with a ``sync``
+    method, vLLM's, is sent the policy every ``vllm_sync_steps`` optimizer
+    steps), ``teacher`` to the config's teacher policy.
 
     Each loss term is a mean over its tokens in the whole optimizer step: every
     micro-batch of a gradient-accumulation window, on every process. The
@@ -64,12 +66,8 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
             callbacks=callbacks,
         )
         self.teacher = teacher or make_teacher_policy(args.teacher, self.model, ema_decay=args.ema_decay)
-        student_prompt = PromptSpec(args.student_prompt, DESCRIPTION_OPEN)
-        self.rollout = rollout or HFGenerateRollout(
-            processing_class,
-            SamplingParams(args.temperature, args.top_p, args.top_k, args.max_completion_length, args.num_generations),
-            student_prompt,
-        )
+        self.rollout = rollout or args.build_rollout(processing_class,
+                                                    model_path=getattr(unwrap(self.model), "name_or_path", None))
         self.scorer = args.build_scorer(processing_class, teacher=self.teacher, reduce_sum=self._reduce_sum,
                                         lockstep=self._weights_sharded())
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -78,6 +76,8 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         self._step_rollouts: deque[list[list[int]]] = deque()
         self._step_totals: torch.Tensor | None = None
         self.add_callback(_TeacherUpdate(self))
+        if hasattr(self.rollout, "sync"):  # an engine with its own copy of the policy (vLLM)
+            self.add_callback(_PolicySync(self, every=args.vllm_sync_steps))
         self.add_callback(_MetricsFile(Path(args.output_dir)))
         if args.diagnostics_steps:
             from .diagnostics import DiagnosticsCallback
@@ -176,6 +176,18 @@ class _TeacherUpdate(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.teacher.update(self.trainer.model)
+
+
+class _PolicySync(TrainerCallback):
+    """Pushes the policy to the rollout engine every ``every`` optimizer steps, so rollouts stay on-policy."""
+
+    def __init__(self, trainer: ViGOSTrainer, every: int):
+        self.trainer = trainer
+        self.every = every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self.trainer.rollout.sync(self.trainer.model)
 
 
 class _MetricsFile(TrainerCallback):

@@ -28,6 +28,7 @@ from vigos.eval.run_folder import EvalError
 from vigos.prompts import PromptSpec, render_prompt
 from vigos.recipe import load_model_and_processor, resolve_model_path
 from vigos.rollout import HFGenerateRollout, SamplingParams
+from vigos.vllm_rollout import vllm_max_lora_rank
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -48,8 +49,6 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ENGINES = ("auto", "hf", "vllm")
 VLLM_MISSING = "engine 'vllm' needs vLLM: install the vllm extra (pip install 'vigos[vllm]') on a machine with a GPU"
-# vLLM accepts only these LoRA ranks as max_lora_rank (older releases stop at 64 or 256).
-_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -179,8 +178,7 @@ def resolve_engine(engine: str, *, model_given: bool) -> str:
 
 
 def _vllm_lora_rank(adapter: str) -> int:
-    rank = int(json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("r", 8))
-    return next((allowed for allowed in _VLLM_LORA_RANKS if allowed >= rank), _VLLM_LORA_RANKS[-1])
+    return vllm_max_lora_rank(int(json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("r", 8)))
 
 
 class VLLMEngine:
