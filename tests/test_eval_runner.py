@@ -440,3 +440,54 @@ def test_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp_p
     assert summary["items"] == {"vilp-f": 6, "cvbench": 2}
     assert summary["metrics"]["benchmarks"]["vilp-f"]["n"] == 6
     assert summary["vilp"]["vilp-f"]["score"]["n"] == 4 and summary["vilp"]["vilp-f"]["prior"]["n"] == 2
+
+
+# --- the server engine, against vigos's own OpenAI-compatible server --------------------------------
+
+
+def test_server_engine_samples_each_item_with_its_seed_and_hot_loads_an_adapter(tiny_model_dir, loaded, data_dir,
+                                                                                tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from vigos.data import Example
+    from vigos.eval.engines import item_seed
+    from vigos.recipe import language_lora_targets, load_model_and_processor
+    from vigos.rollout import HFGenerateRollout, SamplingParams
+    from vigos.serve import PolicyServer, running
+
+    server_model, server_processor = load_model_and_processor(str(tiny_model_dir))
+    with running(PolicyServer(server_model.eval(), server_processor, model_name="tiny")) as url:
+        config = make_config(tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"], engine="server",
+                             server_url=url)
+        summary = run_eval(config, progress=False, report=False)
+        assert summary["engine"] == "server"
+        served = texts_by_id(tmp_path / "base", "mathvista")
+        # Each item is one request with its own seed: what the in-process model samples with that seed.
+        params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                max_new_tokens=config.max_new_tokens, num_samples=config.k)
+        rollout = HFGenerateRollout(loaded["processor"], params)
+        tokenizer = loaded["processor"].tokenizer
+        for item in load_benchmark("mathvista", data_dir):
+            torch.manual_seed(item_seed(config.seed, "mathvista", item.id) % 2**31)
+            example = Example(question=item.prompt_question(), answer=item.answer, image=item.image, row=0, meta={})
+            completions = rollout(loaded["model"], [example])
+            assert served[item.id] == ["<description>" + t for t in tokenizer.batch_decode(completions,
+                                                                                       skip_special_tokens=True)]
+
+        model, _ = load_model_and_processor(str(tiny_model_dir))
+        lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                          target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"]))
+        get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+        run_eval(make_config(tmp_path / "adapter", data_dir, tmp_path / "tuned", benchmarks=["mathvista"],
+                             engine="server", server_url=url), progress=False, report=False)
+        assert texts_by_id(tmp_path / "tuned", "mathvista") != served
+
+
+def test_server_engine_needs_a_reachable_url(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="--server-url"):
+        make_config(tiny_model_dir, data_dir, tmp_path / "x", engine="server")
+    config = make_config(tiny_model_dir, data_dir, tmp_path / "y", benchmarks=["mathvista"], engine="server",
+                         server_url="http://127.0.0.1:9")
+    with pytest.raises(EvalError, match="127.0.0.1:9"):
+        run_eval(config, progress=False, report=False)

@@ -315,12 +315,17 @@ class VLLMServerRollout:
         """``num_samples`` completions per example, grouped by example (``model`` is read only to sync)."""
         if self.adapter is None and peft_model(model) is not None:
             self.sync(model)
+        return self.sample(examples, request_seeds(len(examples)))
+
+    def sample(self, examples: Sequence[Example], seeds: Sequence[int]) -> list[list[int]]:
+        """``num_samples`` completions per example from the policy the server holds now, one request per
+        example sampled with its seed (``0 <= seed < 2**31``)."""
         name = self.model_name()
         prompts = student_contexts(self.processor, examples, self.prompt)
         bodies = [
             chat_request(name, self.prompt.text(example.question), self.prompt.prefill, example.image,
                          sampling_fields(self.params, seed=seed, stop_ids=self.stop_ids, bad_words=self.bad_words))
-            for example, seed in zip(examples, request_seeds(len(examples)))
+            for example, seed in zip(examples, seeds, strict=True)
         ]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(bodies)))) as pool:
             responses = list(pool.map(lambda body: self.client.post("/v1/chat/completions", body), bodies))

@@ -1,4 +1,4 @@
-"""Generation engines of the evaluation runner: Hugging Face ``generate`` and vLLM.
+"""Generation engines of the evaluation runner: the Hugging Face model, vLLM, and an OpenAI-compatible server.
 
 An engine samples ``n`` completions per question with the student prompt
 (image + question + format instruction, the assistant turn pre-filled with
@@ -35,6 +35,7 @@ __all__ = [
     "ENGINES",
     "Engine",
     "HFEngine",
+    "ServerEngine",
     "ModelSource",
     "VLLMEngine",
     "VLLM_MISSING",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
-ENGINES = ("auto", "hf", "vllm")
+ENGINES = ("auto", "hf", "vllm", "server")
 VLLM_MISSING = "engine 'vllm' needs vLLM: install the vllm extra (pip install 'vigos[vllm]') on a machine with a GPU"
 
 
@@ -159,13 +160,62 @@ class HFEngine:
         return [[self.prompt.prefill + text for text in texts[i * n:(i + 1) * n]] for i in range(len(examples))]
 
 
+class ServerEngine:
+    """Generation by a separately started OpenAI-compatible server: ``vllm serve`` on GPUs, or ``vigos serve``.
+
+    The server holds the base model; an adapter is hot-loaded into it
+    (``/v1/load_lora_adapter``, so the server must read the adapter's
+    directory). Prompts, sampling settings and token handling are those of
+    the training rollouts' server client; each item is one request with its
+    own seed, so its samples do not depend on the batch it falls in.
+    """
+
+    name = "server"
+
+    def __init__(self, source: ModelSource, params: SamplingParams, prompt: PromptSpec, url: str):
+        from transformers import AutoProcessor
+
+        from vigos.vllm_rollout import RolloutEngineError, VLLMServerRollout
+
+        use_adapter_processor = source.adapter is not None and _adapter_has_processor(source.adapter)
+        self.processor = AutoProcessor.from_pretrained(source.adapter if use_adapter_processor else source.base)
+        self.prompt = prompt
+        self.num_samples = params.num_samples
+        self.client = VLLMServerRollout(self.processor, params, prompt, url=url, sync_dir=".")
+        try:
+            if source.adapter is not None:
+                name = "vigos-eval-" + hashlib.sha256(str(Path(source.adapter).resolve()).encode()).hexdigest()[:12]
+                self.client.unload_adapter(name, missing_ok=True)
+                self.client.load_adapter(name, Path(source.adapter).resolve())
+                self.client.adapter = name
+            self.client.model_name()
+        except RolloutEngineError as error:
+            raise EvalError(str(error)) from None
+
+    def generate(self, examples: Sequence[Example], seeds: Sequence[int]) -> list[list[str]]:
+        """``num_samples`` texts per example, in order."""
+        from vigos.vllm_rollout import RolloutEngineError
+
+        try:
+            completions = self.client.sample(examples, [seed % 2**31 for seed in seeds])
+        except RolloutEngineError as error:
+            raise EvalError(str(error)) from None
+        texts = self.processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        n = self.num_samples
+        return [[self.prompt.prefill + text for text in texts[i * n:(i + 1) * n]] for i in range(len(examples))]
+
+
 def vllm_available() -> bool:
     """Whether vLLM is importable and a CUDA GPU is present."""
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def resolve_engine(engine: str, *, model_given: bool) -> str:
-    """``hf`` or ``vllm`` for the requested ``engine`` (``auto``: vLLM when it can run)."""
+    """``hf``, ``vllm`` or ``server`` for the requested ``engine`` (``auto``: vLLM when it can run)."""
+    if engine == "server":
+        if model_given:
+            raise EvalError("engine 'server' samples from the server; do not pass a loaded model")
+        return "server"
     if engine == "vllm":
         if model_given:
             raise EvalError("engine 'vllm' loads the model itself from --model; do not pass a loaded model")

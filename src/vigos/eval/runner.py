@@ -58,6 +58,7 @@ from vigos.eval.engines import (
     Engine,
     HFEngine,
     ModelSource,
+    ServerEngine,
     VLLMEngine,
     item_seed,
     load_hf_model,
@@ -135,6 +136,7 @@ class EvalConfig:
     seed: int = 0
     student_prompt: str = prompts.STUDENT_PROMPT
     engine: str = "auto"
+    server_url: str | None = None
     judge_url: str | None = None
     judge_model: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
@@ -173,6 +175,9 @@ class EvalConfig:
                              "(the student never sees the reference answer)")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "server" and not str(self.server_url or "").startswith(("http://", "https://")):
+            raise ValueError("engine 'server' needs server_url (--server-url http://HOST:PORT), the base URL of "
+                             f"a running 'vllm serve' or 'vigos serve'; got {self.server_url!r}")
         if self.judge_url is not None:
             if not self.judge_url.startswith(("http://", "https://")):
                 raise ValueError(f"judge_url must start with http:// or https://, got {self.judge_url!r}")
@@ -284,6 +289,9 @@ def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, mode
     if name == "vllm":
         assert source is not None
         return VLLMEngine(source, config.sampling_params(), spec, config.seed)
+    if name == "server":
+        assert source is not None and config.server_url is not None
+        return ServerEngine(source, config.sampling_params(), spec, config.server_url)
     if model is None:
         assert source is not None
         model, processor = load_hf_model(source)
@@ -455,7 +463,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-prompt", help="student prompt template with {question}, or @FILE holding it "
                         "(default: the ViGOS student prompt)")
     parser.add_argument("--engine", choices=ENGINES, default=defaults["engine"],
-                        help="auto: vLLM when installed and a GPU is present, else Hugging Face generate")
+                        help="auto: vLLM when installed and a GPU is present, else the Hugging Face model; "
+                        "server: a running OpenAI-compatible server (--server-url)")
+    parser.add_argument("--server-url", help="base URL of a running 'vllm serve' or 'vigos serve' (--engine server)")
     parser.add_argument("--judge-url", help="OpenAI-compatible API root of an LLM judge, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--judge-model", help="model name the judge server serves")
     parser.add_argument("--judge-api-key-env", default=defaults["judge_api_key_env"],
@@ -494,7 +504,8 @@ def eval_command(args: argparse.Namespace) -> int:
             out_dir=args.out_dir or str(Path("runs") / "eval" / run_name), k=args.k, n_samples=args.n_samples,
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-            student_prompt=_student_prompt(args.student_prompt), engine=args.engine, judge_url=args.judge_url,
+            student_prompt=_student_prompt(args.student_prompt), engine=args.engine, server_url=args.server_url,
+            judge_url=args.judge_url,
             judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env, run_name=run_name,
         )
     except ValueError as error:
