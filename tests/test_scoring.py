@@ -208,3 +208,23 @@ def test_text_completions_and_length_mismatch(setup):
     assert out.spans[0].valid and out.spans[0].answer == "red" and out.metrics["answer_accuracy"] == 1.0
     with pytest.raises(ValueError, match="one example per completion"):
         score_completions(model, processor, [example, example], [text], config=config())
+
+
+def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pass_per_row(setup):
+    """Teacher contexts are sorted by length into passes of ``teacher_batch_size``; every grouping must
+    give the same per-term values and LoRA gradients (only padding differs)."""
+    model, processor, example = setup
+    completions = [ids for ids, _ in hand_made(processor)]
+    completions = completions + [completions[0][: len(completions[0]) // 2], completions[2] + completions[3]]
+    teacher = make_teacher_policy("fixed", model)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    results = []
+    for batch_size in (1, 3, len(completions)):
+        out = score_completions(model, processor, [example] * len(completions), completions, teacher=teacher,
+                                config=config(teacher_batch_size=batch_size))
+        grads = torch.autograd.grad(out.loss, lora)
+        results.append(({k: v.item() for k, v in out.terms.items()}, grads))
+    for terms, grads in results[1:]:
+        assert terms == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
+        for grad, reference in zip(grads, results[0][1]):
+            torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)

@@ -357,14 +357,17 @@ class Scorer:
                         prompt = self._prompt_ids(term.prompt, examples[row], image_of[row], answer=True)
                         context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
                         jobs.append((context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
-                    gathered = []
+                    # Contexts of similar length share a pass (less padding); states go back in row order.
+                    by_length = sorted(range(len(jobs)), key=lambda job: jobs[job][0].length)
+                    gathered: list[torch.Tensor | None] = [None] * len(jobs)
                     for offset in range(0, len(jobs), size):
-                        chunk = jobs[offset : offset + size]
-                        output = forward(model, self._collate([c for c, _, _ in chunk], model, features))
+                        chunk = by_length[offset : offset + size]
+                        output = forward(model, self._collate([jobs[job][0] for job in chunk], model, features))
                         if kept is not None:
                             kept.append(output)
-                        for row, (_, first, count) in enumerate(chunk):
-                            gathered.append(output[row, first : first + count])
+                        for row, job in enumerate(chunk):
+                            _, first, count = jobs[job]
+                            gathered[job] = output[row, first : first + count]
                     if self.lockstep and examples:
                         # Passes on a throwaway context (one row's prompt, image included, so that
                         # the vision tower runs too) until this process has run as many as any.
