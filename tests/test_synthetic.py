@@ -24,6 +24,7 @@ from vigos.synthetic import (
     TEXT_COLOUR,
     ObjectKind,
     Scene,
+    make_any_colour_split,
     make_example,
     make_split,
     make_world,
@@ -239,6 +240,32 @@ def test_make_example_rejects_unknown_choices():
         make_example(random.Random(0), conflict=False, kind="unicorn")
     with pytest.raises(ValueError, match="no count prior"):
         make_example(random.Random(0), conflict=False, question_type="count", kind="banana")
+
+
+def test_a_fixed_colour_changes_only_the_asked_attribute():
+    plain = make_example(random.Random(5), conflict=False, question_type="colour", kind="leaf")
+    pink = make_example(random.Random(5), conflict=True, question_type="colour", kind="leaf", colour="pink")
+    assert "pink" not in OBJECT_KINDS["leaf"].other_colours, "any palette colour, not only the kind's conflict ones"
+    assert pink.answer == pink.scene.colour == "pink" and pink.conflict
+    assert (pink.question, pink.scene.size, pink.scene.position, pink.scene.text) == (
+        plain.question, plain.scene.size, plain.scene.position, plain.scene.text)
+    green = make_example(random.Random(5), conflict=False, question_type="colour", kind="leaf", colour="green")
+    assert not green.conflict
+    with pytest.raises(ValueError, match="contradicts"):
+        make_example(random.Random(0), conflict=False, question_type="colour", kind="leaf", colour="red")
+    with pytest.raises(ValueError, match="colour question"):
+        make_example(random.Random(0), conflict=True, question_type="count", kind="leaf", colour="red")
+
+
+def test_any_colour_split_makes_the_colour_unpredictable_from_the_kind():
+    split = make_any_colour_split(400, seed=0)
+    assert [e.scene for e in split] == [e.scene for e in make_any_colour_split(400, seed=0)]
+    assert {e.scene.colour for e in split} == set(COLOURS) and {e.scene.kind for e in split} == set(OBJECT_KINDS)
+    for example in split:
+        assert example.answer == example.scene.colour
+        assert example.conflict == (example.answer != OBJECT_KINDS[example.scene.kind].prior_colour)
+    # No kind shows mostly its prior colour: about one image in len(COLOURS) agrees with the prior.
+    assert sum(not e.conflict for e in split) / len(split) < 2 / len(COLOURS)
 
 
 # --- splits -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The warm start: its supervised items, its loss against the model's own, and that it learns."""
+"""The warm start: its supervised items, its loss against the model's own, that it learns, and its ability check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vigos.data import Example
-from vigos.warmstart import _encode, supervised_loss, warm_start, warm_start_items
+from vigos.warmstart import _encode, check_abilities, supervised_loss, warm_start, warm_start_items
 
 TARGET = " A red leaf. </description>\n<think> The leaf is red. </think>\n\\boxed{red}"
 
@@ -47,3 +47,13 @@ def test_loss_equals_the_models_own_cross_entropy_and_decreases(tiny_model_dir):
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     losses = warm_start(model, processor, items, steps=15, batch_size=4, learning_rate=3e-3)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_check_abilities_reports_each_role_on_conflicting_images(tiny_model_dir):
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    result = check_abilities(model, processor, [example(), example()], ["green", "green"], max_new_tokens=8)
+    assert set(result) == {"student", "perception", "reasoning", "reference"}
+    for shares in result.values():
+        assert set(shares) == {"states_true", "states_prior"}
+        assert all(0.0 <= v <= 1.0 for v in shares.values())

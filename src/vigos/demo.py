@@ -2,7 +2,8 @@
 
 1. build a tiny Qwen2.5-VL (``make_tiny``);
 2. generate the synthetic shortcut world (mostly prior-agreeing training rows);
-3. warm-start the model (format, perception, use of a reference answer);
+3. warm-start the model (format, perception, use of a reference answer) and
+   check that it can play each role (``warmstart.check_abilities``);
 4. train OPSD and ViGOS from that warm start: same data order, same seeds;
 5. evaluate the warm start, OPSD and ViGOS on held-out prior-agreeing and
    prior-conflicting splits (Pass@k, Avg@k, ViLP-style Score and Prior) and
@@ -34,7 +35,7 @@ from .eval.runner import EvalConfig, run_eval
 from .recipe import apply_lora, load_model_and_processor
 from .tiny import make_tiny
 from .trainer import ViGOSTrainer
-from .warmstart import save_checkpoint, warm_start, warm_start_items
+from .warmstart import check_abilities, save_checkpoint, warm_start, warm_start_items
 
 logger = logging.getLogger("vigos.demo")
 
@@ -51,27 +52,34 @@ class DemoConfig:
     size: str = "mini"
     seeds: tuple[int, ...] = (0, 1, 2)
     n_train: int = 192
-    n_eval: int = 24
+    n_eval: int = 100
     train_conflict_fraction: float = 0.1
-    warm_steps: int = 100
+    warm_steps: int = 1000
     warm_batch_size: int = 16
     warm_learning_rate: float = 2e-3
-    train_steps: int = 16
-    prompts_per_step: int = 4
-    num_generations: int = 2
-    learning_rate: float = 5e-4
+    # Images of any kind in any colour for the teachers' abilities, and prior-agreeing rows beyond the
+    # training split's for the student's format (see _warm_start).
+    warm_any_colour_rows: int = 768
+    warm_agreeing_rows: int = 576
+    train_steps: int = 40
+    prompts_per_step: int = 8
+    num_generations: int = 4
+    learning_rate: float = 1e-3
     lora_r: int = 16
-    token_loss_clip: float = 0.5
+    # A clipped token gives no gradient, and the tokens where student and teachers disagree (the colour
+    # on a conflicting image) have divergences of several nats: a clip of the release's size would mute them.
+    token_loss_clip: float | None = None
     max_completion_length: int = 48
     eval_k: int = 4
-    eval_batch_size: int = 8
+    eval_batch_size: int = 16
     threads: int = 2
 
     @classmethod
     def quick(cls, out_dir: str = "runs/demo-quick") -> "DemoConfig":
         """A smoke run: one seed, the tiny size, a few steps (a couple of minutes on 2 cores)."""
-        return cls(out_dir=out_dir, size="tiny", seeds=(0,), n_train=48, n_eval=8, warm_steps=60, train_steps=3,
-                   eval_k=2, max_completion_length=40)
+        return cls(out_dir=out_dir, size="tiny", seeds=(0,), n_train=48, n_eval=8, warm_steps=60,
+                   warm_any_colour_rows=48, warm_agreeing_rows=48, train_steps=3, prompts_per_step=4,
+                   num_generations=2, eval_k=2, max_completion_length=40)
 
 
 class _Stage:
@@ -90,11 +98,9 @@ class _Stage:
             print(f"[demo] {self.name}: done in {time.time() - self.start:.0f} s", flush=True)
 
 
-def _examples(path: Path) -> tuple[list[Example], dict[int, str]]:
-    """The split's rows as examples, and each row's ideal completion (for the warm start)."""
-    world = synthetic.read_split(path)
-    examples = [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(world)]
-    return examples, {i: synthetic.warmup_target(e) for i, e in enumerate(world)}
+def _examples(path: Path) -> list[Example]:
+    """The split's rows as training examples."""
+    return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(synthetic.read_split(path))]
 
 
 def register_world_benchmark(world_dir: Path) -> None:
@@ -114,20 +120,28 @@ def register_world_benchmark(world_dir: Path) -> None:
         loader=load, folder="."), replace=True)
 
 
-def _warm_start(cfg: DemoConfig, model_dir: Path, train: list[Example], targets: dict[int, str], out: Path) -> Path:
-    """Format and answer use from the (shortcut-prone) training rows; perception from images of every colour.
+def _warm_start(cfg: DemoConfig, model_dir: Path, train: Path, out: Path) -> Path:
+    """Give the model what a pretrained VLM brings: the teachers' abilities, and the student's text prior.
 
-    Describing an image is a skill of its own that the perception teacher
-    needs; it is taught on a balanced set of images, so that only the
-    student's question-conditioned answers carry the text prior.
+    The perception, reasoning and reference abilities are taught on images of
+    any kind in any colour (``make_any_colour_split``), where neither the
+    description nor the reference answer can be guessed from the object's
+    kind: the model must read the pixels when shown the image alone, and
+    copy the answer when it is in the prompt. The student's format is taught
+    on prior-agreeing rows only (those of the training split and more from
+    elsewhere, so that the student's share of the data keeps up with the
+    teachers'): its answers to a question carry the text prior, the
+    shortcut that OPSD and ViGOS then train against on the conflicting rows.
     """
     if (out / "config.json").exists():
         return out
     model, processor = load_model_and_processor(str(model_dir), dtype=torch.float32)
-    balanced = synthetic.make_split(len(train), conflict_fraction=0.5, seed=1)
-    items = warm_start_items(train, lambda example: targets[example.row], ("student", "reasoning", "reference"))
-    items += warm_start_items([Example(e.question, e.answer, e.image, i) for i, e in enumerate(balanced)],
-                              lambda example: synthetic.warmup_target(balanced[example.row]), ("perception",))
+    agreeing = [e for e in synthetic.read_split(train) if not e.conflict]
+    agreeing += synthetic.make_split(cfg.warm_agreeing_rows, conflict_fraction=0.0, seed=3)
+    # Synthetic examples carry question, answer and image, all that warm_start_items reads.
+    items = warm_start_items(agreeing, synthetic.warmup_target, ("student",))
+    items += warm_start_items(synthetic.make_any_colour_split(cfg.warm_any_colour_rows, seed=1),
+                              synthetic.warmup_target, ("perception", "reasoning", "reference"))
     with tqdm(total=cfg.warm_steps, desc="warm start", unit="step", dynamic_ncols=True) as bar:
         def advance(step: int, loss: float) -> None:
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -138,6 +152,19 @@ def _warm_start(cfg: DemoConfig, model_dir: Path, train: list[Example], targets:
     save_checkpoint(model, processor, out)
     (out / "warm_start_losses.json").write_text(json.dumps(losses))
     return out
+
+
+def _check_warm_start(cfg: DemoConfig, warm_dir: Path) -> dict[str, dict[str, float]]:
+    """Whether the warm start can play each role, on fresh prior-conflicting images (not the evaluation ones)."""
+    path = warm_dir / "abilities.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, processor = load_model_and_processor(str(warm_dir), dtype=torch.float32)
+    rows = synthetic.make_split(cfg.n_eval, conflict_fraction=1.0, seed=2)
+    abilities = check_abilities(model, processor, rows, [e.prior_answer for e in rows],
+                                max_new_tokens=cfg.max_completion_length)
+    path.write_text(json.dumps(abilities, indent=1))
+    return abilities
 
 
 def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, seed: int, out: Path) -> Path:
@@ -182,10 +209,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     with _Stage(f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval} eval)"):
         world = synthetic.make_world(out / "world", n_train=cfg.n_train, n_eval=cfg.n_eval,
                                      train_conflict_fraction=cfg.train_conflict_fraction, seed=0)
-        train, targets = _examples(world["train"])
+        train = _examples(world["train"])
         register_world_benchmark(out / "world")
     with _Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
-        warm_dir = _warm_start(cfg, model_dir, train, targets, out / "warm_start")
+        warm_dir = _warm_start(cfg, model_dir, world["train"], out / "warm_start")
+        _check_warm_start(cfg, warm_dir)
     runs: dict[str, dict[int, Path]] = {method: {} for method in METHODS}
     for seed in cfg.seeds:
         for method in METHODS:

@@ -111,6 +111,22 @@ def table(results: dict[str, Any], k: int) -> str:
     return "\n".join(rows)
 
 
+ROLES = {
+    "perception": "perception teacher: the image only, its description",
+    "reasoning": "reasoning teacher: image, question and answer, its boxed answer",
+    "reference": "reference teacher: image, question, answer and format, its boxed answer",
+    "student": "student: image and question, its boxed answer",
+}
+
+
+def abilities_table(abilities: dict[str, dict[str, float]]) -> str:
+    """What the warm start says in each role on prior-conflicting images (``check_abilities``), as Markdown."""
+    rows = ["| role: context, judged by | states the true colour | states the prior |", "| --- | ---: | ---: |"]
+    rows += [f"| {ROLES[role]} | {100 * v['states_true']:.0f}% | {100 * v['states_prior']:.0f}% |"
+             for role, v in abilities.items()]
+    return "\n".join(rows)
+
+
 def _plot_scores(results: dict[str, Any], k: int, path: Path) -> None:
     figure = Figure(figsize=(7, 4))
     axes = figure.add_subplot()
@@ -169,15 +185,23 @@ def write_demo_report(out: Path, cfg: Any, summaries: dict[str, dict[int, dict[s
     _plot_scores(results, k, out / "scores.png")
     curves = _plot_curves(out, out / "curves.png")
     examples = _examples(out, min(cfg.seeds))
+    abilities_path = out / "warm_start" / "abilities.json"
+    abilities = json.loads(abilities_path.read_text()) if abilities_path.exists() else {}
     data = {"config": cfg.__dict__ if hasattr(cfg, "__dict__") else cfg, "k": k, "results": results,
-            "verdict": text_verdict, "elapsed_s": elapsed_s, "examples": examples, "curves": curves}
+            "verdict": text_verdict, "elapsed_s": elapsed_s, "examples": examples, "curves": curves,
+            "warm_start_abilities": abilities}
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
     intro = (f"Tiny {cfg.arch} ({cfg.size}), {len(cfg.seeds)} seed(s), {cfg.n_train} training rows "
              f"({100 * cfg.train_conflict_fraction:.0f}% prior-conflicting), {cfg.n_eval}+{cfg.n_eval} evaluation rows, "
              f"{cfg.train_steps} training steps per run, k={k}; {elapsed_s / 60:.1f} minutes in all.")
+    abilities_intro = (f"Before training, on {cfg.n_eval} fresh prior-conflicting images (greedy decoding), "
+                       "the warm start in each role says:")
     md = ["# ViGOS demo: does the student look at the image?", "", intro, "", text_table, "", text_verdict, "",
-          "![Score and Prior](scores.png)", "", "## Training curves", "", "![curves](curves.png)", "",
-          "## Example rollouts on prior-conflicting images (seed %d)" % min(cfg.seeds), ""]
+          "![Score and Prior](scores.png)", ""]
+    if abilities:
+        md += ["## The warm start's roles", "", abilities_intro, "", abilities_table(abilities), ""]
+    md += ["## Training curves", "", "![curves](curves.png)", "",
+           "## Example rollouts on prior-conflicting images (seed %d)" % min(cfg.seeds), ""]
     for example in examples:
         md += [f"**{example['question']}** (true answer: {example['answer']})", ""]
         md += [f"- {LABELS[m]}: `{example.get(m, '').strip()[:240]}`" for m in MODELS]
@@ -188,9 +212,12 @@ def write_demo_report(out: Path, cfg: Any, summaries: dict[str, dict[int, dict[s
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}code{white-space:pre-wrap}</style></head><body>",
             "<h1>ViGOS demo: does the student look at the image?</h1>", f"<p>{html.escape(intro)}</p>",
             _html_table(text_table), "".join(f"<p><b>{html.escape(line)}</b></p>" for line in text_verdict.splitlines()),
-            "<img src='scores.png' alt='Score and Prior per model'>", "<h2>Training curves</h2>",
-            "<img src='curves.png' alt='training curves' style='max-width:100%'>",
-            f"<h2>Example rollouts on prior-conflicting images (seed {min(cfg.seeds)})</h2>"]
+            "<img src='scores.png' alt='Score and Prior per model'>"]
+    if abilities:
+        page += ["<h2>The warm start's roles</h2>", f"<p>{html.escape(abilities_intro)}</p>",
+                 _html_table(abilities_table(abilities))]
+    page += ["<h2>Training curves</h2>", "<img src='curves.png' alt='training curves' style='max-width:100%'>",
+             f"<h2>Example rollouts on prior-conflicting images (seed {min(cfg.seeds)})</h2>"]
     for example in examples:
         page.append(f"<p><b>{html.escape(example['question'])}</b> (true answer: {html.escape(example['answer'])})</p><ul>")
         page += [f"<li>{LABELS[m]}: <code>{html.escape(example.get(m, '').strip()[:240])}</code></li>" for m in MODELS]

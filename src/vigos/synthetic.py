@@ -60,9 +60,9 @@ from .synthetic_kinds import (
 
 __all__ = [
     "BACKGROUND", "COLOURS", "MAX_COUNT", "OBJECT_KINDS", "POSITIONS", "QUESTION_TYPES", "SIZES", "TEXT_COLOUR",
-    "ObjectKind", "Scene", "SyntheticExample", "check_scene", "count_word", "describe_scene", "make_example",
-    "make_question", "make_split", "make_world", "mentions_attribute", "read_split", "register_object_kind",
-    "render_scene", "warmup_target", "write_split",
+    "ObjectKind", "Scene", "SyntheticExample", "check_scene", "count_word", "describe_scene",
+    "make_any_colour_split", "make_example", "make_question", "make_split", "make_world", "mentions_attribute",
+    "read_split", "register_object_kind", "render_scene", "warmup_target", "write_split",
 ]
 
 SIZES = ("small", "large")
@@ -323,16 +323,19 @@ def mentions_attribute(text: str, value: str) -> bool:
 
 
 def make_example(rng: random.Random, *, conflict: bool, question_type: str | None = None,
-                 image_size: int = 112, index: int = 0, kind: str | None = None) -> SyntheticExample:
+                 image_size: int = 112, index: int = 0, kind: str | None = None,
+                 colour: str | None = None) -> SyntheticExample:
     """Draw one example from ``rng``.
 
     ``question_type`` ``None`` picks one of :data:`QUESTION_TYPES`; ``kind``
     ``None`` picks a registered kind that supports the question type.
     ``conflict`` makes the image contradict the prior: another colour from
     the kind's ``other_colours``, or another count from 1 to
-    :data:`MAX_COUNT`. The random draws do not depend on ``conflict``, so two
-    generators in the same state give an agreeing and a conflicting example
-    that differ only in the asked attribute.
+    :data:`MAX_COUNT`. ``colour`` fixes the colour of a colour question's
+    object to any palette colour instead (``conflict`` must then say whether
+    it differs from the prior). The random draws do not depend on
+    ``conflict`` or ``colour``, so two generators in the same state give
+    examples that differ only in the asked attribute.
     """
     if question_type is None:
         question_type = rng.choice(QUESTION_TYPES)
@@ -349,6 +352,12 @@ def make_example(rng: random.Random, *, conflict: bool, question_type: str | Non
     if kind not in candidates:
         raise ValueError(f"object kind {kind!r} has no count prior, so it cannot take count questions")
     spec = OBJECT_KINDS[kind]
+    if colour is not None:
+        if question_type != "colour" or colour not in COLOURS:
+            raise ValueError(f"colour {colour!r} needs a colour question and one of {sorted(COLOURS)}")
+        if conflict != (colour != spec.prior_colour):
+            raise ValueError(f"conflict={conflict} contradicts colour {colour!r} (the {kind} prior is "
+                             f"{spec.prior_colour!r})")
     if question_type == "colour":
         size, position = rng.choice(SIZES), rng.choice(POSITIONS)
     else:
@@ -357,7 +366,9 @@ def make_example(rng: random.Random, *, conflict: bool, question_type: str | Non
     render_seed = rng.randrange(2**31)
     if question_type == "colour":
         other = rng.choice(spec.other_colours)
-        colour, count = (other if conflict else spec.prior_colour), 1
+        if colour is None:
+            colour = other if conflict else spec.prior_colour
+        count = 1
         prior_answer = spec.prior_colour
     else:
         assert spec.prior_count is not None
@@ -404,6 +415,24 @@ def make_split(n: int, *, conflict_fraction: float, seed: int, image_size: int =
     rng.shuffle(qtypes)
     return [make_example(rng, conflict=flag, question_type=qtype, image_size=image_size, index=i)
             for i, (flag, qtype) in enumerate(zip(flags, qtypes))]
+
+
+def make_any_colour_split(n: int, *, seed: int, image_size: int = 112) -> list[SyntheticExample]:
+    """``n`` colour examples whose kind and colour are drawn independently and uniformly.
+
+    Any kind in any palette colour, so the colour is not predictable from the
+    kind: what a model learns to say about these images it must read from
+    the pixels (the warm start's perception data).
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        kind, colour = rng.choice(sorted(OBJECT_KINDS)), rng.choice(sorted(COLOURS))
+        examples.append(make_example(rng, conflict=colour != OBJECT_KINDS[kind].prior_colour, question_type="colour",
+                                     image_size=image_size, index=i, kind=kind, colour=colour))
+    return examples
 
 
 def write_split(examples: Sequence[SyntheticExample], out_dir: str | Path) -> Path:

@@ -6,6 +6,7 @@ only the image (the perception teacher), and use a reference answer placed in
 its prompt (the reasoning and reference teachers). This stage teaches exactly
 those, with teacher forcing on targets built from the synthetic world's
 ground truth, then saves a full checkpoint that both OPSD and ViGOS start from.
+:func:`check_abilities` measures afterwards whether each ability is there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from . import prompts
+from .data import Example
+from .grading import extract_boxed
 from .modeling import Context, collate_contexts, encode_image, final_hidden_states, image_token_id, output_head, tokenize_prompt
+from .rollout import HFGenerateRollout, SamplingParams
+from .synthetic import mentions_attribute
 
 
 @dataclass(frozen=True)
@@ -133,3 +138,34 @@ def save_checkpoint(model: torch.nn.Module, processor: Any, out_dir: str | Path)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def check_abilities(model: torch.nn.Module, processor: Any, examples: Sequence[Any], priors: Sequence[str], *,
+                    max_new_tokens: int = 48) -> dict[str, dict[str, float]]:
+    """Per ability, the share of greedy completions that state the true answer and the prior one.
+
+    ``examples`` have a question, an answer and an image (an :class:`Example`
+    or a synthetic example); meant for images that contradict the text prior
+    (``priors``: the answer the prior suggests for each example). The ``perception`` ability is
+    judged by its description (image only), the others by their boxed
+    answer: ``reasoning`` and ``reference`` see the true answer in the
+    prompt and should state it; the ``student`` does not, and stating the
+    prior there is the shortcut.
+    """
+    rollout = HFGenerateRollout(processor, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=max_new_tokens))
+    result = {}
+    for ability in ABILITIES:
+        items = warm_start_items(examples, lambda example: "", (ability,))
+        # A rollout fills its template with the question alone; a template that is only that field, given
+        # each item's finished user text as the question, lets the prompts that hold the answer through.
+        rollout.prompt = prompts.PromptSpec("{question}", items[0].prefill)
+        texts = processor.tokenizer.batch_decode(
+            rollout(model, [Example(item.user_text, e.answer, e.image) for item, e in zip(items, examples)]),
+            skip_special_tokens=True)
+        stated = [text.partition(prompts.DESCRIPTION_CLOSE)[0] if ability == "perception" else extract_boxed(text) or ""
+                  for text in texts]
+        result[ability] = {
+            "states_true": sum(mentions_attribute(t, e.answer) for t, e in zip(stated, examples)) / len(examples),
+            "states_prior": sum(mentions_attribute(t, p) for t, p in zip(stated, priors)) / len(examples),
+        }
+    return result
