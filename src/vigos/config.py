@@ -69,7 +69,7 @@ class ViGOSConfig(TrainingArguments):
     opsd_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the OPSD teacher."))
     jsd_beta: float = field(default=0.5, metadata=_help("beta of the generalized JSD (0: forward KL, 1: reverse KL)."))
     distill_temperature: float = field(default=1.0, metadata=_help("Temperature applied to student and teacher logits in the loss."))
-    token_loss_clip: float | None = field(default=0.05, metadata=_help("Clip of each token's divergence (None: no clip)."))
+    token_loss_clip: float | None = field(default=0.05, metadata=_help("Clip of each token's divergence (None: no clip; release: 0.05). A clipped token gives no gradient: on a small or random model, whose student and teachers disagree by nats, 0.05 mutes almost every token."))
     description_end_clip: float | None = field(default=0.05, metadata=_help("Clip of the last description token (boundary)."))
     reasoning_start_clip: float | None = field(default=0.05, metadata=_help("Clip of the first reasoning token (boundary)."))
     reasoning_sees_description: bool = field(default=False, metadata=_help("Show the reasoning teacher the student's description before the reasoning (the paper's 'same prefix' reading)."))
