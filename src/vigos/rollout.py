@@ -62,12 +62,13 @@ class HFGenerateRollout:
     drawing the same tokens as ``generate`` for the same seed;
     ``"generate"`` calls Hugging Face ``generate`` on every sample's copy of
     the prompt. A model whose layout the lean loop does not cover, or whose
-    LoRA layers cannot be folded, falls back to ``generate``.
+    LoRA layers cannot be folded (DoRA, LoRA bias), falls back to ``generate``.
 
-    ``merge_lora``: sample with the LoRA deltas folded into copies of the
+    ``merge_lora`` (``generate`` only; the lean loop always folds LoRA into
+    its weights): sample with the LoRA deltas folded into copies of the
     adapted weights (see `merged_lora`), which makes each decoding step one
     matmul per adapted layer instead of three; the model's own weights are
-    left untouched. The lean sampler needs it.
+    left untouched.
     """
 
     def __init__(
@@ -102,16 +103,14 @@ class HFGenerateRollout:
         was_training = generator.training
         generator.eval()
         try:
-            with merged_lora(generator) if self.merge_lora else nullcontext(False) as merged:
-                decoder = None
-                if self.sampler == "lean" and (merged or not _has_lora(generator)):
-                    decoder = LeanDecoder.of(generator)
-                if decoder is not None:
-                    return completion_ids(
-                        decoder.sample(self._batch(prompts, 1, device), self.params.num_samples,
-                                       self.params.max_new_tokens, self._filters(), self.pad_token_id),
-                        self.eos_token_ids,
-                    )
+            # The lean loop folds LoRA into its own copy of the weights; the prefill runs the model as it is.
+            decoder = LeanDecoder.of(generator) if self.sampler == "lean" else None
+            if decoder is not None:
+                tokens = decoder.sample(self._batch(prompts, 1, device), self.params.num_samples,
+                                        self.params.max_new_tokens, self._filters(), self.pad_token_id)
+                del decoder
+                return completion_ids(tokens, self.eos_token_ids)
+            with merged_lora(generator) if self.merge_lora else nullcontext(False):
                 batch = self._batch(prompts, self.params.num_samples, device)
                 output = generator.generate(
                     **batch,
@@ -148,10 +147,6 @@ class HFGenerateRollout:
             eos_token_ids=tuple(self.eos_token_ids),
             suppressed_ids=tuple(self.suppressed_ids),
         )
-
-
-def _has_lora(model: torch.nn.Module) -> bool:
-    return any(hasattr(module, "lora_A") for module in model.modules())
 
 
 def _mergeable_lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -11,10 +11,12 @@ handful of matrix-vector products. Here a step is just that arithmetic:
   family-specific parts stay the model's), one row per distinct prompt;
   its key/value cache is then copied ``num_samples`` times, so a prompt's
   image is encoded and its text prefilled once for all its samples;
-* decoding runs over flat per-layer weights (query/key/value fused into one
-  matrix, gate/up into another; LoRA already folded in by the caller) with
-  a preallocated key/value cache and one ``scaled_dot_product_attention``
-  per layer;
+* decoding runs over one copy of the language model's linear weights, made
+  per rollout: LoRA deltas folded in, query/key/value fused into one matrix
+  and gate/up into another, stored transposed (on a CPU a row-vector times
+  a [in, out] matrix is the faster product), with a preallocated key/value
+  cache and one ``scaled_dot_product_attention`` per layer. That copy is the
+  loop's memory cost; it is freed when the rollout ends;
 * sampling applies the same filters in the same order as ``generate``
   (min-new-tokens, suppressed tokens, temperature, top-k, top-p) and draws
   with one ``torch.multinomial`` per step over every row, finished or not,
@@ -72,25 +74,47 @@ def filter_scores(scores: torch.Tensor, step: int, filters: SamplingFilters) -> 
 
 @dataclass
 class _Layer:
-    """One decoder layer's weights, ready for a decode step."""
+    """One decoder layer's weights, ready for a decode step (linear weights transposed: [in, out])."""
 
     input_norm: tuple[torch.Tensor, float]
-    qkv_weight: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, H]
+    qkv: torch.Tensor  # [H, (heads + 2 * kv_heads) * head_dim]
     qkv_bias: torch.Tensor | None
     q_norm: tuple[torch.Tensor, float] | None  # Qwen3: RMSNorm over each head's query and key
     k_norm: tuple[torch.Tensor, float] | None
-    o_weight: torch.Tensor
+    o: torch.Tensor
     o_bias: torch.Tensor | None
     post_norm: tuple[torch.Tensor, float]
-    gate_up_weight: torch.Tensor  # [2 * intermediate, H]
-    down_weight: torch.Tensor
+    gate_up: torch.Tensor  # [H, 2 * intermediate]
+    down: torch.Tensor
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A linear layer's weight and bias; a PEFT LoRA layer's base weight (the caller folded the deltas in)."""
+def _effective(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A linear layer's weight [out, in] and bias as the model computes with them now: a PEFT LoRA
+    layer's base weight plus its active adapters' deltas. None for a layer whose function is not
+    ``x @ W.T + b`` (DoRA, LoRA bias, other layer types): the caller then samples with ``generate``."""
     base = getattr(module, "base_layer", module)
-    return base.weight, base.bias
+    if not isinstance(base, torch.nn.Linear) or base.weight.numel() == 0:
+        return None
+    weight = base.weight
+    if hasattr(module, "lora_A") and not module.merged and not module.disable_adapters:
+        active = [a for a in module.active_adapters if a in module.lora_A]
+        if any(module.use_dora.get(a, False) or module.lora_bias.get(a, False) for a in active):
+            return None
+        if active:
+            weight = weight + sum(module.get_delta_weight(a) for a in active)
+    return weight, base.bias
+
+
+def _fused(*modules: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The modules' effective weights stacked along the output and transposed [in, sum(out)], and
+    their biases (all or none)."""
+    parts = [_effective(m) for m in modules]
+    if any(p is None for p in parts) or len({b is None for _, b in parts}) != 1:
+        return None
+    weight = torch.cat([w for w, _ in parts]).t().contiguous()
+    bias = None if parts[0][1] is None else torch.cat([b for _, b in parts])
+    return weight, bias
 
 
 def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
@@ -124,7 +148,8 @@ class LeanDecoder:
         self.scaling = attention.scaling
         self.final_norm = _norm(self.language_model.norm)
         self.embedding = self.language_model.embed_tokens.weight
-        self.head_weight, self.head_bias = _weight(core.get_output_embeddings())
+        head = core.get_output_embeddings()
+        self.head_weight, self.head_bias = head.weight, head.bias
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "LeanDecoder | None":
@@ -144,30 +169,33 @@ class LeanDecoder:
         layers = []
         for block in language_model.layers:
             attention, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
-            names = ("q_proj", "k_proj", "v_proj", "o_proj")
-            if attention is None or mlp is None or not all(hasattr(attention, n) for n in names):
+            if attention is None or mlp is None or not hasattr(mlp, "act_fn"):
                 return None
-            if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            try:
+                qkv = _fused(attention.q_proj, attention.k_proj, attention.v_proj)
+                o = _fused(attention.o_proj)
+                gate_up = _fused(mlp.gate_proj, mlp.up_proj)
+                down = _fused(mlp.down_proj)
+            except AttributeError:  # not the Qwen layer layout
                 return None
-            (wq, bq), (wk, bk), (wv, bv) = (_weight(getattr(attention, n)) for n in names[:3])
-            if len({b is None for b in (bq, bk, bv)}) != 1:
+            if qkv is None or o is None or gate_up is None or down is None or gate_up[1] is not None or down[1] is not None:
                 return None
-            o_weight, o_bias = _weight(attention.o_proj)
             layers.append(_Layer(
                 input_norm=_norm(block.input_layernorm),
-                qkv_weight=torch.cat([wq, wk, wv]),
-                qkv_bias=None if bq is None else torch.cat([bq, bk, bv]),
+                qkv=qkv[0],
+                qkv_bias=qkv[1],
                 q_norm=_norm(attention.q_norm) if hasattr(attention, "q_norm") else None,
                 k_norm=_norm(attention.k_norm) if hasattr(attention, "k_norm") else None,
-                o_weight=o_weight,
-                o_bias=o_bias,
+                o=o[0],
+                o_bias=o[1],
                 post_norm=_norm(block.post_attention_layernorm),
-                gate_up_weight=torch.cat([_weight(mlp.gate_proj)[0], _weight(mlp.up_proj)[0]]),
-                down_weight=_weight(mlp.down_proj)[0],
+                gate_up=gate_up[0],
+                down=down[0],
                 act=mlp.act_fn,
             ))
-        if any(_weight(m)[1] is not None for block in language_model.layers for m in (block.mlp.gate_proj, block.mlp.down_proj)):
-            return None
+        head = core.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear) or not isinstance(language_model.embed_tokens, torch.nn.Embedding):
+            return None  # a trained or wrapped head/embedding (modules_to_save, LoRA on them)
         return cls(model, core, layers, language_model.layers[0].self_attn)
 
     @torch.no_grad()
@@ -245,31 +273,33 @@ class LeanDecoder:
         """Feed one token per row (rotary ``cos``/``sin`` [N, head_dim]) at cache ``slot``; the next logits
         [N, V] in float32."""
         n = token.shape[0]
-        hidden = F.embedding(token, self.embedding)[:, None, :]
-        cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # broadcast over [N, 1, heads, head_dim]
+        hidden = F.embedding(token, self.embedding)  # [N, H]: one position per row, no sequence axis
+        cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over [N, heads, head_dim]
         # One additive mask for every layer (a boolean one is converted inside each attention call).
         mask = torch.zeros(attend.shape[0], 1, 1, slot + 1, dtype=hidden.dtype, device=hidden.device)
         mask.masked_fill_(~attend[:, None, None, : slot + 1], -float("inf"))
         heads, kv_heads = self.num_heads, self.num_kv_heads
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
-            qkv = F.linear(_rms_norm(hidden, layer.input_norm), layer.qkv_weight, layer.qkv_bias)
-            qkv = qkv.view(n, 1, heads + 2 * kv_heads, self.head_dim)
+            x = _rms_norm(hidden, layer.input_norm)
+            qkv = x @ layer.qkv if layer.qkv_bias is None else torch.addmm(layer.qkv_bias, x, layer.qkv)
+            qkv = qkv.view(n, heads + 2 * kv_heads, self.head_dim)
             if layer.q_norm is not None:
-                qk = torch.cat([_rms_norm(qkv[:, :, :heads], layer.q_norm),
-                                _rms_norm(qkv[:, :, heads : heads + kv_heads], layer.k_norm)], dim=2)
+                qk = torch.cat([_rms_norm(qkv[:, :heads], layer.q_norm),
+                                _rms_norm(qkv[:, heads : heads + kv_heads], layer.k_norm)], dim=1)
             else:
-                qk = qkv[:, :, : heads + kv_heads]
+                qk = qkv[:, : heads + kv_heads]
             qk = qk * cos + _rotate_half(qk) * sin  # queries and keys rotated together
-            layer_keys[:, :, slot] = qk[:, 0, heads:]
-            layer_values[:, :, slot] = qkv[:, 0, heads + kv_heads :]
+            layer_keys[:, :, slot] = qk[:, heads:]
+            layer_values[:, :, slot] = qkv[:, heads + kv_heads :]
             attended = F.scaled_dot_product_attention(
-                qk[:, :, :heads].transpose(1, 2), layer_keys[:, :, : slot + 1], layer_values[:, :, : slot + 1],
+                qk[:, None, :heads].transpose(1, 2), layer_keys[:, :, : slot + 1], layer_values[:, :, : slot + 1],
                 attn_mask=mask, scale=self.scaling, enable_gqa=True,
             )
-            hidden = hidden + F.linear(attended.transpose(1, 2).reshape(n, 1, heads * self.head_dim), layer.o_weight, layer.o_bias)
-            gate, up = F.linear(_rms_norm(hidden, layer.post_norm), layer.gate_up_weight).chunk(2, dim=-1)
-            hidden = hidden + F.linear(layer.act(gate) * up, layer.down_weight)
-        hidden = _rms_norm(hidden[:, 0], self.final_norm)
+            attended = attended.reshape(n, heads * self.head_dim)
+            hidden = hidden + (attended @ layer.o if layer.o_bias is None else torch.addmm(layer.o_bias, attended, layer.o))
+            gate, up = (_rms_norm(hidden, layer.post_norm) @ layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + (layer.act(gate) * up) @ layer.down
+        hidden = _rms_norm(hidden, self.final_norm)
         return F.linear(hidden, self.head_weight, self.head_bias).float()
 
 
