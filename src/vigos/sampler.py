@@ -92,9 +92,12 @@ class _Layer:
 def _effective(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """A linear layer's weight [out, in] and bias as the model computes with them now: a PEFT LoRA
     layer's base weight plus its active adapters' deltas. None for a layer whose function is not
-    ``x @ W.T + b`` (DoRA, LoRA bias, other layer types): the caller then samples with ``generate``."""
+    ``x @ W.T + b`` (DoRA, LoRA bias, other layer types) or whose weight is sharded: the caller then
+    samples with ``generate``."""
     base = getattr(module, "base_layer", module)
-    if not isinstance(base, torch.nn.Linear) or base.weight.numel() == 0:
+    # Sharded weights (FSDP's DTensors, ZeRO-3's empty placeholders) are whole only inside the model's
+    # own forward passes: such a model samples with generate.
+    if not isinstance(base, torch.nn.Linear) or type(base.weight) is not torch.nn.Parameter or base.weight.numel() == 0:
         return None
     weight = base.weight
     if hasattr(module, "lora_A") and not module.merged and not module.disable_adapters:
