@@ -126,15 +126,12 @@ def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
 
 
 def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
-    # As the Qwen RMSNorms compute it (normalize in float32, back to the input dtype, then scale),
-    # with the normalization as one fused op.
+    # As the Qwen RMSNorms compute it: normalize in float32, back to the input dtype, then scale. In
+    # float32 that is one fused op; in lower precision the cast sits between normalizing and scaling.
     weight, eps = norm
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps=eps)
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LeanDecoder:
@@ -248,6 +245,12 @@ class LeanDecoder:
         # rotary module: [N, max_new_tokens, head_dim] each.
         steps = torch.arange(max_new_tokens, device=device)
         cos, sin = self.language_model.rotary_emb(self.embedding, (positions + steps).unsqueeze(0).expand(3, n, -1))
+        # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: the sign moves into the table once.
+        half = sin.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        # Padding is masked out additively, for every step at once (generated positions are all attended).
+        mask = torch.zeros((n, 1, 1, total), dtype=self.embedding.dtype, device=device)
+        mask.masked_fill_(~attend[:, None, None, :], -float("inf"))
         eos = torch.tensor(filters.eos_token_ids or (-1,), device=device)
         unfinished = torch.ones(n, dtype=torch.long, device=device)
         logits = first_logits.repeat_interleave(num_samples, dim=0)
@@ -260,27 +263,29 @@ class LeanDecoder:
             unfinished = unfinished & ~torch.isin(token, eos)
             if step + 1 == max_new_tokens or not bool(unfinished.any()):
                 break
-            logits = self._step(token, cos[:, step], sin[:, step], prompt_length + step, keys, values, attend)
+            logits = self._step(token, cos[:, step], sin[:, step], prompt_length + step, keys, values, mask)
         return torch.stack(tokens, dim=1)
 
     def _step(
         self,
         token: torch.Tensor,
         cos: torch.Tensor,
-        sin: torch.Tensor,
+        signed_sin: torch.Tensor,
         slot: int,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
-        attend: torch.Tensor,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Feed one token per row (rotary ``cos``/``sin`` [N, head_dim]) at cache ``slot``; the next logits
-        [N, V] in float32."""
+        """Feed one token per row at cache ``slot``; the next logits [N, V] in float32.
+
+        ``cos`` and ``signed_sin`` [N, head_dim] are the row's rotary tables (the sine's first half
+        negated); ``mask`` [N, 1, 1, >= slot + 1] is the additive attention mask.
+        """
         n = token.shape[0]
         hidden = F.embedding(token, self.embedding)  # [N, H]: one position per row, no sequence axis
-        cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over [N, heads, head_dim]
-        # One additive mask for every layer (a boolean one is converted inside each attention call).
-        mask = torch.zeros(attend.shape[0], 1, 1, slot + 1, dtype=hidden.dtype, device=hidden.device)
-        mask.masked_fill_(~attend[:, None, None, : slot + 1], -float("inf"))
+        cos, signed_sin = cos[:, None, :], signed_sin[:, None, :]  # broadcast over [N, heads, head_dim]
+        mask = mask[..., : slot + 1]
+        half = self.head_dim // 2
         heads, kv_heads = self.num_heads, self.num_kv_heads
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
             x = _rms_norm(hidden, layer.input_norm)
@@ -291,7 +296,7 @@ class LeanDecoder:
                                 _rms_norm(qkv[:, heads : heads + kv_heads], layer.k_norm)], dim=1)
             else:
                 qk = qkv[:, : heads + kv_heads]
-            qk = qk * cos + _rotate_half(qk) * sin  # queries and keys rotated together
+            qk = qk * cos + qk.roll(half, dims=-1) * signed_sin  # queries and keys rotated together
             layer_keys[:, :, slot] = qk[:, heads:]
             layer_values[:, :, slot] = qkv[:, heads + kv_heads :]
             attended = F.scaled_dot_product_attention(
