@@ -175,3 +175,11 @@ def test_filters_equal_generates_logits_processors(seed, temperature, top_k, top
         processors.append(TopPLogitsWarper(top_p))
     input_ids = torch.zeros(3, 10 + step, dtype=torch.long)
     torch.testing.assert_close(filter_scores(scores, step, filters), processors(input_ids, scores), rtol=0, atol=0)
+
+
+def test_decoder_weights_are_plain_tensors_outside_autograd(tiny_model_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=language_lora_targets(["q_proj", "up_proj"])))
+    decoder = LeanDecoder.of(lora)
+    assert decoder is not None
+    assert not any(t.requires_grad for layer in decoder.layers for t in (layer.qkv, layer.gate_up, layer.down, layer.o))

@@ -152,6 +152,7 @@ class LeanDecoder:
         self.head_weight, self.head_bias = head.weight, head.bias
 
     @classmethod
+    @torch.no_grad()
     def of(cls, model: torch.nn.Module) -> "LeanDecoder | None":
         """The decoder for ``model`` (PEFT/DDP-wrapped or not), or None when its layout is not one this
         loop reproduces exactly (then the caller samples with ``generate``)."""
@@ -166,6 +167,9 @@ class LeanDecoder:
             kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()
         ):
             return None
+        head = core.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear) or not isinstance(language_model.embed_tokens, torch.nn.Embedding):
+            return None  # a trained or wrapped head/embedding (modules_to_save, LoRA on them)
         layers = []
         for block in language_model.layers:
             attention, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
@@ -193,9 +197,6 @@ class LeanDecoder:
                 down=down[0],
                 act=mlp.act_fn,
             ))
-        head = core.get_output_embeddings()
-        if not isinstance(head, torch.nn.Linear) or not isinstance(language_model.embed_tokens, torch.nn.Embedding):
-            return None  # a trained or wrapped head/embedding (modules_to_save, LoRA on them)
         return cls(model, core, layers, language_model.layers[0].self_attn)
 
     @torch.no_grad()
