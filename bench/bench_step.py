@@ -141,6 +141,17 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "steps_detail": steps, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def _describe(model_dir: str) -> str:
+    """The benchmark model in words, read from its checkpoint (sizes are the tokenizer's and preset's)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text, vision = config.text_config, config.vision_config
+    parameters = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(model_dir).parameters())
+    return (f"tiny qwen2_5_vl 'small', {parameters / 1e6:.1f}M parameters (text hidden {text.hidden_size}, "
+            f"{text.num_hidden_layers} layers, vocabulary {text.vocab_size:,}; vision depth {vision.depth})")
+
+
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}, check=False)
@@ -172,6 +183,7 @@ def run(*, lengths: tuple[int, ...] = (64, 256), steps: int = 6, threads: int = 
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(make_tiny("qwen2_5_vl", Path(tmp) / "small", size="small"))
+        model_text = _describe(model_dir)
         rows, comparisons = [], []
         for length in lengths:
             base = dict(model_dir=model_dir, length=length, threads=threads)
@@ -189,7 +201,7 @@ def run(*, lengths: tuple[int, ...] = (64, 256), steps: int = 6, threads: int = 
                 speedup=naive_row["time_s"] / ours_row["time_s"],
                 memory_ratio=ours_row["max_rss_bytes"] / naive_row["max_rss_bytes"],
             ))
-    settings = dict(model="tiny qwen2_5_vl 'small' (text hidden 256, 4 layers, vocabulary 2,048; vision depth 2)",
+    settings = dict(model=model_text,
                     lora_r=16, prompts_per_step=2, sampling="temperature 1.1, top-p 0.95, top-k 20",
                     steps=steps, dtype="float32", torch_threads=threads)
     return {"settings": settings, "rows": rows, "comparisons": comparisons}
