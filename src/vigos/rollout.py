@@ -20,7 +20,7 @@ import torch
 from .data import Example
 from .modeling import Context, collate_contexts, encode_image, image_token_id, tokenize_prompt
 from .prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec, render_prompt
-from .sampler import LeanDecoder, SamplingFilters, completion_ids
+from .sampler import LeanDecoder, SamplingFilters, completion_ids, folded_linear
 
 SAMPLERS = ("lean", "generate")
 
@@ -149,8 +149,9 @@ class HFGenerateRollout:
         )
 
 
-def _mergeable_lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's LoRA linear layers if every one can be folded exactly as PEFT computes it, else []."""
+def _folded_lora_layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.Tensor]]:
+    """Each LoRA linear layer with its folded weight, if every one can be folded exactly as PEFT
+    computes it (`folded_linear`), else []."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
         from peft.utils.other import ModulesToSaveWrapper
@@ -164,14 +165,10 @@ def _mergeable_lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
             return []  # switching the adapter off would also swap these back to their originals
         if not isinstance(module, LoraLinear):
             continue
-        weight = module.base_layer.weight
-        active = [a for a in module.active_adapters if a in module.lora_A]
-        plain = type(weight) is torch.nn.Parameter and weight.numel() > 0 and isinstance(module.base_layer, torch.nn.Linear)
-        if module.merged or module.disable_adapters or not plain or any(
-            module.use_dora.get(a, False) or module.lora_bias.get(a, False) for a in active
-        ):
+        folded = None if module.merged or module.disable_adapters else folded_linear(module)
+        if folded is None:
             return []
-        layers.append(module)
+        layers.append((module, folded[0]))
     return layers
 
 
@@ -187,24 +184,19 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
     cannot be folded exactly (DoRA, LoRA bias, sharded or placeholder
     weights, modules_to_save), run as they are.
     """
-    layers = _mergeable_lora_layers(model)
+    with torch.no_grad():
+        layers = _folded_lora_layers(model)
     if not layers:
         yield False
         return
-    with torch.no_grad():
-        merged = []
-        for module in layers:
-            weight = module.base_layer.weight
-            delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
-            merged.append(torch.nn.Parameter(weight + delta, requires_grad=False))
-    originals = [module.base_layer.weight for module in layers]
+    originals = [module.base_layer.weight for module, _ in layers]
     try:
-        for module, weight in zip(layers, merged):
-            module.base_layer.weight = weight
+        for module, weight in layers:
+            module.base_layer.weight = torch.nn.Parameter(weight, requires_grad=False)
         with model.disable_adapter():
             yield True
     finally:
-        for module, weight in zip(layers, originals):
+        for (module, _), weight in zip(layers, originals):
             module.base_layer.weight = weight
 
 

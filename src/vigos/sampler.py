@@ -89,14 +89,14 @@ class _Layer:
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _effective(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def folded_linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """A linear layer's weight [out, in] and bias as the model computes with them now: a PEFT LoRA
-    layer's base weight plus its active adapters' deltas. None for a layer whose function is not
-    ``x @ W.T + b`` (DoRA, LoRA bias, other layer types) or whose weight is sharded: the caller then
-    samples with ``generate``."""
+    layer's base weight plus its active adapters' deltas (a new tensor), else the weight itself. None
+    for a layer whose function is not ``x @ W.T + b`` (DoRA, LoRA bias, other layer types) or whose
+    weight is sharded."""
     base = getattr(module, "base_layer", module)
     # Sharded weights (FSDP's DTensors, ZeRO-3's empty placeholders) are whole only inside the model's
-    # own forward passes: such a model samples with generate.
+    # own forward passes.
     if not isinstance(base, torch.nn.Linear) or type(base.weight) is not torch.nn.Parameter or base.weight.numel() == 0:
         return None
     weight = base.weight
@@ -112,7 +112,7 @@ def _effective(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
 def _fused(*modules: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The modules' effective weights stacked along the output and transposed [in, sum(out)], and
     their biases (all or none)."""
-    parts = [_effective(m) for m in modules]
+    parts = [folded_linear(m) for m in modules]
     if any(p is None for p in parts) or len({b is None for _, b in parts}) != 1:
         return None
     weight = torch.cat([w for w, _ in parts]).t().contiguous()
