@@ -89,6 +89,20 @@ def _adapter_has_processor(adapter: str) -> bool:
     return (Path(adapter) / "tokenizer_config.json").is_file()
 
 
+def _processor_of(source: ModelSource) -> Any:
+    """The processor of ``source``: the adapter directory's when it has one, else the base model's."""
+    from transformers import AutoProcessor
+
+    use_adapter_processor = source.adapter is not None and _adapter_has_processor(source.adapter)
+    return AutoProcessor.from_pretrained(source.adapter if use_adapter_processor else source.base)
+
+
+def _written_texts(processor: Any, prompt: PromptSpec, completions: list[list[int]], n: int) -> list[list[str]]:
+    """Completion token ids, ``n`` per example in order, as the texts the model wrote: pre-fill + decoded text."""
+    texts = processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return [[prompt.prefill + text for text in texts[i:i + n]] for i in range(0, len(texts), n)]
+
+
 def load_hf_model(source: ModelSource) -> tuple[torch.nn.Module, Any]:
     """The model (adapter merged in, on the GPU when there is one, in eval mode) and its processor."""
     try:
@@ -155,9 +169,7 @@ class HFEngine:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_seed(seeds))
             completions = self.rollout(self.model, examples)
-        texts = self.processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        n = self.num_samples
-        return [[self.prompt.prefill + text for text in texts[i * n:(i + 1) * n]] for i in range(len(examples))]
+        return _written_texts(self.processor, self.prompt, completions, self.num_samples)
 
 
 class ServerEngine:
@@ -173,12 +185,9 @@ class ServerEngine:
     name = "server"
 
     def __init__(self, source: ModelSource, params: SamplingParams, prompt: PromptSpec, url: str):
-        from transformers import AutoProcessor
-
         from vigos.vllm_rollout import RolloutEngineError, VLLMServerRollout
 
-        use_adapter_processor = source.adapter is not None and _adapter_has_processor(source.adapter)
-        self.processor = AutoProcessor.from_pretrained(source.adapter if use_adapter_processor else source.base)
+        self.processor = _processor_of(source)
         self.prompt = prompt
         self.num_samples = params.num_samples
         self.client = VLLMServerRollout(self.processor, params, prompt, url=url, sync_dir=".")
@@ -200,9 +209,7 @@ class ServerEngine:
             completions = self.client.sample(examples, [seed % 2**31 for seed in seeds])
         except RolloutEngineError as error:
             raise EvalError(str(error)) from None
-        texts = self.processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        n = self.num_samples
-        return [[self.prompt.prefill + text for text in texts[i * n:(i + 1) * n]] for i in range(len(examples))]
+        return _written_texts(self.processor, self.prompt, completions, self.num_samples)
 
 
 def vllm_available() -> bool:
@@ -248,13 +255,11 @@ class VLLMEngine:
             from vllm.lora.request import LoRARequest
         except ImportError:
             raise EvalError(VLLM_MISSING) from None
-        from transformers import AutoProcessor
 
         self._vllm = vllm
         self.params = params
         self.prompt = prompt
-        use_adapter_processor = source.adapter is not None and _adapter_has_processor(source.adapter)
-        self.processor = AutoProcessor.from_pretrained(source.adapter if use_adapter_processor else source.base)
+        self.processor = _processor_of(source)
         options: dict[str, Any] = {"model": source.base, "seed": seed, "limit_mm_per_prompt": {"image": 1}}
         self.lora = None
         if source.adapter is not None:
