@@ -183,3 +183,30 @@ def test_decoder_weights_are_plain_tensors_outside_autograd(tiny_model_dir):
     decoder = LeanDecoder.of(lora)
     assert decoder is not None
     assert not any(t.requires_grad for layer in decoder.layers for t in (layer.qkv, layer.gate_up, layer.down, layer.o))
+    assert not decoder.head_weight.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_folded_into_the_next_product_equals_norm_then_product(tiny_model_dir, dtype):
+    """The decode loop's RMSNorm (weight and sqrt(H) folded into the next product) against the model's
+    own norm and projection: equal to float32 rounding in float32; in bfloat16 no further from the
+    float32 result than the model's own bfloat16 computation is (up to a factor for rounding order)."""
+    from vigos.sampler import _fused, _root_eps, _unit_rms
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    block = model.model.language_model.layers[0]
+    norm, mlp = block.post_attention_layernorm, block.mlp
+    x = torch.randn(5, norm.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        exact = torch.cat([mlp.gate_proj(norm(x)), mlp.up_proj(norm(x))], dim=-1)
+        model.to(dtype)
+        weight, _ = _fused(mlp.gate_proj, mlp.up_proj, norm=norm)
+        folded = _unit_rms(x.to(dtype), _root_eps(norm, x.shape[-1], x.device)) @ weight
+        models_own = torch.cat([mlp.gate_proj(norm(x.to(dtype))), mlp.up_proj(norm(x.to(dtype)))], dim=-1)
+    assert folded.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(folded, exact, rtol=1e-5, atol=1e-5)
+    else:
+        ours_error = (folded.float() - exact).abs().max()
+        models_error = (models_own.float() - exact).abs().max()
+        assert ours_error <= 2 * models_error + 1e-6

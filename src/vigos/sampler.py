@@ -12,11 +12,13 @@ handful of matrix-vector products. Here a step is just that arithmetic:
   its key/value cache is then copied ``num_samples`` times, so a prompt's
   image is encoded and its text prefilled once for all its samples;
 * decoding runs over one copy of the language model's linear weights, made
-  per rollout: LoRA deltas folded in, query/key/value fused into one matrix
-  and gate/up into another, stored transposed (on a CPU a row-vector times
-  a [in, out] matrix is the faster product), with a preallocated key/value
-  cache and one ``scaled_dot_product_attention`` per layer. That copy is the
-  loop's memory cost; it is freed when the rollout ends;
+  per rollout, and of the output head: LoRA deltas folded in, query/key/value
+  fused into one matrix and gate/up into another, each RMSNorm's weight folded
+  into the product it feeds (the norm itself is then three small ops), stored
+  transposed (on a CPU a row-vector times a [in, out] matrix is the faster
+  product), with a preallocated key/value cache and one
+  ``scaled_dot_product_attention`` per layer. That copy is the loop's memory
+  cost; it is freed when the rollout ends;
 * sampling applies the same filters in the same order as ``generate``
   (min-new-tokens, suppressed tokens, temperature, top-k, top-p) and draws
   with one ``torch.multinomial`` per step over every row, finished or not,
@@ -32,6 +34,7 @@ number of tokens generated so far.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -53,37 +56,54 @@ class SamplingFilters:
 
 def filter_scores(scores: torch.Tensor, step: int, filters: SamplingFilters) -> torch.Tensor:
     """Scores [N, V] (float32) after the sampling filters, in ``generate``'s order; removed tokens get -inf."""
-    vocab = scores.shape[-1]
-    if step < filters.min_new_tokens and filters.eos_token_ids:
-        scores = scores.index_fill(-1, torch.tensor(filters.eos_token_ids, device=scores.device), -float("inf"))
-    if filters.suppressed_ids:
-        scores = scores.index_fill(-1, torch.tensor(filters.suppressed_ids, device=scores.device), -float("inf"))
-    if filters.temperature != 1.0:
-        scores = scores / filters.temperature
-    if filters.top_k:
-        kth = torch.topk(scores, min(filters.top_k, vocab))[0][..., -1, None]
-        scores = scores.masked_fill(scores < kth, -float("inf"))
-    if filters.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - filters.top_p)
-        drop_sorted[..., -1:] = False  # the most likely token always stays
-        scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -float("inf"))
-    return scores
+    return _ScoreFilter(filters, scores.device)(scores, step)
+
+
+class _ScoreFilter:
+    """:func:`filter_scores` with the removed-token index tensors built once, for a whole rollout."""
+
+    def __init__(self, filters: SamplingFilters, device: torch.device):
+        self.filters = filters
+        # Before min_new_tokens the end-of-sequence tokens are removed too; both fills write -inf, so
+        # one fill over the union is the same as generate's two.
+        early = filters.eos_token_ids + filters.suppressed_ids if filters.min_new_tokens else filters.suppressed_ids
+        self.removed_early = torch.tensor(early, device=device) if early else None
+        self.removed = torch.tensor(filters.suppressed_ids, device=device) if filters.suppressed_ids else None
+
+    def __call__(self, scores: torch.Tensor, step: int) -> torch.Tensor:
+        filters, vocab = self.filters, scores.shape[-1]
+        removed = self.removed_early if step < filters.min_new_tokens else self.removed
+        if removed is not None:
+            scores = scores.index_fill(-1, removed, -float("inf"))
+        if filters.temperature != 1.0:
+            scores = scores / filters.temperature
+        if filters.top_k:
+            kth = torch.topk(scores, min(filters.top_k, vocab))[0][..., -1, None]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if filters.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative <= (1 - filters.top_p)
+            drop_sorted[..., -1:] = False  # the most likely token always stays
+            scores = scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -float("inf"))
+        return scores
 
 
 @dataclass
 class _Layer:
-    """One decoder layer's weights, ready for a decode step (linear weights transposed: [in, out])."""
+    """One decoder layer's weights, ready for a decode step (linear weights transposed: [in, out]).
 
-    input_norm: tuple[torch.Tensor, float]
+    The RMSNorms before ``qkv`` and before ``gate_up`` are folded into those products (see
+    :func:`_norm_folded`); what is left of them is their ``root_eps``."""
+
+    input_norm_root_eps: torch.Tensor
     qkv: torch.Tensor  # [H, (heads + 2 * kv_heads) * head_dim]
     qkv_bias: torch.Tensor | None
     q_norm: tuple[torch.Tensor, float] | None  # Qwen3: RMSNorm over each head's query and key
     k_norm: tuple[torch.Tensor, float] | None
     o: torch.Tensor
     o_bias: torch.Tensor | None
-    post_norm: tuple[torch.Tensor, float]
+    post_norm_root_eps: torch.Tensor
     gate_up: torch.Tensor  # [H, 2 * intermediate]
     down: torch.Tensor
     act: Callable[[torch.Tensor], torch.Tensor]
@@ -109,20 +129,45 @@ def folded_linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
     return weight, base.bias
 
 
-def _fused(*modules: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The modules' effective weights stacked along the output and transposed [in, sum(out)], and
-    their biases (all or none)."""
+def _fused(*modules: torch.nn.Module, norm: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The modules' effective weights stacked along the output and transposed [in, sum(out)], with the
+    RMSNorm ``norm`` that feeds them folded in (if given), and their biases (all or none)."""
     parts = [folded_linear(m) for m in modules]
     if any(p is None for p in parts) or len({b is None for _, b in parts}) != 1:
         return None
-    weight = torch.cat([w for w, _ in parts]).t().contiguous()
+    weight = torch.cat([w for w, _ in parts])
+    if norm is not None:
+        weight = _norm_folded(weight, norm)
     bias = None if parts[0][1] is None else torch.cat([b for _, b in parts])
-    return weight, bias
+    return weight.t().contiguous(), bias
+
+
+def _norm_eps(module: torch.nn.Module) -> float:
+    return float(getattr(module, "variance_epsilon", None) or getattr(module, "eps", None))
 
 
 def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
-    eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
-    return module.weight, float(eps)
+    return module.weight, _norm_eps(module)
+
+
+def _norm_folded(weight: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """``weight`` [out, in] times the RMSNorm's weight and sqrt(in) along its input, so that
+    ``rms_norm(x) @ weight.T == _unit_rms(x, root_eps) @ folded.T`` up to rounding: a norm then costs a
+    decode step three small ops instead of about seven. Computed in float32, kept in the weight's dtype."""
+    scale = norm.weight.float() * math.sqrt(weight.shape[1])
+    return (weight.float() * scale).to(weight.dtype)
+
+
+def _root_eps(norm: torch.nn.Module, size: int, device: torch.device) -> torch.Tensor:
+    """sqrt(size * eps) of an RMSNorm over ``size`` features, as a float32 scalar tensor."""
+    return torch.tensor(math.sqrt(size * _norm_eps(norm)), dtype=torch.float32, device=device)
+
+
+def _unit_rms(x: torch.Tensor, root_eps: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(||x||^2 + H * eps) in float32, back in x's dtype: an RMSNorm whose weight and sqrt(H)
+    were folded into the next product (``root_eps`` = sqrt(H * eps))."""
+    x32 = x.float()
+    return (x32 / torch.hypot(torch.linalg.vector_norm(x32, dim=-1, keepdim=True), root_eps)).to(x.dtype)
 
 
 def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
@@ -146,10 +191,13 @@ class LeanDecoder:
         self.num_kv_heads = attention.config.num_key_value_heads
         self.head_dim = attention.head_dim
         self.scaling = attention.scaling
-        self.final_norm = _norm(self.language_model.norm)
         self.embedding = self.language_model.embed_tokens.weight
         head = core.get_output_embeddings()
-        self.head_weight, self.head_bias = head.weight, head.bias
+        final_norm = self.language_model.norm
+        # The final norm folded into a transposed copy of the head, as the layers' norms are.
+        self.final_norm_root_eps = _root_eps(final_norm, head.weight.shape[1], head.weight.device)
+        self.head_weight = _norm_folded(head.weight, final_norm).t().contiguous()
+        self.head_bias = head.bias
 
     @classmethod
     @torch.no_grad()
@@ -176,30 +224,31 @@ class LeanDecoder:
             if attention is None or mlp is None or not hasattr(mlp, "act_fn"):
                 return None
             try:
-                qkv = _fused(attention.q_proj, attention.k_proj, attention.v_proj)
+                qkv = _fused(attention.q_proj, attention.k_proj, attention.v_proj, norm=block.input_layernorm)
                 o = _fused(attention.o_proj)
-                gate_up = _fused(mlp.gate_proj, mlp.up_proj)
+                gate_up = _fused(mlp.gate_proj, mlp.up_proj, norm=block.post_attention_layernorm)
                 down = _fused(mlp.down_proj)
             except AttributeError:  # not the Qwen layer layout
                 return None
             if qkv is None or o is None or gate_up is None or down is None or gate_up[1] is not None or down[1] is not None:
                 return None
+            hidden_size, device = qkv[0].shape[0], qkv[0].device
             layers.append(_Layer(
-                input_norm=_norm(block.input_layernorm),
+                input_norm_root_eps=_root_eps(block.input_layernorm, hidden_size, device),
                 qkv=qkv[0],
                 qkv_bias=qkv[1],
                 q_norm=_norm(attention.q_norm) if hasattr(attention, "q_norm") else None,
                 k_norm=_norm(attention.k_norm) if hasattr(attention, "k_norm") else None,
                 o=o[0],
                 o_bias=o[1],
-                post_norm=_norm(block.post_attention_layernorm),
+                post_norm_root_eps=_root_eps(block.post_attention_layernorm, hidden_size, device),
                 gate_up=gate_up[0],
                 down=down[0],
                 act=mlp.act_fn,
             ))
         return cls(model, core, layers, language_model.layers[0].self_attn)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         batch: dict[str, Any],
@@ -253,16 +302,16 @@ class LeanDecoder:
         mask = torch.zeros((n, 1, 1, total), dtype=self.embedding.dtype, device=device)
         mask.masked_fill_(~attend[:, None, None, :], -float("inf"))
         eos = torch.tensor(filters.eos_token_ids or (-1,), device=device)
-        unfinished = torch.ones(n, dtype=torch.long, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        score_filter = _ScoreFilter(filters, device)
         logits = first_logits.repeat_interleave(num_samples, dim=0)
         tokens = []
         for step in range(max_new_tokens):
-            probs = filter_scores(logits, step, filters).softmax(dim=-1)
-            token = torch.multinomial(probs, num_samples=1).squeeze(1)
-            token = token * unfinished + pad_token_id * (1 - unfinished)
+            probs = score_filter(logits, step).softmax(dim=-1)
+            token = torch.multinomial(probs, num_samples=1).squeeze(1).masked_fill_(finished, pad_token_id)
             tokens.append(token)
-            unfinished = unfinished & ~torch.isin(token, eos)
-            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+            finished |= torch.isin(token, eos)
+            if step + 1 == max_new_tokens or bool(finished.all()):
                 break
             logits = self._step(token, cos[:, step], sin[:, step], prompt_length + step, keys, values, mask)
         return torch.stack(tokens, dim=1)
@@ -289,7 +338,7 @@ class LeanDecoder:
         half = self.head_dim // 2
         heads, kv_heads = self.num_heads, self.num_kv_heads
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
-            x = _rms_norm(hidden, layer.input_norm)
+            x = _unit_rms(hidden, layer.input_norm_root_eps)
             qkv = x @ layer.qkv if layer.qkv_bias is None else torch.addmm(layer.qkv_bias, x, layer.qkv)
             qkv = qkv.view(n, heads + 2 * kv_heads, self.head_dim)
             if layer.q_norm is not None:
@@ -306,10 +355,11 @@ class LeanDecoder:
             )
             attended = attended.reshape(n, heads * self.head_dim)
             hidden = hidden + (attended @ layer.o if layer.o_bias is None else torch.addmm(layer.o_bias, attended, layer.o))
-            gate, up = (_rms_norm(hidden, layer.post_norm) @ layer.gate_up).chunk(2, dim=-1)
+            gate, up = (_unit_rms(hidden, layer.post_norm_root_eps) @ layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + (layer.act(gate) * up) @ layer.down
-        hidden = _rms_norm(hidden, self.final_norm)
-        return F.linear(hidden, self.head_weight, self.head_bias).float()
+        hidden = _unit_rms(hidden, self.final_norm_root_eps)
+        logits = hidden @ self.head_weight if self.head_bias is None else torch.addmm(self.head_bias, hidden, self.head_weight)
+        return logits.float()
 
 
 def _cache_tensors(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
