@@ -109,6 +109,34 @@ def test_naive_and_chunked_scoring_give_the_same_terms_and_lora_gradients(setup,
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_top_k_teachers_over_the_whole_vocabulary_score_as_hidden_states_and_fewer_tokens_score_no_more(setup):
+    model, processor, examples = setup
+    options = dict(token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None, distill_temperature=1.3)
+    exact, exact_grads = _score(model, processor, examples, False, **options)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    whole, whole_grads = _score(model, processor, examples, False, teacher_top_k=vocab, **options)
+    for name, value in exact.terms.items():
+        assert value.item() > 0, name
+        torch.testing.assert_close(whole.terms[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for name, grad in exact_grads.items():
+        torch.testing.assert_close(whole_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    few, few_grads = _score(model, processor, examples, False, teacher_top_k=8, **options)
+    for name, value in exact.terms.items():
+        # Every term here is a KL: merging the tail into one bin cannot raise it.
+        assert 0 < few.terms[name].item() <= value.item() + 1e-6, name
+    assert any(g.abs().max() > 0 for g in few_grads.values())
+
+
+def test_teacher_top_k_options_are_checked(setup):
+    model, processor, examples = setup
+    with pytest.raises(ValueError, match="teacher_top_k must be >= 1"):
+        ViGOSConfig(output_dir="unused", report_to="none", teacher_top_k=0)
+    with pytest.raises(ValueError, match="teacher_top_k needs naive_loss: false"):
+        ViGOSConfig(output_dir="unused", report_to="none", teacher_top_k=4, naive_loss=True)
+    with pytest.raises(ValueError, match="teacher_top_k 100000 exceeds the vocabulary size"):
+        _score(model, processor, examples, False, teacher_top_k=100_000)
+
+
 def test_scoring_reports_stage_times(setup):
     model, processor, examples = setup
     for naive in (True, False):

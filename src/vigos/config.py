@@ -75,6 +75,7 @@ class ViGOSConfig(TrainingArguments):
     reasoning_sees_description: bool = field(default=False, metadata=_help("Show the reasoning teacher the student's description before the reasoning (the paper's 'same prefix' reading)."))
     loss_chunk_size: int | None = field(default=128, metadata=_help("Tokens per chunk when projecting hidden states to the vocabulary in the loss: the loss holds about 3 x chunk x vocabulary floats (128 at Qwen's 151,936: 230 MB); None: one chunk through plain autograd."))
     teacher_batch_size: int = field(default=8, metadata=_help("Sequences per teacher forward pass (bounds teacher memory)."))
+    teacher_top_k: int | None = field(default=None, metadata=_help("Keep each teacher's k most likely tokens and the mass of the rest per supervised token, instead of its final hidden states; the divergence is then taken on those k + 1 bins (at most the full KL; equal when the rest has no mass). None: hidden states, the exact loss."))
     naive_loss: bool = field(default=False, metadata=_help("Compute the loss the public release's way: full-vocabulary logits of the student and every teacher pass, all kept at once (slow and memory-hungry; for reference and benchmarks)."))
 
     # Prompts: templates with {question} and {answer}.
@@ -142,6 +143,10 @@ class ViGOSConfig(TrainingArguments):
         if self.loss_chunk_size is not None:
             _range("loss_chunk_size", self.loss_chunk_size, low=1)
         _range("teacher_batch_size", self.teacher_batch_size, low=1)
+        if self.teacher_top_k is not None:
+            _range("teacher_top_k", self.teacher_top_k, low=1)
+            if self.naive_loss:
+                raise ValueError("teacher_top_k needs naive_loss: false (the naive path keeps full teacher logits)")
         _range("lora_r", self.lora_r, low=1)
         _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
         _range("min_image_side", self.min_image_side, low=1)
@@ -214,6 +219,7 @@ class ViGOSConfig(TrainingArguments):
             reasoning_start_clip=self.reasoning_start_clip,
             loss_chunk_size=self.loss_chunk_size,
             teacher_batch_size=self.teacher_batch_size,
+            teacher_top_k=self.teacher_top_k,
             naive_loss=self.naive_loss,
         )
         student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)

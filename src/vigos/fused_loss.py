@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["chunked_divergence_sum", "values_with_finite_gradient"]
+__all__ = ["chunked_divergence_sum", "chunked_top_k_divergence_sum", "values_with_finite_gradient"]
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -173,46 +173,31 @@ def _accumulate(
         head_grad.addmm_(grad.T, rows * scale)
 
 
+# One chunk's work: (chunk, its student rows [n, H]) -> (clipped values [n], their gradient wrt the
+# chunk's student logits [n, V] before row scaling, the row scale [n], a free [>= n, V] workspace or None).
+ChunkStep = Callable[[slice, Tensor], tuple[Tensor, Tensor, Tensor, Tensor | None]]
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     """Sum of clipped divergences over ``[N, H]`` rows, chunk by chunk, the gradient computed in forward.
 
-    Each chunk is projected to ``[chunk, V]`` logits once; its values and the
-    gradient wrt its logits are computed there and turned into gradients wrt
-    the student rows ``[N, H]`` (and head ``[V, H]`` if it is trained) before
-    the next chunk. Backward only scales those: no logits are saved or
-    recomputed.
+    Each chunk is projected to ``[chunk, V]`` logits once (by ``step``); its
+    values and the gradient wrt its logits are computed there and turned into
+    gradients wrt the student rows ``[N, H]`` (and head ``[V, H]`` if it is
+    trained) before the next chunk. Backward only scales those: no logits are
+    saved or recomputed.
     """
 
     @staticmethod
-    def forward(ctx, student_rows, student_head, teacher_rows, teacher_head, clip, divergence, closed, chunk_size, needs):
+    def forward(ctx, student_rows, student_head, step, dtype, chunk_size, needs):
         rows_grad_needed, head_grad_needed = needs
-        count, vocab = student_rows.shape[0], student_head.shape[0]
-        dtype = clip.dtype
         total = student_rows.new_zeros((), dtype=dtype)
         rows_grad = torch.zeros_like(student_rows) if rows_grad_needed else None
         head_grad = torch.zeros_like(student_head) if head_grad_needed else None
-        width = min(chunk_size, count)
-        if closed is not None and width:
-            logits = student_rows.new_empty((2 * width, vocab), dtype=dtype)
-            probs = student_rows.new_empty((width, vocab), dtype=dtype)
-            if teacher_head.data_ptr() == student_head.data_ptr() and teacher_head.stride() == student_head.stride():
-                teacher_head = student_head
-        for start in range(0, count, chunk_size):
+        for start in range(0, student_rows.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            args = (student_rows[chunk], teacher_rows[chunk], student_head, teacher_head)
-            row_scale = None
-            if closed is not None:
-                values, grad = _kl_chunk(*args, *closed, logits, probs)
-                # Non-finite logits fall back to autograd, which has the naive path's 0 * inf conventions.
-                if bool(torch.isfinite(values).all()):
-                    # torch.clamp's rule: a token at or below its clip keeps its gradient, one above gets none.
-                    row_scale = torch.where(values <= clip[chunk], 1.0 / closed[1], 0.0).to(dtype)
-                    values = torch.minimum(values, clip[chunk])
-            if row_scale is None:
-                values, grad = _autograd_chunk(*args, clip[chunk], divergence)
-                row_scale = torch.ones_like(values)
+            values, grad, row_scale, spare = step(chunk, student_rows[chunk])
             total += values.sum()
-            spare = probs if closed is not None else None
             _accumulate(grad, row_scale, student_rows[chunk], student_head, chunk, rows_grad, head_grad, spare)
             del grad
         ctx.save_for_backward(rows_grad, head_grad)
@@ -224,8 +209,14 @@ class _ChunkedDivergence(torch.autograd.Function):
         return (
             rows_grad * grad_total.to(rows_grad.dtype) if rows_grad is not None else None,
             head_grad * grad_total.to(head_grad.dtype) if head_grad is not None else None,
-            None, None, None, None, None, None, None,
+            None, None, None, None,
         )
+
+
+def _run(student_rows: Tensor, student_head: Tensor, step: ChunkStep, dtype: torch.dtype, chunk_size: int) -> Tensor:
+    grad_enabled = torch.is_grad_enabled()
+    needs = (grad_enabled and student_rows.requires_grad, grad_enabled and student_head.requires_grad)
+    return _ChunkedDivergence.apply(student_rows, student_head, step, dtype, chunk_size, needs)
 
 
 def chunked_divergence_sum(
@@ -258,8 +249,69 @@ def chunked_divergence_sum(
     Returns:
         Scalar in ``clip``'s dtype.
     """
-    grad_enabled = torch.is_grad_enabled()
-    needs = (grad_enabled and student_rows.requires_grad, grad_enabled and student_head.requires_grad)
-    return _ChunkedDivergence.apply(
-        student_rows, student_head, teacher_rows, teacher_head.detach(), clip, divergence, closed, chunk_size, needs
-    )
+    teacher_head = teacher_head.detach()
+    width, vocab, dtype = min(chunk_size, student_rows.shape[0]), student_head.shape[0], clip.dtype
+    if closed is not None and width:
+        logits = student_rows.new_empty((2 * width, vocab), dtype=dtype)
+        probs = student_rows.new_empty((width, vocab), dtype=dtype)
+        if teacher_head.data_ptr() == student_head.data_ptr() and teacher_head.stride() == student_head.stride():
+            teacher_head = student_head
+
+    def step(chunk: slice, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        args = (rows, teacher_rows[chunk], student_head, teacher_head)
+        if closed is not None:
+            values, grad = _kl_chunk(*args, *closed, logits, probs)
+            # Non-finite logits fall back to autograd, which has the naive path's 0 * inf conventions.
+            if bool(torch.isfinite(values).all()):
+                # torch.clamp's rule: a token at or below its clip keeps its gradient, one above gets none.
+                row_scale = torch.where(values <= clip[chunk], 1.0 / closed[1], 0.0).to(dtype)
+                return torch.minimum(values, clip[chunk]), grad, row_scale, probs
+        values, grad = _autograd_chunk(*args, clip[chunk], divergence)
+        return values, grad, torch.ones_like(values), None
+
+    return _run(student_rows, student_head, step, dtype, chunk_size)
+
+
+def chunked_top_k_divergence_sum(
+    student_rows: Tensor,
+    student_head: Tensor,
+    teacher_coarse: Tensor,
+    teacher_ids: Tensor,
+    clip: Tensor,
+    coarse_divergence: Callable[[Tensor, Tensor], Tensor],
+    coarsen: Callable[[Tensor, Tensor], Tensor],
+    chunk_size: int,
+) -> Tensor:
+    """Sum over rows of ``min(coarse_divergence(coarsen(student_rows @ student_head.T, teacher_ids),
+    teacher_coarse), clip)``: the divergence against a teacher kept as its top-k tokens and tail mass.
+
+    Args:
+        student_rows: ``[N, H]``.
+        student_head: ``[V, H]``.
+        teacher_coarse: ``[N, k + 1]`` the teacher's log-probabilities of its top-k tokens and of the rest.
+        teacher_ids: ``[N, k]`` those tokens.
+        clip: ``[N]`` per-row clips in the loss dtype (``inf`` = none).
+        coarse_divergence: ``f(student [n, k + 1], teacher [n, k + 1]) -> [n]`` on log-probabilities.
+        coarsen: ``f(student_logits [n, V], ids [n, k]) -> [n, k + 1]`` the student's log-probabilities
+            of the same bins (differentiable).
+        chunk_size: rows per chunk.
+
+    Returns:
+        Scalar in ``clip``'s dtype; differentiable wrt ``student_rows`` and ``student_head`` as in
+        `chunked_divergence_sum`, with gradients from autograd on each chunk.
+    """
+
+    def step(chunk: slice, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        with torch.no_grad():
+            logits = F.linear(rows, student_head)
+        with torch.enable_grad():
+            logits.requires_grad_(True)
+            ids = teacher_ids[chunk]
+            values = values_with_finite_gradient(
+                lambda student, teacher: coarse_divergence(coarsen(student, ids), teacher), logits, teacher_coarse[chunk]
+            )
+            values = torch.clamp(values, max=clip[chunk])
+            (grad,) = torch.autograd.grad(values.sum(), logits)
+        return values.detach(), grad, torch.ones_like(values), None
+
+    return _run(student_rows, student_head, step, clip.dtype, chunk_size)

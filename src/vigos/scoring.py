@@ -55,6 +55,8 @@ class ScoringOptions:
     reasoning_start_clip: float | None = 0.05
     loss_chunk_size: int | None = 128
     teacher_batch_size: int = 8
+    # Teachers kept as their top-k tokens and tail mass (losses.TopKTeacher) instead of hidden states.
+    teacher_top_k: int | None = None
     # The public release's way, kept as a reference and for benchmarks: full
     # [L, V] logits of the student and of every teacher pass, all alive at
     # once, then divergence_from_logits.
@@ -230,6 +232,9 @@ class Scorer:
                 model, examples, completion_ids, image_of, supervised, _full_logits if naive else final_hidden_states,
                 kept, features,
             )
+        if self.options.teacher_top_k is not None and not naive:
+            with _timed(times, "teachers"), gathered_output_head(model, needed_in_backward=False):
+                teacher_outputs = self._top_k_teachers(model, teacher_outputs)
 
         student_prompts = [self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
@@ -254,15 +259,15 @@ class Scorer:
         self,
         model: torch.nn.Module,
         student_output: torch.Tensor,
-        teacher_outputs: dict[str, torch.Tensor],
+        teacher_outputs: dict[str, torch.Tensor | losses.TopKTeacher],
         student_prompts: list[list[int]],
         completion_ids: list[list[int]],
         supervised: dict[str, list[tuple[int, int] | None]],
         global_counts: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted loss and each term, from the student's final hidden states [B, L, H]
-        (or, naive path, full logits [B, L, V]), each teacher's rows at its supervised tokens,
-        and each term's token count over the step [terms]."""
+        (or, naive path, full logits [B, L, V]), each teacher's rows at its supervised tokens
+        (or its top-k tokens and tail mass), and each term's token count over the step [terms]."""
         device = student_output.device
         # Keeps every parameter in the graph when no term has a token here, so
         # that distributed gradient reduction still sees this process.
@@ -284,6 +289,12 @@ class Scorer:
                     student_rows, teacher_outputs[term.name], self.divergences[term.name],
                     supervised_rows, clip, global_counts[index],
                 )
+            elif isinstance(teacher_outputs[term.name], losses.TopKTeacher):
+                value = losses.divergence_from_top_k(
+                    student_rows, student_head, teacher_outputs[term.name], self.divergences[term.name],
+                    mask=supervised_rows, clip=clip, global_count=global_counts[index],
+                    chunk_size=self.options.loss_chunk_size,
+                )
             else:
                 value = losses.divergence_from_hidden(
                     student_rows,
@@ -299,6 +310,19 @@ class Scorer:
             terms[term.name] = value
             loss = loss + term.weight * value
         return loss, terms
+
+    def _top_k_teachers(
+        self, model: torch.nn.Module, teacher_states: dict[str, torch.Tensor]
+    ) -> dict[str, losses.TopKTeacher]:
+        """Each term's teacher hidden states [N_term, H] turned into its top-k tokens and tail mass."""
+        k, head = self.options.teacher_top_k, self.teacher.head(model)
+        if k > head.shape[0]:
+            raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
+        return {
+            name: losses.top_k_teacher(states.to(head.dtype), head, k, self.options.distill_temperature,
+                                       self.options.loss_chunk_size)
+            for name, states in teacher_states.items()
+        }
 
     def _collate(
         self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
