@@ -1,4 +1,5 @@
-"""The engine of `vigos.losses.divergence_from_hidden`: projection, divergence and gradient fused per chunk.
+"""The engine of `vigos.losses.divergence_from_hidden` (and `divergence_from_top_k`): projection,
+divergence and gradient fused per chunk.
 
 Rows of final hidden states are projected to the vocabulary a chunk at a
 time; each chunk's divergence values and their gradient wrt its logits are
@@ -8,8 +9,10 @@ style of fused linear + loss kernels. Nothing vocabulary-sized is saved for
 backward and no logits are recomputed; peak memory is three ``[chunk, V]``
 workspaces, reused by every chunk.
 
-Forward and reverse KL have closed-form logit gradients (below); any other
-divergence gets its per-chunk gradient from autograd.
+Forward and reverse KL against a teacher's hidden states have closed-form
+logit gradients (below); any other divergence, and any divergence against a
+top-k teacher, gets its per-chunk gradient from autograd. Both kinds run
+through one chunk loop (`_ChunkedDivergence`), each supplying its `ChunkStep`.
 """
 
 from __future__ import annotations
