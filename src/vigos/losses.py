@@ -498,21 +498,17 @@ def top_k_teacher(
     vocab = teacher_head.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, V = {vocab}], got {k!r}")
-    step = chunk_size or max(teacher_hidden.shape[0], 1)
+    rows = teacher_hidden.shape[0]
+    step = chunk_size or max(rows, 1)
     log_probs, ids = [], []
     with torch.no_grad():
-        for start in range(0, teacher_hidden.shape[0], step):
+        # At least one (possibly empty) chunk, so that no rows still give [0, k + 1] and [0, k].
+        for start in range(0, max(rows, 1), step):
             logits = F.linear(teacher_hidden[start : start + step], teacher_head.detach())
             top = logits.topk(k, dim=-1).indices
             log_probs.append(coarse_log_probs(logits, top, temperature))
             ids.append(top)
-    width = k + (k < vocab)
-    empty = teacher_hidden.new_zeros((0, width), dtype=torch.promote_types(teacher_hidden.dtype, torch.float32))
-    return TopKTeacher(
-        torch.cat(log_probs) if log_probs else empty,
-        torch.cat(ids) if ids else torch.zeros((0, k), dtype=torch.long, device=teacher_hidden.device),
-        float(temperature),
-    )
+    return TopKTeacher(torch.cat(log_probs), torch.cat(ids), float(temperature))
 
 
 def _coarse_divergence(divergence: Divergence, temperature: float) -> Divergence:

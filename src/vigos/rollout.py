@@ -108,7 +108,6 @@ class HFGenerateRollout:
             if decoder is not None:
                 tokens = decoder.sample(self._batch(prompts, 1, device), self.params.num_samples,
                                         self.params.max_new_tokens, self._filters(), self.pad_token_id)
-                del decoder
                 return completion_ids(tokens, self.eos_token_ids)
             with merged_lora(generator) if self.merge_lora else nullcontext(False):
                 batch = self._batch(prompts, self.params.num_samples, device)

@@ -287,8 +287,6 @@ class LeanDecoder:
             keys.append(k)
             values.append(v)
         del cache
-        attend = torch.ones((n, total), dtype=torch.bool, device=device)
-        attend[:, :prompt_length] = prompt_mask.repeat_interleave(num_samples, dim=0)
         positions = (prompt_mask.sum(-1, keepdim=True) + deltas.reshape(rows, 1).to(device)).repeat_interleave(num_samples, 0)
 
         # Every row's rotary cos/sin for all the positions it can reach, in one call of the model's own
@@ -300,7 +298,8 @@ class LeanDecoder:
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         # Padding is masked out additively, for every step at once (generated positions are all attended).
         mask = torch.zeros((n, 1, 1, total), dtype=self.embedding.dtype, device=device)
-        mask.masked_fill_(~attend[:, None, None, :], -float("inf"))
+        padding = ~prompt_mask.repeat_interleave(num_samples, dim=0)
+        mask[:, 0, 0, :prompt_length].masked_fill_(padding, -float("inf"))
         eos = torch.tensor(filters.eos_token_ids or (-1,), device=device)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         score_filter = _ScoreFilter(filters, device)
