@@ -110,7 +110,7 @@ def _step(model, rollout, scorer, examples, optimizer, clock) -> dict[str, float
     times = {
         "rollout": rolled - start,
         # The one shared vision encode (ours) serves the teacher passes first.
-        "teachers": scored.metrics["time_teachers"] + scored.metrics.get("time_vision", 0.0),
+        "teachers": scored.metrics["time_teachers"],  # the shared vision encode runs inside it
         "student": scored.metrics["time_student"] + (backward_end - clock["reached"]),
         "loss": scored.metrics["time_loss"] + loss_backward,
     }

@@ -13,11 +13,12 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from plain import kl, pieces_to_ids, plain_logits
 
 from vigos import prompts, synthetic
 from vigos.config import ViGOSConfig
@@ -38,7 +39,7 @@ from vigos.teachers import TeacherPolicy
 from vigos.trainer import ViGOSTrainer
 
 GREY = (128, 128, 128)
-VALID = [" A red square. ", "</description>\n<think>", " It is red. ", "</think>\n\\boxed{red}"]
+VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
 INVALID = [" A red square. ", "</description>\n<think>", " It is red. \\boxed{red}"]
 
 
@@ -124,36 +125,13 @@ def config(tmp_path, **kw):
                           "teacher_batch_size": 2, **kw})
 
 
-def pieces_to_ids(processor, pieces):
-    tok = processor.tokenizer
-    ids, bounds = [], []
-    for piece in pieces:
-        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
-        bounds.append((len(ids), len(ids) + len(piece_ids)))
-        ids += piece_ids
-    return ids + [tok.convert_tokens_to_ids("<|im_end|>")], bounds
-
-
-def plain_logits(model, processor, image, user_text, prefill, appended):
-    """Full logits predicting each of ``appended`` after the rendered prompt, the obvious way."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
-    enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
-    extra = torch.tensor([appended])
-    ids = torch.cat([enc["input_ids"], extra], 1)
+def plain_reliance(model, processor, image, other, user_text, prefill, appended, skip=0):
+    """Mean over the tokens of ``appended`` after the first ``skip`` of KL(p_true || p_other), from two full
+    forward passes."""
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],
-                    image_grid_thw=enc["image_grid_thw"],
-                    mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1))
-    start = enc["input_ids"].shape[1] - 1
-    return out.logits[0, start:start + len(appended)]
-
-
-def plain_reliance(model, processor, image, other, user_text, prefill, appended):
-    """Mean over tokens of KL(p_true || p_other) from two full forward passes."""
-    p = F.log_softmax(plain_logits(model, processor, image, user_text, prefill, appended), -1)
-    q = F.log_softmax(plain_logits(model, processor, other, user_text, prefill, appended), -1)
-    return F.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean().item()
+        p = plain_logits(model, processor, image, user_text, prefill, appended)[skip:]
+        q = plain_logits(model, processor, other, user_text, prefill, appended)[skip:]
+    return kl(p, q).mean().item()
 
 
 def square(rgb, size=(112, 112)):
@@ -170,13 +148,14 @@ def test_reliance_matches_a_plain_computation(tiny, tmp_path):
     examples = [Example("What colour is the square?", "red", red), Example("What colour is the square?", "blue", blue)]
     got = teacher_image_reliance(model, scorer, examples, [valid, invalid])
 
-    (d0, d1), (r0, r1) = b[0], (b[2][0], b[3][1])
+    (d0, d1), think, (r0, r1) = b[0], b[2][0], (b[3][0], b[4][1])
     question = examples[0].question
     expected = {
-        "perception": plain_reliance(model, processor, red, square(GREY), cfg.perception_prompt, "<description>",
-                                     valid[d0:d1]),
+        "perception": plain_reliance(model, processor, red, square(GREY), cfg.perception_prompt,
+                                     cfg.perception_prefill, valid[d0:d1]),
+        # The reasoning teacher reads the student's own tokens from the one that opens <think>.
         "reasoning": plain_reliance(model, processor, red, square(GREY), prompts.render_template(
-            cfg.reasoning_prompt, question=question, answer="red"), "<think>", valid[r0:r1]),
+            cfg.reasoning_prompt, question=question, answer="red"), "", valid[think:r1], skip=r0 - think),
         "reference": plain_reliance(model, processor, blue, square(GREY, (140, 112)), prompts.render_template(
             cfg.reference_prompt, question=question, answer="blue"), "<description>", invalid),
     }
@@ -189,7 +168,7 @@ def test_reliance_matches_a_plain_computation(tiny, tmp_path):
 
     shuffled = teacher_image_reliance(model, scorer, examples, [valid, invalid], counterfactual="shuffle")
     assert shuffled["reliance_perception"] == pytest.approx(plain_reliance(
-        model, processor, red, blue, cfg.perception_prompt, "<description>", valid[d0:d1]), rel=1e-4)
+        model, processor, red, blue, cfg.perception_prompt, cfg.perception_prefill, valid[d0:d1]), rel=1e-4)
 
 
 def test_reliance_is_zero_for_the_same_image_and_omits_empty_terms(tiny, tmp_path):

@@ -255,6 +255,28 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tiny_model_dir, tmp_p
         torch.testing.assert_close(accumulated["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
 
 
+def test_micro_batch_normalization_averages_each_micro_batchs_own_means(tiny_model_dir, tmp_path):
+    """`loss_normalization: micro_batch` (the release's way): each micro-batch's terms are means over its own
+    tokens, and the step is their average; the invalid row sits in one micro-batch only, so this differs
+    from the step-wide mean."""
+    step = one_step(Path(tiny_model_dir), tmp_path / "mb", per_device_batch=2, gradient_accumulation_steps=2,
+                    loss_normalization="micro_batch")
+    processor, model = lora_model(Path(tiny_model_dir))
+    config = ViGOSConfig(output_dir=str(tmp_path / "plain"), report_to="none", token_loss_clip=None,
+                         description_end_clip=None, reasoning_start_clip=None, loss_chunk_size=7)
+    scorer = config.build_scorer(processor, teacher=make_teacher_policy("fixed", model))
+    rollout, rows = FixedRollout(processor), examples()
+    scored = [scorer(model, batch, rollout(model, batch)).loss
+              for batch in ([rows[i] for i in step["rows"][:2]], [rows[i] for i in step["rows"][2:]])]
+    expected = (scored[0] + scored[1]) / 2
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert step["logged"]["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    for name, grad in zip(lora, torch.autograd.grad(expected, list(lora.values()))):
+        torch.testing.assert_close(step["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    whole = scorer(model, rows, rollout(model, rows)).loss
+    assert abs(whole.item() - expected.item()) > 1e-3 * abs(expected.item())
+
+
 def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir, tmp_path):
     plain = one_step(Path(tiny_model_dir), tmp_path / "plain", per_device_batch=4)
     checkpointed = one_step(Path(tiny_model_dir), tmp_path / "checkpointed", per_device_batch=4,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from plain import clipped, kl, pieces_to_ids, plain_logits
 
 from vigos import prompts
 from vigos.config import ViGOSConfig
@@ -38,40 +39,8 @@ def setup(tiny_model_dir):
     return model, processor, example
 
 
-def pieces_to_ids(processor, pieces, eos=True):
-    tok = processor.tokenizer
-    ids, bounds = [], []
-    for piece in pieces:
-        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
-        bounds.append((len(ids), len(ids) + len(piece_ids)))
-        ids += piece_ids
-    return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
-
-
-def plain_logits(model, processor, example, user_text, prefill, appended):
-    """Full logits predicting each of ``appended`` after the rendered prompt (the slow, obvious way)."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
-    enc = processor(text=[text], images=[example.image], return_tensors="pt", return_mm_token_type_ids=True)
-    extra = torch.tensor([appended])
-    ids = torch.cat([enc["input_ids"], extra], 1)
-    out = model(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        pixel_values=enc["pixel_values"],
-        image_grid_thw=enc["image_grid_thw"],
-        mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1),
-    )
-    start = enc["input_ids"].shape[1] - 1
-    return out.logits[0, start : start + len(appended)]
-
-
-def kl(p_logits, q_logits):
-    """KL(p || q) per row."""
-    return F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), log_target=True, reduction="none").sum(-1)
-
-
-VALID = [" A red square. ", "</description>\n<think>", " It is red. ", "</think>\n\\boxed{red}"]
+# Pieces tokenized one by one, so that token boundaries fall where the pieces meet.
+VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
 INVALID = {
     "no_think_close": [" A red square. ", "</description>\n<think>", " It is red. \\boxed{red}"],
     "tagless": ["red"],
@@ -93,44 +62,37 @@ def expected_vigos(model, processor, example, cfg, completions):
     counts = dict.fromkeys(sums, 0)
     for ids, spans in completions:
         with torch.no_grad():
-            student = plain_logits(model, processor, example, student_text, "<description>", ids)
+            student = plain_logits(model, processor, example.image, student_text, "<description>", ids)
         if spans is None:  # invalid: reference teacher, every token, reverse KL
             with model.disable_adapter(), torch.no_grad():
-                teacher = plain_logits(model, processor, example,
+                teacher = plain_logits(model, processor, example.image,
                                        prompts.render_template(cfg.reference_prompt, question=example.question, answer="red"),
                                        "<description>", ids)
             sums["reference"] += kl(student, teacher).sum().item()
             counts["reference"] += len(ids)
             continue
-        (d0, d1), (r0, r1) = spans
+        (d0, d1), think, (r0, r1) = spans
+        reasoning_text = prompts.render_template(cfg.reasoning_prompt, question=example.question, answer="red")
         with model.disable_adapter(), torch.no_grad():
-            perception = plain_logits(model, processor, example, cfg.perception_prompt, "<description>", ids[d0:d1])
+            # The image alone (the default perception prompt and pre-fill are empty), then the description.
+            perception = plain_logits(model, processor, example.image, cfg.perception_prompt, cfg.perception_prefill,
+                                      ids[d0:d1])
             if cfg.reasoning_sees_description:
-                reasoning = plain_logits(model, processor, example, prompts.render_template(
-                    cfg.reasoning_prompt, question=example.question, answer="red"), "<description>", ids[:r1])[r0:]
-            else:
-                reasoning = plain_logits(model, processor, example, prompts.render_template(
-                    cfg.reasoning_prompt, question=example.question, answer="red"), "<think>", ids[r0:r1])
-        per_token = kl(perception, student[d0:d1])
-        if cfg.description_end_clip is not None:
-            per_token = per_token.clone()
-            per_token[:-1] = per_token[:-1].clamp(max=cfg.token_loss_clip)
-            per_token[-1] = per_token[-1].clamp(max=cfg.description_end_clip)
-        sums["perception"] += per_token.sum().item()
+                reasoning = plain_logits(model, processor, example.image, reasoning_text, "<description>", ids[:r1])[r0:]
+            else:  # the student's own tokens from the one that opens <think>
+                reasoning = plain_logits(model, processor, example.image, reasoning_text, "", ids[think:r1])[r0 - think:]
+        sums["perception"] += clipped(kl(perception, student[d0:d1]), cfg.token_loss_clip, -1,
+                                      cfg.description_end_clip).sum().item()
         counts["perception"] += d1 - d0
-        per_token = kl(reasoning, student[r0:r1])
-        if cfg.reasoning_start_clip is not None:
-            per_token = per_token.clone()
-            per_token[1:] = per_token[1:].clamp(max=cfg.token_loss_clip)
-            per_token[0] = per_token[0].clamp(max=cfg.reasoning_start_clip)
-        sums["reasoning"] += per_token.sum().item()
+        sums["reasoning"] += clipped(kl(reasoning, student[r0:r1]), cfg.token_loss_clip, 0,
+                                     cfg.reasoning_start_clip).sum().item()
         counts["reasoning"] += r1 - r0
     return {k: sums[k] / max(counts[k], 1) for k in sums}, counts
 
 
 def hand_made(processor):
     valid_ids, b = pieces_to_ids(processor, VALID)
-    valid = (valid_ids, (b[0], (b[2][0], b[3][1])))
+    valid = (valid_ids, (b[0], b[2][0], (b[3][0], b[4][1])))
     invalid = [(pieces_to_ids(processor, p)[0], None) for p in INVALID.values()]
     return [valid] + invalid
 
@@ -146,7 +108,7 @@ def test_vigos_terms_match_plain_computation(setup, sees_description):
     expected, counts = expected_vigos(model, processor, example, cfg, completions)
     assert [s.valid for s in out.spans] == [True, False, False, False, False]
     assert [s.tagless for s in out.spans] == [False, False, True, False, False]
-    (d0, d1), (r0, r1) = completions[0][1]
+    (d0, d1), _, (r0, r1) = completions[0][1]
     assert out.supervised["perception"] == [(d0, d1), None, None, None, None]
     assert out.supervised["reasoning"] == [(r0, r1), None, None, None, None]
     assert out.supervised["reference"][0] is None
@@ -158,9 +120,11 @@ def test_vigos_terms_match_plain_computation(setup, sees_description):
     assert out.metrics["valid_rate"] == pytest.approx(0.2) and out.metrics["fallback_rate"] == pytest.approx(0.8)
 
 
-def test_clips_and_boundary_clips(setup):
+@pytest.mark.parametrize("clips", [(0.02, 0.001, 0.003), (0.001, 0.5, 0.5), (None, 0.002, None)])
+def test_clips_and_boundary_clips(setup, clips):
+    """A boundary token is clipped at the smaller of the token clip and its own (the release's rule)."""
     model, processor, example = setup
-    cfg = config(token_loss_clip=0.02, description_end_clip=0.001, reasoning_start_clip=0.003)
+    cfg = config(token_loss_clip=clips[0], description_end_clip=clips[1], reasoning_start_clip=clips[2])
     completions = hand_made(processor)[:1]
     out = score_completions(model, processor, [example], [completions[0][0]], teacher=make_teacher_policy("fixed", model), config=cfg)
     expected, _ = expected_vigos(model, processor, example, cfg, completions)
@@ -179,9 +143,9 @@ def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
     total, count = 0.0, 0
     for ids, _ in completions:
         with torch.no_grad():
-            student = plain_logits(model, processor, example, student_text, "<description>", ids)
+            student = plain_logits(model, processor, example.image, student_text, "<description>", ids)
             with model.disable_adapter():
-                teacher = plain_logits(model, processor, example, teacher_text, "<description>", ids)
+                teacher = plain_logits(model, processor, example.image, teacher_text, "<description>", ids)
         total += kl(teacher, student).sum().item()
         count += len(ids)
     assert list(out.terms) == ["privileged"]

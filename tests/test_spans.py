@@ -21,7 +21,7 @@ def parser(tokenizer):
 
 
 def reference_parse(text: str):
-    """METHOD.md's rule on characters: (valid, description chars, reasoning chars, answer)."""
+    """METHOD.md's rule on characters: (valid, description chars, chars after <think> through the box, answer)."""
     d = text.find("</description>")
     if d < 0:
         return False, None, None, None
@@ -40,14 +40,21 @@ def reference_parse(text: str):
         if depth == 0:
             end = i
             break
-    if end is None or d == 0:
+    if end is None:
         return False, None, None, None
     return True, (0, d), (t + len("<think>"), end + 1), text[b + len("\\boxed{") : end]
 
 
-def tokens_overlapping(offsets, chars):
+def whole_tokens_before(offsets, end):
+    """The release's description: tokens that end at or before the tag's first character."""
+    return [i for i, (s, e) in enumerate(offsets) if e <= end]
+
+
+def reasoning_tokens(offsets, chars):
+    """The release's reasoning: tokens that start at or after the end of <think>, through the one
+    holding the box's closing brace."""
     a, b = chars
-    return [i for i, (s, e) in enumerate(offsets) if e > a and s < b]
+    return [i for i, (s, e) in enumerate(offsets) if s >= a and s < b]
 
 
 def check_against_reference(tokenizer, parser, text):
@@ -59,12 +66,17 @@ def check_against_reference(tokenizer, parser, text):
     eos = [i for i, token in enumerate(ids) if token in parser.eos_token_ids]
     length = eos[0] + 1 if eos else len(ids)
     valid, description, reasoning, answer = reference_parse(text[: offsets[eos[0]][0]] if eos else text)
+    if valid:
+        described, reasoned = whole_tokens_before(offsets, description[1]), reasoning_tokens(offsets, reasoning)
+        valid = bool(described) and bool(reasoned)
     assert spans.valid == valid, (text, spans)
     assert spans.length == length
     if valid:
-        assert list(range(*spans.description_span)) == tokens_overlapping(offsets, description)
-        assert list(range(*spans.reasoning_span)) == tokens_overlapping(offsets, reasoning)
+        assert list(range(*spans.description_span)) == described
+        assert list(range(*spans.reasoning_span)) == reasoned
         assert spans.answer == answer
+        opening = text.find("<think>", description[1] + len("</description>"))
+        assert offsets[spans.think_token][0] <= opening < offsets[spans.think_token][1]
     else:
         assert spans.description_span is None and spans.reasoning_span is None
 
@@ -89,7 +101,7 @@ def test_valid_completion(tokenizer, parser):
         (" a cat </description><think> so", "no </think> after <think>"),
         (" a cat </description><think> so </think>", "no \\boxed{} after </think>"),
         (" a cat </description><think> so </think> \\boxed{\\frac{1}{2}", "unclosed \\boxed{"),
-        ("</description><think> so </think> \\boxed{2}", "empty description"),
+        ("</description><think> so </think> \\boxed{2}", "no whole token in the description"),
         (" <think> x </think> a </description> \\boxed{2}", "no <think> after </description>"),
     ],
 )

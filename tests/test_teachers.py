@@ -60,7 +60,20 @@ def test_terms_are_data():
     cfg = ViGOSConfig(output_dir="unused", report_to="none", reasoning_sees_description=True, reference_weight=3.0)
     perception, reasoning, reference = cfg.teacher_terms()
     assert (perception.span, perception.rows, perception.divergence) == ("description", "valid", "forward_kl")
-    assert (reasoning.span, reasoning.prompt.prefill, reasoning.sees_from_start) == ("reasoning", "<description>", True)
+    assert (reasoning.span, reasoning.prompt.prefill, reasoning.reads_from) == ("reasoning", "<description>", "completion")
     assert (reference.span, reference.rows, reference.divergence, reference.weight) == ("completion", "invalid", "reverse_kl", 3.0)
     with pytest.raises(ValueError, match="span must be one of"):
-        TeacherTerm("x", PromptSpec("", ""), "answer", "valid", "forward_kl", 1.0, False)
+        TeacherTerm("x", PromptSpec("", ""), "answer", "valid", "forward_kl", 1.0)
+    with pytest.raises(ValueError, match="reads_from must be one of"):
+        TeacherTerm("x", PromptSpec("", ""), "reasoning", "valid", "forward_kl", 1.0, reads_from="span")
+    with pytest.raises(ValueError, match="no pre-fill"):
+        TeacherTerm("x", PromptSpec("", "<think>"), "reasoning", "valid", "forward_kl", 1.0, reads_from="think")
+
+
+def test_release_defaults_as_data():
+    """By default the perception teacher sees the image alone and the reasoning teacher reads the student's
+    own tokens from <think> on (no text pre-fill)."""
+    perception, reasoning, reference = ViGOSConfig(output_dir="unused", report_to="none").teacher_terms()
+    assert (perception.prompt.template, perception.prompt.prefill, perception.reads_from) == ("", "", "completion")
+    assert (reasoning.prompt.prefill, reasoning.reads_from) == ("", "think")
+    assert (reference.prompt.prefill, reference.reads_from) == ("<description>", "completion")

@@ -19,11 +19,13 @@ def example():
 
 def test_items_cover_the_three_abilities():
     items = warm_start_items([example()], lambda e: TARGET)
-    assert [i.prefill for i in items] == ["<description>", "<description>", "<think>", "<description>"]
+    # Each teacher is taught in the context it is scored in: the perception teacher sees the image alone,
+    # the reasoning teacher writes from <think> on.
+    assert [i.prefill for i in items] == ["<description>", "", "", "<description>"]
     student, perception, reasoning, reference = items
     assert student.target == TARGET and "red" not in student.user_text
-    assert perception.target == " A red leaf. </description>" and "leaf" not in perception.user_text
-    assert reasoning.target.startswith(" The leaf is red.") and "red" in reasoning.user_text
+    assert perception.target == " A red leaf. </description>" and perception.user_text == ""
+    assert reasoning.target.startswith("<think> The leaf is red.") and "red" in reasoning.user_text
     assert reference.target == TARGET and "red" in reference.user_text
     assert len(warm_start_items([example()], lambda e: TARGET, ("perception",))) == 1
     with pytest.raises(ValueError, match="unknown abilities"):

@@ -18,6 +18,7 @@ from .rollout import SAMPLERS
 from .teachers import TEACHER_KINDS, TeacherPolicy, opsd_terms, vigos_terms
 
 METHODS = ("vigos", "opsd")
+LOSS_NORMALIZATIONS = ("step", "micro_batch")
 ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
 BAD_ROWS = ("skip", "error")
 
@@ -76,14 +77,15 @@ class ViGOSConfig(TrainingArguments):
     loss_chunk_size: int | None = field(default=128, metadata=_help("Tokens per chunk when projecting hidden states to the vocabulary in the loss: the loss holds about 3 x chunk x vocabulary floats (128 at Qwen's 151,936: 230 MB); None: one chunk through plain autograd."))
     teacher_batch_size: int = field(default=8, metadata=_help("Sequences per teacher forward pass (bounds teacher memory)."))
     teacher_top_k: int | None = field(default=None, metadata=_help("Keep each teacher's k most likely tokens and the mass of the rest per supervised token, instead of its final hidden states; the divergence is then taken on those k + 1 bins (at most the full KL; equal when the rest has no mass). None: hidden states, the exact loss."))
+    loss_normalization: str = field(default="step", metadata=_help("'step': each term is a mean over its tokens in the whole optimizer step (every micro-batch, every process); 'micro_batch': a mean over each micro-batch's tokens on each process, then averaged (the release's way, which weighs a token by how full its micro-batch is)."))
     naive_loss: bool = field(default=False, metadata=_help("Compute the loss the public release's way: full-vocabulary logits of the student and every teacher pass, all kept at once (slow and memory-hungry; for reference and benchmarks)."))
 
     # Prompts: templates with {question} and {answer}.
     student_prompt: str = field(default=prompts.STUDENT_PROMPT, metadata=_help("Student prompt template ({question})."))
-    perception_prompt: str = field(default=prompts.PERCEPTION_PROMPT, metadata=_help("Perception teacher prompt (image only: no {question}, no {answer})."))
+    perception_prompt: str = field(default=prompts.PERCEPTION_PROMPT, metadata=_help("Perception teacher's text beside the image (no {question}, no {answer}); empty (the default, as in the release): the image alone."))
     reasoning_prompt: str = field(default=prompts.REASONING_PROMPT, metadata=_help("Reasoning teacher prompt ({question}, {answer})."))
     reference_prompt: str = field(default=prompts.REFERENCE_PROMPT, metadata=_help("Reference teacher prompt ({question}, {answer}, the format instruction); also OPSD's teacher."))
-    perception_prefill: str = field(default=prompts.DESCRIPTION_OPEN, metadata=_help("Assistant pre-fill of the perception teacher before the description tokens."))
+    perception_prefill: str = field(default=prompts.PERCEPTION_PREFILL, metadata=_help("Assistant pre-fill of the perception teacher before the description tokens; empty (the default, as in the release): none."))
 
     # LoRA.
     use_lora: bool = field(default=True, metadata=_help("Train a LoRA adapter (the teacher is the adapter switched off)."))
@@ -92,8 +94,9 @@ class ViGOSConfig(TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout."))
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata=_help("Modules LoRA adapts (the language model's; the vision tower is left out)."),
+        metadata=_help("Names of the modules LoRA adapts, wherever they are (release: q/k/v/o/gate/up/down_proj, which in Qwen2.5-VL also names the vision blocks' MLP)."),
     )
+    lora_vision_tower: bool = field(default=True, metadata=_help("Let lora_target_modules match inside the vision tower too (the release's behaviour); false: the language model only."))
 
     # Logging.
     log_completions_steps: int = field(default=10, metadata=_help("Write a few sampled completions every N steps (0: never)."))
@@ -113,6 +116,7 @@ class ViGOSConfig(TrainingArguments):
         _choice("method", self.method, METHODS)
         _choice("teacher", self.teacher, TEACHER_KINDS)
         _choice("bad_rows", self.bad_rows, BAD_ROWS)
+        _choice("loss_normalization", self.loss_normalization, LOSS_NORMALIZATIONS)
         for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
             _choice(name, getattr(self, name), tuple(DIVERGENCES))
         _range("temperature", self.temperature, low=0.0, low_open=True)

@@ -234,8 +234,8 @@ def teacher_image_reliance(
         if not any(r is not None for ranges in supervised.values() for r in ranges):
             continue
         args = (model, examples[rows], completion_ids[rows])
-        true_states = scorer.teacher_states(*args, true_images[rows], supervised)
-        other_states = scorer.teacher_states(*args, other_images[rows], supervised)
+        true_states = scorer.teacher_states(*args, true_images[rows], spans[rows])
+        other_states = scorer.teacher_states(*args, other_images[rows], spans[rows])
         for name, states in true_states.items():
             counts[name] += states.shape[0]
             sums[name] += _kl_sum(states, other_states[name], head, temperature, chunk_size)

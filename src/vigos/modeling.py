@@ -82,14 +82,20 @@ class ImageFeatures:
         return {"image": type(self.encoded)(**fields)}
 
 
-def image_features_reusable(model: torch.nn.Module) -> bool:
-    """Whether one vision encode can serve every pass over an image: the model takes precomputed
-    features and its vision tower has nothing trained and no dropout, so every teacher's and the
-    student's tower compute the same function."""
+def takes_image_features(model: torch.nn.Module) -> bool:
+    """Whether the model can run on precomputed vision features instead of pixels."""
     core = unwrap(model)
-    visual = getattr(getattr(core, "model", core), "visual", None)
-    if visual is None or not hasattr(core, "get_image_features"):
+    return getattr(getattr(core, "model", core), "visual", None) is not None and hasattr(core, "get_image_features")
+
+
+def image_features_reusable(model: torch.nn.Module) -> bool:
+    """Whether one vision encode can serve every pass over an image, the student's included: the
+    model takes precomputed features and its vision tower has nothing trained and no dropout, so
+    every teacher's and the student's tower compute the same function."""
+    if not takes_image_features(model):
         return False
+    core = unwrap(model)
+    visual = getattr(core, "model", core).visual
     frozen = not any(p.requires_grad for p in visual.parameters())
     return frozen and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in visual.modules())
 

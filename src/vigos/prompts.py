@@ -23,16 +23,36 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 BOXED_OPEN = "\\boxed{"
 
+# The instructions carry what the public release's prompts ask for, in our own
+# words: a self-contained description that leads to the answer without stating
+# it, reasoning that checks itself, and a short boxed answer.
 FORMAT_INSTRUCTION = (
-    "First describe what the image shows inside <description> </description>. "
-    "Then think step by step inside <think> </think>. "
-    "Finally put the final answer inside \\boxed{}."
+    "First look at the image and describe it inside <description> </description>. The description must stand on "
+    "its own: a reader who cannot see the image should be able to answer the question from it alone, so give every "
+    "visual detail the question depends on, but do not state the final answer. "
+    "Then reason step by step inside <think> </think>, checking each step and correcting any mistake you find. "
+    "Finally put the final answer, a single word or phrase, inside \\boxed{}."
 )
 
-STUDENT_PROMPT = "{question}\n" + FORMAT_INSTRUCTION
-PERCEPTION_PROMPT = "Describe what the image shows."
-REASONING_PROMPT = "{question}\nThe correct answer is {answer}. Explain step by step how to reach it."
-REFERENCE_PROMPT = "{question}\nThe correct answer is {answer}.\n" + FORMAT_INSTRUCTION
+# The reference answer or solution, set apart so that a teacher can tell it from the problem.
+REFERENCE_BLOCK = "\n\n--- reference solution ---\n{answer}\n--- end of reference solution ---\n\n"
+
+STUDENT_PROMPT = "{question}\n\n" + FORMAT_INSTRUCTION
+# The perception teacher sees the image alone: no text and no pre-fill (the release's choice).
+PERCEPTION_PROMPT = ""
+PERCEPTION_PREFILL = ""
+REASONING_PROMPT = (
+    "{question}" + REFERENCE_BLOCK
+    + "Read the reference solution until you understand why it is right. Then solve the problem yourself, step by "
+    "step, and reach the same final answer through your own reasoning; do not copy or reword the reference "
+    "solution. Write your reasoning inside <think> </think>, then put the final answer, a single word or phrase, "
+    "inside \\boxed{}."
+)
+REFERENCE_PROMPT = (
+    "{question}" + REFERENCE_BLOCK
+    + "Read the reference solution until you understand why it is right, then answer the problem in your own "
+    "words. Begin with the visual evidence: " + FORMAT_INSTRUCTION[0].lower() + FORMAT_INSTRUCTION[1:]
+)
 
 TEMPLATE_FIELDS = ("question", "answer")
 _FIELD = re.compile(r"\{(question|answer)\}")
@@ -74,9 +94,13 @@ class PromptSpec:
 
 
 def chat_messages(user_text: str, with_image: bool = True) -> list[dict[str, Any]]:
-    """One user turn in the content-list form that Qwen-VL chat templates take."""
+    """One user turn in the content-list form that Qwen-VL chat templates take.
+
+    An empty ``user_text`` adds no text item, so a turn can hold the image alone.
+    """
     content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
-    content.append({"type": "text", "text": user_text})
+    if user_text:
+        content.append({"type": "text", "text": user_text})
     return [{"role": "user", "content": content}]
 
 

@@ -66,14 +66,20 @@ def language_lora_targets(modules: list[str]) -> str:
 
 
 def apply_lora(model: torch.nn.Module, config: ViGOSConfig) -> torch.nn.Module:
-    """Wrap ``model`` with a LoRA adapter on the language model (the teacher switches it off)."""
+    """Wrap ``model`` with a LoRA adapter (the teacher switches it off).
+
+    The modules are matched by name wherever they are, as in the release (in
+    Qwen2.5-VL the vision blocks' MLP shares the language model's names), or
+    in the language model only when ``lora_vision_tower`` is false.
+    """
     from peft import LoraConfig, get_peft_model
 
+    modules = list(config.lora_target_modules)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=language_lora_targets(list(config.lora_target_modules)),
+        target_modules=modules if config.lora_vision_tower else language_lora_targets(modules),
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)

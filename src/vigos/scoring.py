@@ -33,6 +33,7 @@ from .modeling import (
     gathered_output_head,
     image_features_reusable,
     image_token_id,
+    takes_image_features,
     output_head,
     output_head_shape,
     tokenize_prompt,
@@ -61,9 +62,11 @@ class ScoringOptions:
     # [L, V] logits of the student and of every teacher pass, all alive at
     # once, then divergence_from_logits.
     naive_loss: bool = False
-    # One vision encode per image per call, shared by every teacher pass and
-    # the student pass, when the vision tower is frozen (the naive path
-    # encodes the image once per context, as the release does).
+    # One vision encode per image per call under the teacher's weights, shared
+    # by every teacher pass, and by the student pass too when the vision tower
+    # is frozen; a trained tower (LoRA on its blocks) encodes the student's
+    # image inside the student's pass, with gradient. The naive path encodes
+    # the image once per context, as the release does.
     reuse_image_features: bool = True
 
 
@@ -86,6 +89,18 @@ class ScoreOutput:
     spans: list[CompletionSpans]
     completion_ids: list[list[int]]
     supervised: dict[str, list[tuple[int, int] | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherJob:
+    """One teacher sequence: ``context`` (the teacher's prompt, then the student's own ids from where
+    the teacher reads), the position that predicts the row's first supervised token, and how many
+    supervised tokens follow it."""
+
+    row: int
+    context: Context
+    first: int
+    count: int
 
 
 @contextmanager
@@ -220,21 +235,22 @@ class Scorer:
         supervised = self.supervised_ranges(spans)
         naive = self.options.naive_loss
         times: dict[str, float] = {}
-        features = None
         # With sharded weights (lockstep) the vision tower is gathered inside the model's own passes: keep pixels.
-        if self.options.reuse_image_features and not naive and not self.lockstep and image_features_reusable(model):
-            with _timed(times, "vision"):
-                features = encode_image_features(model, list(images.values()))
+        share = self.options.reuse_image_features and not naive and not self.lockstep and takes_image_features(model)
         # The naive path keeps each teacher pass's full logits alive until the loss, as the release does.
         kept: list[torch.Tensor] | None = [] if naive else None
         with _timed(times, "teachers"):
-            teacher_outputs = self._teacher_outputs(
-                model, examples, completion_ids, image_of, supervised, _full_logits if naive else final_hidden_states,
-                kept, features,
+            teacher_outputs, features = self._teacher_outputs(
+                model, examples, image_of, self.teacher_contexts(examples, completion_ids, image_of, spans),
+                _full_logits if naive else final_hidden_states, kept, list(images.values()) if share else None,
+                times=times,
             )
         if self.options.teacher_top_k is not None and not naive:
             with _timed(times, "teachers"), gathered_output_head(model, needed_in_backward=False):
                 teacher_outputs = self._top_k_teachers(model, teacher_outputs)
+        # The teachers' encode serves the student only when the tower computes the same function for both.
+        if features is not None and not image_features_reusable(model):
+            features = None
 
         student_prompts = [self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
@@ -333,78 +349,108 @@ class Scorer:
         )
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    def teacher_contexts(
+        self,
+        examples: Sequence[Example],
+        completion_ids: list[list[int]],
+        image_of: list[EncodedImage],
+        spans: Sequence[CompletionSpans],
+    ) -> dict[str, list[TeacherJob]]:
+        """Each term's teacher sequences, one per row it supervises.
+
+        A teacher reads its own prompt (ending with its pre-fill), then the
+        student's own token ids from where the term says (the completion's
+        first token, or the one that opens ``<think>``) through the last
+        supervised token: each supervised token is predicted after exactly
+        the text the student had written before it, never after a
+        re-tokenized copy of it.
+        """
+        supervised = self.supervised_ranges(spans)
+        jobs: dict[str, list[TeacherJob]] = {}
+        for term in self.terms:
+            jobs[term.name] = []
+            for row, r in enumerate(supervised[term.name]):
+                if r is None:
+                    continue
+                start = spans[row].think_token if term.reads_from == "think" else 0
+                prompt = self._prompt_ids(term.prompt, examples[row], image_of[row], answer=True)
+                context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
+                jobs[term.name].append(TeacherJob(row, context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
+        return jobs
+
     def teacher_states(
         self,
         model: torch.nn.Module,
         examples: Sequence[Example],
         completion_ids: list[list[int]],
         image_of: list[EncodedImage],
-        supervised: dict[str, list[tuple[int, int] | None]],
+        spans: Sequence[CompletionSpans],
     ) -> dict[str, torch.Tensor]:
         """Each teacher's final hidden states at the positions that predict its supervised tokens.
 
         Returns {term: [N_term, H]} in row-major token order, matching the
         student's gather. Only hidden states are kept, never logits.
         """
-        return self._teacher_outputs(model, examples, completion_ids, image_of, supervised, final_hidden_states)
+        jobs = self.teacher_contexts(examples, completion_ids, image_of, spans)
+        return self._teacher_outputs(model, examples, image_of, jobs, final_hidden_states, times={})[0]
 
     @torch.no_grad()
     def _teacher_outputs(
         self,
         model: torch.nn.Module,
         examples: Sequence[Example],
-        completion_ids: list[list[int]],
         image_of: list[EncodedImage],
-        supervised: dict[str, list[tuple[int, int] | None]],
+        jobs: dict[str, list[TeacherJob]],
         forward: Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor],
         kept: list[torch.Tensor] | None = None,
-        features: ImageFeatures | None = None,
-    ) -> dict[str, torch.Tensor]:
+        images: list[EncodedImage] | None = None,
+        *,
+        times: dict[str, float],
+    ) -> tuple[dict[str, torch.Tensor], ImageFeatures | None]:
         """``forward``'s output ([B, L, D]: hidden states or logits) of each teacher pass, gathered
-        to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output; ``features``
-        (if given) stand in for the images' pixels."""
+        to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output. With
+        ``images``, each is run through the vision tower once, under the teacher's weights, and
+        the features stand in for the pixels in every pass; they are returned (else None)."""
         width = output_head_shape(model)[0 if forward is _full_logits else 1]
         size = self.options.teacher_batch_size
         # Every process holds as many rows, so this many passes per term is the most any process runs.
         most_passes = -(-len(examples) // size)
         states: dict[str, torch.Tensor] = {}
+        features = None
         was_training = model.training
         model.eval()
         try:
             with self.teacher.weights(model):
+                if images:
+                    with _timed(times, "vision"):
+                        features = encode_image_features(model, images)
                 for term in self.terms:
-                    jobs = []
-                    for row, r in enumerate(supervised[term.name]):
-                        if r is None:
-                            continue
-                        start = 0 if term.sees_from_start else r[0]
-                        prompt = self._prompt_ids(term.prompt, examples[row], image_of[row], answer=True)
-                        context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
-                        jobs.append((context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
+                    term_jobs = jobs[term.name]
                     # Contexts of similar length share a pass (less padding); states go back in row order.
-                    by_length = sorted(range(len(jobs)), key=lambda job: jobs[job][0].length)
-                    gathered: list[torch.Tensor | None] = [None] * len(jobs)
-                    for offset in range(0, len(jobs), size):
+                    by_length = sorted(range(len(term_jobs)), key=lambda job: term_jobs[job].context.length)
+                    gathered: list[torch.Tensor | None] = [None] * len(term_jobs)
+                    for offset in range(0, len(term_jobs), size):
                         chunk = by_length[offset : offset + size]
-                        output = forward(model, self._collate([jobs[job][0] for job in chunk], model, features))
+                        batch = self._collate([term_jobs[job].context for job in chunk], model, features)
+                        output = forward(model, batch)
                         if kept is not None:
                             kept.append(output)
                         for row, job in enumerate(chunk):
-                            _, first, count = jobs[job]
+                            first, count = term_jobs[job].first, term_jobs[job].count
                             gathered[job] = output[row, first : first + count]
                     if self.lockstep and examples:
                         # Passes on a throwaway context (one row's prompt, image included, so that
                         # the vision tower runs too) until this process has run as many as any.
                         filler = Context(self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False),
                                          [], image_of[0])
-                        for _ in range(most_passes - -(-len(jobs) // size)):
+                        for _ in range(most_passes - -(-len(term_jobs) // size)):
                             final_hidden_states(model, self._collate([filler], model))
                     states[term.name] = (
                         torch.cat(gathered) if gathered else torch.zeros((0, width), device=next(model.parameters()).device)
                     )
         finally:
             model.train(was_training)
-        return states
+        return states, features
 
     def _clip_values(
         self, term: TeacherTerm, rows: list[tuple[int, int] | None], row_index: torch.Tensor, token_index: torch.Tensor
@@ -416,10 +462,13 @@ class Scorer:
         if options.token_loss_clip is not None:
             clip.fill_(options.token_loss_clip)
         bounds = torch.tensor([r if r else (0, 0) for r in rows], dtype=torch.long, device=token_index.device).view(-1, 2)
+        # A boundary token's clip is the smaller of the two, as in the release.
         if term.span == "description" and options.description_end_clip is not None:
-            clip[token_index == bounds[row_index, 1] - 1] = options.description_end_clip
+            last = token_index == bounds[row_index, 1] - 1
+            clip[last] = clip[last].clamp(max=options.description_end_clip)
         if term.span == "reasoning" and options.reasoning_start_clip is not None:
-            clip[token_index == bounds[row_index, 0]] = options.reasoning_start_clip
+            first = token_index == bounds[row_index, 0]
+            clip[first] = clip[first].clamp(max=options.reasoning_start_clip)
         return clip
 
     def _metrics(

@@ -15,8 +15,13 @@ indices with a binary search. Tags and braces are ASCII, and UTF-8 never uses
 ASCII bytes inside a multi-byte character, so a byte search is exact even
 when a token holds part of a character.
 
-A token belongs to a span when it contributes at least one byte of the span's
-text, so a token that straddles a tag boundary is kept in the span.
+A token that carries any byte of a tag belongs to the tag, as in the public
+release: the description span ends with the last token wholly before
+``</description>``, and the reasoning span starts with the first token wholly
+after ``<think>`` (a real BPE merges across tag edges: Qwen writes ``<think>\n``
+as ``<th``, ``ink``, ``>\n``). The reasoning span runs through the token that
+holds the closing brace of ``\boxed{...}``. A span with no whole token makes
+the completion invalid.
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ class CompletionSpans:
     """Where the spans of one completion lie, as token index ranges ``[start, end)``.
 
     ``length`` counts the completion's real tokens: everything up to and
-    including the first end-of-sequence token, no padding.
+    including the first end-of-sequence token, no padding. ``think_token`` is
+    the index of the token that holds the ``<`` of ``<think>``: a teacher that
+    reads the reasoning continues with the student's own tokens from there,
+    so that it predicts each reasoning token after exactly the student's text.
     """
 
     length: int
@@ -50,6 +58,7 @@ class CompletionSpans:
     tagless: bool
     description_span: tuple[int, int] | None = None
     reasoning_span: tuple[int, int] | None = None
+    think_token: int | None = None
     answer: str | None = None
 
 
@@ -159,14 +168,17 @@ class SpanParser:
         box_close = _balanced_close(text, box + len(_BOXED_OPEN))
         if box_close < 0:
             return invalid("unclosed \\boxed{")
-        if description_end == 0:
-            return invalid("empty description")
-        # Tokens overlapping [a, b): those ending after a and starting before b.
-        description = (0, int(np.searchsorted(starts, description_end, side="left")))
+        # Whole tokens only: the description's end before the first token reaching into the tag,
+        # the reasoning's start at the first token beginning after it.
+        description = (0, int(np.searchsorted(ends, description_end, side="right")))
+        if description[1] == 0:
+            return invalid("no whole token in the description")
         reasoning = (
-            int(np.searchsorted(ends, reasoning_start, side="right")),
+            int(np.searchsorted(starts, reasoning_start, side="left")),
             int(np.searchsorted(starts, box_close + 1, side="left")),
         )
+        if reasoning[1] <= reasoning[0]:
+            return invalid("no whole token after <think>")
         answer = text[box + len(_BOXED_OPEN) : box_close].decode("utf-8", errors="replace")
         return CompletionSpans(
             length=length,
@@ -175,6 +187,7 @@ class SpanParser:
             tagless=False,
             description_span=description,
             reasoning_span=reasoning,
+            think_token=int(np.searchsorted(ends, think_open, side="right")),
             answer=answer,
         )
 

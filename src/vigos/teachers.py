@@ -25,19 +25,26 @@ from typing import Any, Iterator
 
 import torch
 
-from .prompts import DESCRIPTION_OPEN, THINK_OPEN, PromptSpec
+from .prompts import DESCRIPTION_OPEN, PERCEPTION_PREFILL, PromptSpec
 from .modeling import output_head, unwrap
 
 SPANS = ("description", "reasoning", "completion")
 ROWS = ("valid", "invalid", "all")
+# Where a teacher's view of the student's completion begins: at its first token, after the teacher's
+# own pre-fill, or at the token that opens ``<think>`` (the teacher's prompt then ends at the
+# assistant header, and the student's own tokens carry the tag, so no re-tokenized text pre-fill
+# is ever butted against student tokens).
+READS_FROM = ("completion", "think")
 
 
 @dataclass(frozen=True)
 class TeacherTerm:
     """One loss term: a teacher, its context and the tokens it supervises.
 
-    ``sees_from_start``: the teacher is shown the student's completion from
-    its first token (after its pre-fill) rather than only the supervised span.
+    The teacher reads its prompt (ending with ``prompt.prefill``), then the
+    student's own token ids from ``reads_from`` (see ``READS_FROM``) through
+    the last supervised token, so it predicts each supervised token after
+    exactly the text the student had written there.
     """
 
     name: str
@@ -46,13 +53,18 @@ class TeacherTerm:
     rows: str
     divergence: str
     weight: float
-    sees_from_start: bool
+    reads_from: str = "completion"
 
     def __post_init__(self) -> None:
         if self.span not in SPANS:
             raise ValueError(f"term {self.name!r}: span must be one of {SPANS}, got {self.span!r}")
         if self.rows not in ROWS:
             raise ValueError(f"term {self.name!r}: rows must be one of {ROWS}, got {self.rows!r}")
+        if self.reads_from not in READS_FROM:
+            raise ValueError(f"term {self.name!r}: reads_from must be one of {READS_FROM}, got {self.reads_from!r}")
+        if self.reads_from == "think" and (self.span != "reasoning" or self.rows != "valid" or self.prompt.prefill):
+            raise ValueError(f"term {self.name!r}: reads_from 'think' needs span 'reasoning', rows 'valid' and no "
+                             "pre-fill (the student's own tokens carry <think>)")
 
 
 def vigos_terms(
@@ -60,7 +72,7 @@ def vigos_terms(
     perception_prompt: str,
     reasoning_prompt: str,
     reference_prompt: str,
-    perception_prefill: str = DESCRIPTION_OPEN,
+    perception_prefill: str = PERCEPTION_PREFILL,
     perception_weight: float = 1.0,
     reasoning_weight: float = 1.0,
     reference_weight: float = 2.0,
@@ -71,15 +83,24 @@ def vigos_terms(
 ) -> list[TeacherTerm]:
     """ViGOS: perception teacher on the description, reasoning teacher on the
     reasoning and answer of valid rollouts, reference teacher on every token of
-    invalid ones."""
-    reasoning_prefill = DESCRIPTION_OPEN if reasoning_sees_description else THINK_OPEN
+    invalid ones.
+
+    The perception teacher sees the image with ``perception_prompt`` (default:
+    no text) and ``perception_prefill`` (default: none), then the description.
+    The reasoning teacher reads the student's tokens from the one that opens
+    ``<think>``, or (``reasoning_sees_description``) the whole completion
+    after the student's own ``<description>`` pre-fill."""
+    if reasoning_sees_description:
+        reasoning = PromptSpec(reasoning_prompt, DESCRIPTION_OPEN), "completion"
+    else:
+        reasoning = PromptSpec(reasoning_prompt, ""), "think"
     return [
         TeacherTerm("perception", PromptSpec(perception_prompt, perception_prefill), "description", "valid",
-                    perception_divergence, perception_weight, sees_from_start=True),
-        TeacherTerm("reasoning", PromptSpec(reasoning_prompt, reasoning_prefill), "reasoning", "valid",
-                    reasoning_divergence, reasoning_weight, sees_from_start=reasoning_sees_description),
+                    perception_divergence, perception_weight),
+        TeacherTerm("reasoning", reasoning[0], "reasoning", "valid", reasoning_divergence, reasoning_weight,
+                    reads_from=reasoning[1]),
         TeacherTerm("reference", PromptSpec(reference_prompt, DESCRIPTION_OPEN), "completion", "invalid",
-                    reference_divergence, reference_weight, sees_from_start=True),
+                    reference_divergence, reference_weight),
     ]
 
 
@@ -88,7 +109,7 @@ def opsd_terms(*, privileged_prompt: str, divergence: str = "forward_kl", weight
     reference answer) on every completion token of every rollout."""
     return [
         TeacherTerm("privileged", PromptSpec(privileged_prompt, DESCRIPTION_OPEN), "completion", "all",
-                    divergence, weight, sees_from_start=True),
+                    divergence, weight),
     ]
 
 

@@ -74,7 +74,7 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         self._metric_steps: set[int] = set()
         self._step_batches: list[Sequence[Example]] | None = None
         self._step_rollouts: deque[list[list[int]]] = deque()
-        self._step_totals: torch.Tensor | None = None
+        self._step_totals: deque[torch.Tensor] = deque()
         self.add_callback(_TeacherUpdate(self))
         if hasattr(self.rollout, "sync"):  # an engine with its own copy of the policy (vLLM)
             self.add_callback(_PolicySync(self, every=args.vllm_sync_steps))
@@ -97,24 +97,31 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         """The optimizer step's micro-batches; they are rolled out at the step's first ``compute_loss``
         (after the Trainer has restored the RNG on a resume)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._step_batches, self._step_rollouts, self._step_totals = list(batch_samples), deque(), None
+        self._step_batches, self._step_rollouts, self._step_totals = list(batch_samples), deque(), deque()
         return batch_samples, None
 
     def _roll_out_step(self, model) -> None:
-        totals = torch.zeros(1 + len(self.scorer.terms))
+        counts = []
         for batch in self._step_batches:
             completions = self.rollout(model, batch)
             self._step_rollouts.append(completions)
-            totals += self.scorer.totals(completions)
-        self._step_totals = self._reduce_sum(totals.to(self.args.device))
+            counts.append(self.scorer.totals(completions).to(self.args.device))
+        step = self._reduce_sum(torch.stack(counts).sum(0))
+        if self.args.loss_normalization == "micro_batch":
+            # The release's way: each term a mean over its own micro-batch on this process, and the
+            # step the average over its micro-batches and processes (the rollout count stays the step's).
+            share = len(counts) * self.accelerator.num_processes
+            self._step_totals = deque(torch.cat([step[:1], c[1:] * share]) for c in counts)
+        else:
+            self._step_totals = deque([step] * len(counts))
 
     def compute_loss(self, model, inputs: Sequence[Example], return_outputs: bool = False, num_items_in_batch=None):
         """Rollout → spans → teachers → loss (METHOD.md section 3)."""
         start = time.perf_counter()
         if self._step_batches:  # a micro-batch of the training loop's current step, in order
-            if self._step_totals is None:
+            if not self._step_rollouts:
                 self._roll_out_step(model)
-            completions, totals = self._step_rollouts.popleft(), self._step_totals
+            completions, totals = self._step_rollouts.popleft(), self._step_totals.popleft()
             if not self._step_rollouts:
                 self._step_batches = None
         else:

@@ -57,8 +57,12 @@ def warm_start_items(examples: Sequence[Any], target_of: Callable[[Any], str],
         by_ability = {
             "student": (prompts.render_template(prompts.STUDENT_PROMPT, question=example.question),
                         prompts.DESCRIPTION_OPEN, target),
-            "perception": (prompts.PERCEPTION_PROMPT, prompts.DESCRIPTION_OPEN, description + prompts.DESCRIPTION_CLOSE),
-            "reasoning": (prompts.render_template(prompts.REASONING_PROMPT, **with_answer), prompts.THINK_OPEN, reasoning),
+            # Each teacher is taught in the context it is scored in (teachers.vigos_terms): the perception
+            # teacher sees the image alone, the reasoning teacher writes from <think> on.
+            "perception": (prompts.PERCEPTION_PROMPT, prompts.PERCEPTION_PREFILL,
+                           description + prompts.DESCRIPTION_CLOSE),
+            "reasoning": (prompts.render_template(prompts.REASONING_PROMPT, **with_answer), "",
+                          prompts.THINK_OPEN + reasoning),
             "reference": (prompts.render_template(prompts.REFERENCE_PROMPT, **with_answer), prompts.DESCRIPTION_OPEN, target),
         }
         items += [WarmStartItem(example.image, *by_ability[ability]) for ability in abilities]

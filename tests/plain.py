@@ -1,0 +1,54 @@
+"""The plain, obvious computations that tests compare vigos's optimized paths with.
+
+Nothing here reuses vigos: prompts are rendered with the processor's own chat template and encoded
+with the image by the processor, the model returns full logits, and the KL comes from ``F.kl_div``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def pieces_to_ids(processor, pieces: list[str], eos: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``pieces`` tokenized one by one (so token boundaries fall where pieces meet), each piece's
+    token range, and ``<|im_end|>`` at the end when ``eos``."""
+    tok = processor.tokenizer
+    ids, bounds = [], []
+    for piece in pieces:
+        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+        bounds.append((len(ids), len(ids) + len(piece_ids)))
+        ids += piece_ids
+    return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
+
+
+def plain_logits(model, processor, image: Image.Image, user_text: str, prefill: str,
+                 appended: list[int]) -> torch.Tensor:
+    """Full logits [len(appended), V] predicting each of ``appended`` after the rendered prompt: the image,
+    then ``user_text`` (none when empty), the assistant header and ``prefill``."""
+    content = [{"type": "image"}] + ([{"type": "text", "text": user_text}] if user_text else [])
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False) + prefill
+    enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+    extra = torch.tensor([appended])
+    ids = torch.cat([enc["input_ids"], extra], 1)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],
+                image_grid_thw=enc["image_grid_thw"],
+                mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1))
+    start = enc["input_ids"].shape[1] - 1
+    return out.logits[0, start : start + len(appended)]
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row."""
+    return F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), log_target=True,
+                    reduction="none").sum(-1)
+
+
+def clipped(per_token: torch.Tensor, clip: float | None, boundary: int, boundary_clip: float | None) -> torch.Tensor:
+    """Each token clipped at ``clip``, the ``boundary`` token at the smaller of both clips (None: no clip)."""
+    inf = float("inf")
+    clips = torch.full_like(per_token, inf if clip is None else clip)
+    clips[boundary] = min(clips[boundary].item(), inf if boundary_clip is None else boundary_clip)
+    return torch.minimum(per_token, clips)
