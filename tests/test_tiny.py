@@ -13,8 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from vigos.qwen_vocab import PADDED_VOCAB_SIZE
 from vigos.tiny import (
     ARCHS,
+    DEFAULT_SIZE,
     ENDOFTEXT,
     IM_END,
     SIZES,
@@ -42,12 +44,15 @@ def tokenizer():
     return build_tokenizer()
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
+                ids=lambda param: "-".join(param))
 def loaded(request, tmp_path_factory):
-    """(arch, processor, model) of each arch, built once; the conftest's checkpoints are reused."""
-    arch = request.param
+    """(arch, processor, model) of each arch and vocabulary, built once; the conftest's checkpoints are reused."""
+    arch, vocab = request.param
     shared = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_dir"}
-    if arch in shared:
+    if vocab == "qwen":
+        path = request.getfixturevalue("qwen_vocab_dirs")[arch]
+    elif arch in shared:
         path = request.getfixturevalue(shared[arch])
     else:
         path = make_tiny(arch, tmp_path_factory.mktemp(arch) / "model")
@@ -69,7 +74,14 @@ def test_loads_back_as_the_real_family_classes(loaded):
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessor"
     assert type(processor.video_processor).__name__ == video_class
     tok, config = processor.tokenizer, model.config
-    assert config.text_config.vocab_size == len(tok) == model.get_output_embeddings().weight.shape[0]
+    rows = model.get_output_embeddings().weight.shape[0]
+    if len(tok) > 100_000:
+        # The real vocabulary: padded embedding rows as in the real checkpoints, tied, the real ids.
+        assert config.text_config.vocab_size == rows == PADDED_VOCAB_SIZE
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        assert (config.image_token_id, tok.eos_token_id, tok.pad_token_id) == (151655, 151645, 151643)
+    else:
+        assert config.text_config.vocab_size == len(tok) == rows
     for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
                         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
         assert getattr(config, name) == tok.convert_tokens_to_ids(token), name
@@ -94,7 +106,7 @@ def test_one_image_chat_forward(loaded):
     assert enc["image_grid_thw"].prod(-1).item() == 64
     with torch.no_grad():
         logits = model(**enc).logits
-    assert logits.shape == (1, enc["input_ids"].shape[1], len(processor.tokenizer))
+    assert logits.shape == (1, enc["input_ids"].shape[1], model.config.text_config.vocab_size)
     assert torch.isfinite(logits).all()
 
 
@@ -253,6 +265,40 @@ def test_bad_arch_and_size_name_the_choices(tmp_path, tokenizer):
     with pytest.raises(ValueError, match=f"unknown size 'huge'; choose one of {', '.join(SIZES)}"):
         make_tiny("qwen2_vl", tmp_path, size="huge")
     assert not any(tmp_path.iterdir())
+
+
+def test_vocab_choice_is_in_the_recipe_and_rebuilds(tmp_path):
+    out = make_tiny("qwen2_vl", tmp_path / "m")
+    recipe = json.loads((out / "vigos_tiny.json").read_text())["recipe"]
+    assert (recipe["vocab"], recipe["size"]) == ("trained", "tiny")
+    make_tiny("qwen2_vl", out, vocab="qwen")
+    recipe = json.loads((out / "vigos_tiny.json").read_text())["recipe"]
+    assert (recipe["vocab"], recipe["size"]) == ("qwen", DEFAULT_SIZE["qwen"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["vocab_size"] == PADDED_VOCAB_SIZE
+    assert "lm_head.weight" not in load_file(out / "model.safetensors"), "tied: one embedding matrix stored"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")], "staging directory left behind"
+
+
+def test_qwen_vocab_takes_no_trained_vocabulary_options(tmp_path):
+    with pytest.raises(ValueError, match="unknown vocab 'gpt2'; choose one of trained, qwen"):
+        make_tiny("qwen2_vl", tmp_path, vocab="gpt2")
+    for options in ({"extra_corpus": ["more text"]}, {"vocab_size": 4096}):
+        with pytest.raises(ValueError, match="vocab='qwen' takes neither"):
+            make_tiny("qwen2_vl", tmp_path, vocab="qwen", **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_qwen_vocab_checkpoints_stay_small(qwen_vocab_model_dir):
+    sizes = {p.name: p.stat().st_size for p in qwen_vocab_model_dir.iterdir()}
+    # 151,936 x 32 float32 embedding rows, stored once: about 19.5 MB of the weights.
+    assert 19_000_000 < sizes["model.safetensors"] < 21_000_000, sizes
+
+
+def test_config_vocab_size_pads_but_never_cuts(tokenizer):
+    assert build_config("qwen2_vl", tokenizer, vocab_size=4096).text_config.vocab_size == 4096
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        build_config("qwen2_vl", tokenizer, vocab_size=len(tokenizer) - 1)
 
 
 @pytest.mark.parametrize(("head_dim", "section"), [(16, [2, 3, 3]), (64, [8, 12, 12]), (128, [16, 24, 24])])

@@ -136,10 +136,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from .tiny import make_tiny
+    from .qwen_vocab import QwenVocabUnavailable
+    from .tiny import DEFAULT_SIZE, make_tiny
 
-    out = make_tiny(args.arch, args.out, size=args.size, seed=args.seed)
-    print(f"wrote a tiny {args.arch} ({args.size}) to {out}")
+    size = args.size or DEFAULT_SIZE[args.vocab]
+    try:
+        out = make_tiny(args.arch, args.out, size=size, seed=args.seed, vocab=args.vocab)
+    except QwenVocabUnavailable as error:
+        # One line that says what to install, not a traceback.
+        raise ConfigError(str(error)) from error
+    print(f"wrote a tiny {args.arch} ({size}, {args.vocab} vocabulary) to {out}")
     return 0
 
 
@@ -157,8 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny", help="write a tiny random VLM of a real architecture, offline")
     tiny.add_argument("--arch", default="qwen2_5_vl", help="qwen2_5_vl, qwen2_vl or qwen3_vl")
     tiny.add_argument("--out", required=True, help="output directory")
-    tiny.add_argument("--size", default="tiny", help="size preset: tiny or small")
+    tiny.add_argument("--size", help="size preset: tiny, mini, small or micro (default: tiny; micro with --vocab qwen)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--vocab", choices=("trained", "qwen"), default="trained", help=(
+        "trained: a small BPE trained on a built-in corpus; qwen: Qwen's real 151,643-token vocabulary "
+        "(needs pip install quicktok-v1)"))
     tiny.set_defaults(handler=_make_tiny)
 
     from .demo import add_demo_arguments, demo_command

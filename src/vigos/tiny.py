@@ -7,7 +7,10 @@ template, and the family's real processor classes. The checkpoint loads back
 with ``AutoProcessor.from_pretrained`` and
 ``AutoModelForImageTextToText.from_pretrained`` without any network. Only the
 sizes (and the vocabulary) differ from a 7B checkpoint; every code path is the
-same, so what works on a tiny model works on the real one.
+same, so what works on a tiny model works on the real one. With
+``vocab="qwen"`` the tokenizer is Qwen's real 151,643-rank vocabulary
+instead, with each family's added tokens at their real ids and its real chat
+template (see :mod:`vigos.qwen_vocab`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+
+from .prompts import FORMAT_INSTRUCTION, REASONING_PROMPT, REFERENCE_PROMPT, render_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
@@ -38,7 +43,13 @@ SIZES: dict[str, dict[str, int]] = {
     # About 5M parameters: the benchmark model (text hidden 256, 4 layers; vision depth 2).
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024,
                   vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128),
+    # The real vocabulary's preset: its 151,936 embedding rows dominate (4.9M parameters at hidden 32, tied).
+    "micro": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64,
+                  vision_hidden=32, vision_depth=2, vision_heads=2, vision_intermediate=64),
 }
+VOCABS: tuple[str, ...] = ("trained", "qwen")
+# make_tiny's size when none is given, per vocabulary.
+DEFAULT_SIZE: dict[str, str] = {"trained": "tiny", "qwen": "micro"}
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -65,7 +76,7 @@ CHAT_TEMPLATE = (
 )
 
 # Bump when the built checkpoint changes for the same arguments, so cached directories are rebuilt.
-_BUILDER_VERSION = 3
+_BUILDER_VERSION = 4
 _STAMP = "vigos_tiny.json"
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
@@ -83,11 +94,12 @@ _PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                  "eleven", "twelve")
 
+# The prompts a model sees (the method's, with the reference answer as {a}, and two benchmark styles), so
+# that their words are few tokens each, as in a real vocabulary.
 _INSTRUCTIONS = (
-    "First describe what the image shows inside <description> </description>. "
-    "Then think step by step inside <think> </think>. Finally put the final answer inside \\boxed{}.",
-    "Describe what the image shows.",
-    "The correct answer is {a}. Explain step by step how to reach it.",
+    FORMAT_INSTRUCTION,
+    render_template(REASONING_PROMPT, question="", answer="{a}").strip(),
+    render_template(REFERENCE_PROMPT, question="", answer="{a}").strip(),
     "Answer with the option's letter from the given choices directly.",
     "Answer the question using a single word or phrase.",
 )
@@ -204,6 +216,9 @@ def build_processor(arch: str, tokenizer: PreTrainedTokenizerFast) -> ProcessorM
     _check(arch, "arch", ARCHS)
     from transformers import Qwen2VLImageProcessor
 
+    # The tokenizer's own template: the trained vocabulary's short one or the real family's.
+    template = tokenizer.chat_template
+
     low, high = _PIXELS[arch]
     patch = _PATCH[arch]
     # Qwen3-VL normalizes to [-1, 1]; the Qwen2 families keep the CLIP statistics (the class default).
@@ -216,12 +231,12 @@ def build_processor(arch: str, tokenizer: PreTrainedTokenizerFast) -> ProcessorM
         from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
         return Qwen3VLProcessor(image_processor=image_processor, video_processor=Qwen3VLVideoProcessor(**video),
-                                tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+                                tokenizer=tokenizer, chat_template=template)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     processor_class = Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor
     return processor_class(image_processor=image_processor, video_processor=Qwen2VLVideoProcessor(**video),
-                           tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+                           tokenizer=tokenizer, chat_template=template)
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -234,8 +249,13 @@ def mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * spatial, spatial, spatial]
 
 
-def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> PreTrainedConfig:
-    """The real model config of ``arch`` at preset ``size``, with the tokenizer's vocabulary and token ids."""
+def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny", *, vocab_size: int | None = None,
+                 tie_word_embeddings: bool = False) -> PreTrainedConfig:
+    """The real model config of ``arch`` at preset ``size``, with the tokenizer's vocabulary and token ids.
+
+    ``vocab_size`` (embedding rows) defaults to ``len(tokenizer)``; the real
+    checkpoints pad it past the tokenizer's last id.
+    """
     _check(arch, "arch", ARCHS)
     _check(size, "size", tuple(SIZES))
     s = SIZES[size]
@@ -244,11 +264,13 @@ def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tin
         ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END))}
     head_dim = s["hidden"] // s["heads"]
     rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section(head_dim)}
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+        vocab_size=vocab_size or len(tokenizer), hidden_size=s["hidden"], num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], intermediate_size=s["intermediate"],
         max_position_embeddings=32768, rope_parameters=rope,
-        # Qwen's bos is <|endoftext|>; the defaults (151643/151645) would lie outside this vocabulary.
+        # Qwen's bos is <|endoftext|>; the defaults (151643/151645) would lie outside a trained vocabulary.
         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     vision = dict(depth=s["vision_depth"], num_heads=s["vision_heads"], out_hidden_size=s["hidden"],
@@ -261,31 +283,34 @@ def build_config(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tin
         # 64 learned positions = an 8x8 patch grid, interpolated for other sizes; deepstack from an inner layer.
         vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"],
                       num_position_embeddings=64, deepstack_visual_indexes=[0])
-        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings, **ids)
     if arch == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
         # Qwen2-VL names the vision width embed_dim and the merger's output width hidden_size.
         vision.update(embed_dim=s["vision_hidden"], hidden_size=s["hidden"],
                       mlp_ratio=s["vision_intermediate"] // s["vision_hidden"])
-        return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings, **ids)
     from transformers import Qwen2_5_VLConfig
 
     # A 56-pixel window is 2x2 merged tokens, so a 112x112 image spans 4 windows and the
     # windowed-attention block (0) differs from the full-attention one (1).
     vision.update(hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"], window_size=56,
                   fullatt_block_indexes=[s["vision_depth"] - 1])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_word_embeddings, **ids)
 
 
-def build_model(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0) -> PreTrainedModel:
+def build_model(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0, *,
+                vocab_size: int | None = None, tie_word_embeddings: bool = False) -> PreTrainedModel:
     """A randomly initialized model of ``arch`` at preset ``size``; the same seed gives the same weights.
 
-    Its generation config stops at ``<|im_end|>`` or ``<|endoftext|>`` and pads with ``<|endoftext|>``.
+    Its generation config stops at ``<|im_end|>`` or ``<|endoftext|>`` and
+    pads with ``<|endoftext|>``; ``vocab_size`` and ``tie_word_embeddings``
+    go to :func:`build_config`.
     """
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    config = build_config(arch, tokenizer, size)
+    config = build_config(arch, tokenizer, size, vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = GenerationConfig(
@@ -296,9 +321,15 @@ def build_model(arch: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny
     return model
 
 
-def make_tiny(arch: str, out_dir: str | Path, *, size: str = "tiny", seed: int = 0,
+def make_tiny(arch: str, out_dir: str | Path, *, size: str | None = None, seed: int = 0, vocab: str = "trained",
               extra_corpus: Iterable[str] = (), vocab_size: int = 2048) -> Path:
     """Write a tiny random checkpoint of ``arch`` (model, processor, tokenizer, chat template) to ``out_dir``.
+
+    ``vocab="trained"`` trains a small BPE (at most ``vocab_size`` tokens) on
+    the built-in corpus plus ``extra_corpus``; ``vocab="qwen"`` uses Qwen's
+    real vocabulary (needs the ``quicktok-v1`` package) with the family's
+    added tokens, chat template and 151,936 tied embedding rows, as the
+    small real checkpoints have. ``size`` defaults to ``DEFAULT_SIZE[vocab]``.
 
     Returns ``out_dir``. A directory that already holds a complete checkpoint
     built with the same arguments is returned untouched. The files are
@@ -307,12 +338,21 @@ def make_tiny(arch: str, out_dir: str | Path, *, size: str = "tiny", seed: int =
     A directory holding files that ``make_tiny`` did not write is refused.
     """
     _check(arch, "arch", ARCHS)
+    _check(vocab, "vocab", VOCABS)
+    size = size or DEFAULT_SIZE[vocab]
     _check(size, "size", tuple(SIZES))
     out = Path(out_dir)
     extra = list(extra_corpus)
-    corpus_hash = hashlib.sha256(json.dumps(extra).encode()).hexdigest()
-    recipe = {"builder": _BUILDER_VERSION, "arch": arch, "size": size, "seed": seed, "vocab_size": vocab_size,
-              "extra_corpus_sha256": corpus_hash}
+    recipe: dict[str, Any] = {"builder": _BUILDER_VERSION, "arch": arch, "size": size, "seed": seed, "vocab": vocab}
+    if vocab == "qwen":
+        if extra or vocab_size != 2048:
+            raise ValueError("extra_corpus and vocab_size shape the trained vocabulary; vocab='qwen' takes neither")
+        from .qwen_vocab import fingerprint
+
+        recipe["qwen_vocab"] = fingerprint()
+    else:
+        corpus_hash = hashlib.sha256(json.dumps(extra).encode()).hexdigest()
+        recipe.update(vocab_size=vocab_size, extra_corpus_sha256=corpus_hash)
     if _built_with(out) == recipe:
         return out
     if out.exists() and not out.is_dir():
@@ -320,9 +360,17 @@ def make_tiny(arch: str, out_dir: str | Path, *, size: str = "tiny", seed: int =
     if out.is_dir() and any(out.iterdir()) and not (out / _STAMP).exists():
         raise ValueError(f"out_dir {out} holds files that make_tiny did not write; give a new or empty directory")
 
-    tokenizer = build_tokenizer(extra, vocab_size=vocab_size)
+    model_options: dict[str, Any] = {}
+    if vocab == "qwen":
+        from .qwen_vocab import PADDED_VOCAB_SIZE, build_qwen_tokenizer
+
+        tokenizer = build_qwen_tokenizer(arch)
+        # Tied, as in the 2-4B real checkpoints: one 151,936-row matrix instead of two keeps the model small.
+        model_options.update(vocab_size=PADDED_VOCAB_SIZE, tie_word_embeddings=True)
+    else:
+        tokenizer = build_tokenizer(extra, vocab_size=vocab_size)
     processor = build_processor(arch, tokenizer)
-    model = build_model(arch, tokenizer, size, seed)
+    model = build_model(arch, tokenizer, size, seed, **model_options)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
