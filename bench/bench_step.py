@@ -44,23 +44,20 @@ QUESTIONS = [("What colour is the square?", "red", (200, 30, 30)), ("What colour
 
 def _setup(model_dir: str, length: int):
     import torch
-    from peft import LoraConfig, get_peft_model
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vigos.config import ViGOSConfig
     from vigos.data import Example
-    from vigos.recipe import language_lora_targets
+    from vigos.recipe import apply_lora
     from vigos.rollout import HFGenerateRollout, SamplingParams
     from vigos.teachers import make_teacher_policy
 
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                      target_modules=language_lora_targets(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                            "up_proj", "down_proj"]))
-    model = get_peft_model(model, lora)
+    # The default adapter: the release's module names, the vision blocks' MLP included.
+    model = apply_lora(model, ViGOSConfig(output_dir=tempfile.mkdtemp(), report_to="none", lora_r=16, lora_alpha=32))
     model.train()
     teacher = make_teacher_policy("fixed", model)
     params = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=length, min_new_tokens=length)
@@ -109,7 +106,6 @@ def _step(model, rollout, scorer, examples, optimizer, clock) -> dict[str, float
     loss_backward = clock["reached"] - backward_start
     times = {
         "rollout": rolled - start,
-        # The one shared vision encode (ours) serves the teacher passes first.
         "teachers": scored.metrics["time_teachers"],  # the shared vision encode runs inside it
         "student": scored.metrics["time_student"] + (backward_end - clock["reached"]),
         "loss": scored.metrics["time_loss"] + loss_backward,

@@ -81,13 +81,14 @@ def _step_table(result: dict[str, Any]) -> list[str]:
     lines = [
         "## Training step on the tiny model",
         "",
-        f"{s['model']}, LoRA r {s['lora_r']}, {s['prompts_per_step']} prompts per step, {s['sampling']}, "
+        f"{s['model']}, LoRA r {s['lora_r']} on the release's module names (the vision blocks' MLP included), {s['prompts_per_step']} prompts per step, {s['sampling']}, "
         f"completions forced to L tokens; fp32, {s['torch_threads']} torch thread. naive = full-logits loss "
         "(`naive_loss`) and HF `generate` on the unmerged LoRA model, as the release; ours = chunked loss from hidden "
         f"states and the lean sampler (prompt prefilled once, own decode loop, LoRA folded in). Medians over {s['steps']} steps per path, the "
         "paths alternating step by step in one process after a warm-up step each; peak RSS from one step per path "
-        "in its own process. Stage times in seconds; 'teachers' includes ours' one shared vision encode, 'loss' "
-        "includes its share of backward, 'student' is the student's forward + backward.",
+        "in its own process. Stage times in seconds; 'teachers' includes ours' one adapter-off vision encode shared "
+        "by all teacher passes, 'loss' includes its share of backward, 'student' is the student's forward (its own "
+        "vision encode, adapter on) + backward.",
         "",
         "| L | path | step (s) | rollout | teachers | student | loss | other | other share | CPU s/step | peak RSS (MiB) |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

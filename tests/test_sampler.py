@@ -28,9 +28,15 @@ from vigos.tiny import make_tiny
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
+                ids=lambda p: "-".join(p))
 def arch_model(request, tmp_path_factory):
-    path = make_tiny(request.param, tmp_path_factory.mktemp("sampler") / request.param)
+    """Each family on our trained vocabulary and on Qwen's real one (151,936 embedding rows)."""
+    arch, vocab = request.param
+    if vocab == "qwen":
+        path = request.getfixturevalue("qwen_vocab_dirs")[arch]
+    else:
+        path = make_tiny(arch, tmp_path_factory.mktemp("sampler") / arch)
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     return model, processor

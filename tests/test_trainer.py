@@ -35,10 +35,14 @@ def probe_logits(model, processor, example):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture_name", ["tiny_model_dir", "tiny_qwen3_dir"])
+@pytest.mark.parametrize("fixture_name", ["tiny_model_dir", "tiny_qwen3_dir", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("method", ["vigos", "opsd"])
 def test_lora_training_end_to_end(request, tmp_path, fixture_name, method):
-    model_dir = request.getfixturevalue(fixture_name)
+    """On our trained vocabulary (two families) and on Qwen's real one (all three, by arch name)."""
+    if fixture_name in ("tiny_model_dir", "tiny_qwen3_dir"):
+        model_dir = request.getfixturevalue(fixture_name)
+    else:
+        model_dir = request.getfixturevalue("qwen_vocab_dirs")[fixture_name]
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
@@ -66,7 +70,7 @@ def test_lora_training_end_to_end(request, tmp_path, fixture_name, method):
     changed_base = [n for n, p in model.named_parameters() if "lora_" not in n and not torch.equal(p, before[n])]
     assert changed_lora, "no LoRA weight changed"
     # The release's module names reach Qwen2.5-VL's vision MLP (not Qwen3-VL's), and its adapter trains too.
-    assert any(".visual." in n for n in changed_lora) == (fixture_name == "tiny_model_dir")
+    assert any(".visual." in n for n in changed_lora) == (fixture_name in ("tiny_model_dir", "qwen2_5_vl"))
     assert not changed_base, f"base weights changed: {changed_base[:3]}"
     assert torch.equal(probe_logits(model, processor, examples[0]), teacher_before), "the fixed teacher moved"
     assert (tmp_path / "out" / "metrics.jsonl").exists() and (tmp_path / "out" / "completions.jsonl").exists()

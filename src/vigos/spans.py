@@ -144,9 +144,13 @@ class SpanParser:
         ids = list(token_ids[:length])
         if ids and ids[-1] in self.eos_token_ids:
             ids = ids[:-1]
-        text = b"".join(self.token_bytes[i] for i in ids)
-        ends = np.cumsum(self._lengths[ids]) if ids else np.zeros(0, dtype=np.int64)
-        starts = ends - self._lengths[ids] if ids else ends
+        # Ids past the tokenizer (the padded rows of a checkpoint's embedding: Qwen pads 151,665 tokens
+        # to 151,936, and a sampler can draw them) stand for no text.
+        known = len(self.token_bytes)
+        text = b"".join(self.token_bytes[i] for i in ids if i < known)
+        lengths = np.array([self._lengths[i] if i < known else 0 for i in ids], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
         tagless = not any(tag in text for tag in _TAGS) and _BOXED_OPEN not in text
 
         def invalid(reason: str) -> CompletionSpans:
