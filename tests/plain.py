@@ -23,14 +23,15 @@ def pieces_to_ids(processor, pieces: list[str], eos: bool = True) -> tuple[list[
     return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
 
 
-def plain_logits(model, processor, image: Image.Image, user_text: str, prefill: str,
+def plain_logits(model, processor, image: Image.Image | list[Image.Image], user_text: str, prefill: str,
                  appended: list[int]) -> torch.Tensor:
-    """Full logits [len(appended), V] predicting each of ``appended`` after the rendered prompt: the image,
-    then ``user_text`` (none when empty), the assistant header and ``prefill``."""
-    content = [{"type": "image"}] + ([{"type": "text", "text": user_text}] if user_text else [])
+    """Full logits [len(appended), V] predicting each of ``appended`` after the rendered prompt: the image
+    (or each of a list of images), then ``user_text`` (none when empty), the assistant header and ``prefill``."""
+    images = image if isinstance(image, list) else [image]
+    content = [{"type": "image"} for _ in images] + ([{"type": "text", "text": user_text}] if user_text else [])
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                          tokenize=False) + prefill
-    enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+    enc = processor(text=[text], images=images, return_tensors="pt", return_mm_token_type_ids=True)
     extra = torch.tensor([appended])
     ids = torch.cat([enc["input_ids"], extra], 1)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],

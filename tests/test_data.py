@@ -61,7 +61,7 @@ def image_rows(n=3, field="image"):
 IMAGE_FEATURES = datasets.Features(
     {"question": datasets.Value("string"), "answer": datasets.Value("string"), "image": datasets.Image()})
 GOOD = {"question": "What colour?", "answer": "red", "image": png_bytes(), "source": "unit", "difficulty": 2}
-WORDS = dict(max_prompt_length=20, prompt_length=lambda question, image: len(question.split()))
+WORDS = dict(max_prompt_length=20, prompt_length=lambda question, images: len(question.split()))
 
 
 # --- source kinds -------------------------------------------------------------------------------------------
@@ -129,8 +129,13 @@ def test_vision_sr1_fields_with_an_image_list(tmp_path):
     examples, report = load_examples(str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images",
                                      answer_field="answer")
     assert [e.answer for e in examples] == ["3", "B"] and examples[0].meta == {}
-    assert examples[1].image.getpixel((0, 0)) == (9, 9, 9)  # the first image of the list
-    assert report.several_images == 1 and "1 with several images (the first is used)" in report.summary()
+    assert examples[0].image.getpixel((0, 0)) == (1, 2, 3)  # a list of one image gives the image
+    assert [image.getpixel((0, 0)) for image in examples[1].image] == [(9, 9, 9), (1, 2, 3)]  # every image, in order
+    assert report.several_images == 1 and "1 with several images (all are used)" in report.summary()
+    examples, report = load_examples(str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images",
+                                     answer_field="answer", images_per_row="first")
+    assert examples[1].image.getpixel((0, 0)) == (9, 9, 9) and examples[1].images == [examples[1].image]
+    assert "1 with several images (the first is used: images_per_row=first)" in report.summary()
     with pytest.raises(DataError, match=r"no column 'question' \(set question_field\); its columns are: "
                                         r"problem, images, answer"):
         prepare_examples(rows)
@@ -187,7 +192,7 @@ def test_bad_images_inside_an_image_column_are_rows_not_crashes(tmp_path):
 
 
 def test_a_failing_prompt_length_is_a_bad_row(tmp_path):
-    def prompt_length(question, image):
+    def prompt_length(question, images):
         if "odd" in question:
             raise ValueError("absolute aspect ratio must be smaller than 200")
         return 5

@@ -49,6 +49,10 @@ def _examples() -> list[Example]:
                 image=Image.new("RGB", (112, 112), (200, 30, 30)), row=0, meta={}),
         Example(question="Leaves are green. What colour is the leaf shown in this picture?", answer="blue",
                 image=Image.new("RGB", (56, 84), (20, 40, 220)), row=1, meta={}),
+        # A row with two images: both go into its prompt, in order.
+        Example(question="Which of the two pictures is green?", answer="the second",
+                image=[Image.new("RGB", (112, 56), (200, 30, 30)), Image.new("RGB", (56, 56), (30, 200, 30))],
+                row=2, meta={}),
     ]
 
 
@@ -68,7 +72,7 @@ def test_lean_sampler_draws_the_tokens_generate_draws(arch_model, params):
         lean = _sample(model, processor, params, "lean", seed)
         reference = _sample(model, processor, params, "generate", seed)
         assert lean == reference
-        assert len(lean) == 2 * params.num_samples
+        assert len(lean) == len(_examples()) * params.num_samples
 
 
 def test_lean_sampler_stops_each_row_at_its_end_of_sequence(arch_model):
@@ -136,7 +140,7 @@ def test_each_prompt_is_prefilled_once_for_all_its_samples(tiny_model_dir):
         lambda _m, args, kwargs, _o: encoded_images.append(len(kwargs["grid_thw"])), with_kwargs=True
     )
     HFGenerateRollout(processor, SamplingParams(max_new_tokens=5, num_samples=4))(model, _examples())
-    assert encoded_images == [2]  # two prompts, eight samples, one vision pass over two images
+    assert encoded_images == [4]  # three prompts (four images), twelve samples, one vision pass over the four
 
 
 def test_models_the_lean_loop_does_not_cover_fall_back_to_generate(tiny_model_dir):

@@ -192,3 +192,20 @@ def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pa
         assert terms == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
         for grad, reference in zip(grads, results[0][1]):
             torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(setup):
+    """A row with two images: the student and each teacher that sees the image (all three) are shown both,
+    in order; the terms equal the plain computation with both images in the prompt."""
+    model, processor, example = setup
+    two = Example(question="Which square is red?", answer="red",
+                  image=[example.image, Image.new("RGB", (84, 112), (20, 40, 220))], row=0, meta={})
+    cfg = config()
+    completions = hand_made(processor)
+    out = score_completions(model, processor, [two] * len(completions), [ids for ids, _ in completions],
+                            teacher=make_teacher_policy("fixed", model), config=cfg)
+    expected, _ = expected_vigos(model, processor, two, cfg, completions)
+    for name, value in expected.items():
+        assert out.terms[name].item() == pytest.approx(value, rel=1e-4, abs=1e-7), name
+    first_only, _ = expected_vigos(model, processor, example, cfg, completions)
+    assert out.terms["perception"].item() != pytest.approx(first_only["perception"], rel=1e-3)

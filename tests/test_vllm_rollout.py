@@ -47,6 +47,9 @@ def examples() -> list[Example]:
     return [
         Example("What colour is the square?", "red", Image.new("RGB", (112, 84), (220, 30, 30)), row=0),
         Example("What colour is the disc?", "blue", Image.new("RGB", (84, 112), (30, 30, 220)), row=1),
+        # Two images in one row: sent as two image parts, in order.
+        Example("Which picture is green?", "second", [Image.new("RGB", (56, 56), (220, 30, 30)),
+                                                       Image.new("RGB", (84, 56), (30, 200, 30))], row=2),
     ]
 
 
@@ -312,7 +315,8 @@ def test_trainer_syncs_the_adapter(tiny_model_dir, tmp_path, caplog, every, requ
     caplog.set_level(logging.INFO, logger="vigos")
     with running(policy) as url:
         args.vllm_server_url = url
-        trainer = ViGOSTrainer(model, args, ExampleDataset(examples()), processor)
+        # Two rows: one full batch per step, so each step sends one request per row.
+        trainer = ViGOSTrainer(model, args, ExampleDataset(examples()[:2]), processor)
         assert isinstance(trainer.rollout, VLLMServerRollout)
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

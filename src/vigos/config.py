@@ -21,6 +21,8 @@ METHODS = ("vigos", "opsd")
 LOSS_NORMALIZATIONS = ("step", "micro_batch")
 ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
 BAD_ROWS = ("skip", "error")
+# What an inference engine reserves per prompt when max_images_per_row is None (no cap on the rows).
+_UNCAPPED_IMAGES = 16
 
 
 def _help(text: str) -> dict[str, str]:
@@ -37,11 +39,14 @@ class ViGOSConfig(TrainingArguments):
     dataset: str | None = field(default=None, metadata=_help("Dataset: hub id, saved dataset dir, parquet, or JSONL (image paths relative to it)."))
     dataset_split: str = field(default="train", metadata=_help("Split of the dataset to train on."))
     question_field: str = field(default="problem", metadata=_help("Column holding the question."))
-    image_field: str = field(default="images", metadata=_help("Column holding the image (an image, a path, or a list: the first is used)."))
+    image_field: str = field(default="images", metadata=_help("Column holding the image(s): an image, a path, or a list of them (see images_per_row)."))
     answer_field: str = field(default="answer", metadata=_help("Column holding the reference answer."))
     bad_rows: str = field(default="skip", metadata=_help("'skip' bad rows (counted in the log) or 'error' (stop, naming the row)."))
     min_image_side: int = field(default=28, metadata=_help("Images smaller than this on either side are bad rows."))
     max_train_rows: int | None = field(default=None, metadata=_help("Use at most this many rows (after validation)."))
+    images_per_row: str = field(default="all", metadata=_help("'all': a row whose image field holds a list shows the student and every teacher that sees the image all of them, in order; 'first': its first only."))
+    max_images_per_row: int | None = field(default=8, metadata=_help("Rows with more images than this are bad rows (images_per_row 'all'; None: no cap)."))
+    data_num_proc: int | None = field(default=None, metadata=_help("Processes that check the rows before training (None: the usable cores, at most 8); the result is cached under $VIGOS_CACHE/validation."))
 
     # Rollouts.
     max_prompt_length: int = field(default=32768, metadata=_help("Rows whose student prompt (image tokens included) is longer are bad rows."))
@@ -154,6 +159,11 @@ class ViGOSConfig(TrainingArguments):
         _range("lora_r", self.lora_r, low=1)
         _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
         _range("min_image_side", self.min_image_side, low=1)
+        _choice("images_per_row", self.images_per_row, ("all", "first"))
+        if self.max_images_per_row is not None:
+            _range("max_images_per_row", self.max_images_per_row, low=1)
+        if self.data_num_proc is not None:
+            _range("data_num_proc", self.data_num_proc, low=1)
         _range("log_completions_steps", self.log_completions_steps, low=0)
         _range("diagnostics_steps", self.diagnostics_steps, low=0)
         _range("diagnostics_sample_size", self.diagnostics_sample_size, low=1)
@@ -166,6 +176,13 @@ class ViGOSConfig(TrainingArguments):
             raise ValueError("student_prompt must not contain {answer}: the student never sees the reference answer")
         if prompts.template_fields(self.perception_prompt):
             raise ValueError("perception_prompt must not contain {question} or {answer}: the perception teacher sees the image only")
+
+    @property
+    def max_images_per_prompt(self) -> int:
+        """The most images one prompt shows (what an inference engine reserves room for)."""
+        if self.images_per_row == "first":
+            return 1
+        return self.max_images_per_row or _UNCAPPED_IMAGES
 
     def teacher_terms(self) -> list:
         """The method as data: one :class:`vigos.teachers.TeacherTerm` per loss term."""
@@ -206,7 +223,8 @@ class ViGOSConfig(TrainingArguments):
                 raise ValueError("rollout_engine 'vllm_colocate' needs the base checkpoint's path for vLLM to load")
             return VLLMColocateRollout(processor, params, student, model_path=model_path, sync_dir=sync_dir,
                                        gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-                                       lora_rank=self.lora_r if self.use_lora else None, seed=self.seed)
+                                       lora_rank=self.lora_r if self.use_lora else None, seed=self.seed,
+                                       max_images_per_prompt=self.max_images_per_prompt)
         return HFGenerateRollout(processor, params, student, sampler=self.rollout_sampler)
 
     def build_scorer(self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None,

@@ -1,28 +1,27 @@
-"""Load (image, question, reference answer) rows and turn them into validated examples.
+"""Load (image(s), question, reference answer) rows and turn them into examples, read when needed.
 
 Sources: a hub id, a directory written by ``save_to_disk``, a parquet file or a
 directory of parquet files, or a JSONL/JSON file whose image field holds paths
-relative to it. A field mapping names the question, image and answer columns.
-Each bad row (no image, unreadable or tiny image, empty question or answer,
-prompt too long) is skipped and counted, or stops the run with a message naming
-the row, per ``bad_rows``. Nothing here knows about models or losses: the
-prompt length comes in as a callable.
+relative to it. A field mapping names the question, image(s) and answer
+columns. One pass over the rows (:mod:`vigos.validation`) finds the bad ones
+(no image, unreadable, tiny or too many images, empty question or answer,
+prompt too long), to skip or to stop at per ``bad_rows``, and keeps only the
+index of the good ones; :class:`LazyExamples` reads and decodes a row when a
+batch asks for it. Nothing here knows about models or losses: the prompt
+length comes in as a callable.
 """
-
 from __future__ import annotations
 
-import difflib
 import io
 import json
 import logging
-import math
 import os
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -32,10 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vigos.data")
 
 BAD_ROW_MODES = ("skip", "error")
+IMAGES_PER_ROW = ("all", "first")
 SKIP_REASONS = (
     "missing image",
     "unreadable image",
     "tiny image",
+    "too many images",
     "empty question",
     "question not text",
     "empty answer",
@@ -45,24 +46,28 @@ SKIP_REASONS = (
 )
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 _DATA_FILE_KINDS = (("parquet", (".parquet",)), ("json", (".jsonl", ".json")))
-_SHOWN_SKIPS = 5
-_PROGRESS_EVERY = 5000
-_BATCH_ROWS = 256
 
 
 @dataclass
 class Example:
-    """One (image, question, reference answer) example.
+    """One (image(s), question, reference answer) example.
 
-    ``image`` is RGB; ``row`` is the row's index in the source dataset (for
-    messages); ``meta`` holds the row's other fields that are JSON-able.
+    ``image`` is one RGB image or a list of a row's RGB images, in order
+    (``images`` is always the list); ``row`` is the row's index in the source
+    dataset (for messages); ``meta`` holds the row's other fields that are
+    JSON-able.
     """
 
     question: str
     answer: str
-    image: Image.Image
+    image: Image.Image | list[Image.Image]
     row: int = 0
     meta: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The example's images, in order (one or more)."""
+        return list(self.image) if isinstance(self.image, (list, tuple)) else [self.image]
 
 
 class DataError(ValueError):
@@ -98,7 +103,8 @@ class DataReport:
     ``total`` counts the rows checked (fewer than the source when ``limit``
     stopped reading early); ``skipped`` maps a reason from ``SKIP_REASONS`` to
     its count; ``several_images`` counts kept rows whose image field held more
-    than one image (the first is used).
+    than one image (all of them are used, or the first with
+    ``images_per_row="first"``).
     """
 
     total: int = 0
@@ -107,6 +113,7 @@ class DataReport:
     examples_of_skips: list[str] = field(default_factory=list)
     several_images: int = 0
     stopped_at_limit: int | None = None
+    images_per_row: str = "all"
 
     def summary(self) -> str:
         """One line for the log."""
@@ -115,7 +122,8 @@ class DataReport:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
             line += f"; skipped {sum(self.skipped.values())} ({reasons})"
         if self.several_images:
-            line += f"; {self.several_images} with several images (the first is used)"
+            used = "all are used" if self.images_per_row == "all" else "the first is used: images_per_row=first"
+            line += f"; {self.several_images} with several images ({used})"
         if self.stopped_at_limit is not None:
             line += f"; stopped at limit={self.stopped_at_limit}"
         return line
@@ -297,10 +305,13 @@ def resolve_image(value: Any, *, base_dir: Path | None = None) -> Image.Image:
     if isinstance(value, Image.Image):
         return _decoded(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
+        buffer = io.BytesIO(bytes(value))
         try:
-            opened = Image.open(io.BytesIO(bytes(value)))
+            opened = Image.open(buffer)
         except Exception as error:  # not an image format Pillow knows, or a truncated header
-            raise UnreadableImageError(f"unreadable image bytes ({type(error).__name__}: {error})") from None
+            # Pillow names the buffer by its repr, a memory address: name its size, so messages stay the same.
+            detail = str(error).replace(repr(buffer), f"({len(buffer.getbuffer())} bytes)")
+            raise UnreadableImageError(f"unreadable image bytes ({type(error).__name__}: {detail})") from None
         return _decoded(opened)
     if isinstance(value, (str, os.PathLike)):
         if not str(value).strip():
@@ -323,25 +334,14 @@ def resolve_image(value: Any, *, base_dir: Path | None = None) -> Image.Image:
     raise UnreadableImageError(f"cannot read an image from a {type(value).__name__}")
 
 
-@dataclass
-class _Bad:
-    reason: str
-    field: str
-    message: str
-    fix: str = "fix the row"
-
-
-def _text(value: Any, *, field_name: str, what: str) -> str | _Bad:
-    """The stripped text of a question or answer; numbers become their ``str``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        value = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return _Bad(f"empty {what}", field_name, f"the {what} is empty")
-    if not isinstance(value, str):
-        return _Bad(f"{what} not text", field_name, f"the {what} is a {type(value).__name__}, not text")
-    return value.strip()
+def row_image_values(value: Any, images_per_row: str = "all") -> list[Any]:
+    """The undecoded images of a row's image field, in order: every item of a list (only the first with
+    ``images_per_row="first"``), or the one value that is not a list. Raises :class:`MissingImageError` for an
+    empty list."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise MissingImageError("the image list is empty")
+    return values[:1] if images_per_row == "first" else values
 
 
 def _jsonable(value: Any) -> bool:
@@ -352,158 +352,116 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def _check_columns(rows: datasets.Dataset, fields: dict[str, str]) -> None:
-    columns = list(rows.column_names)
-    for option, name in fields.items():
-        if name not in columns:
-            close = difflib.get_close_matches(name, columns, n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
-            raise DataError(f"the dataset has no column {name!r} (set {option}); its columns are: "
-                            f"{', '.join(columns)}{hint}")
-
-
-def _row_decoder(rows: datasets.Dataset) -> tuple[Callable[[dict], dict], set[str]]:
-    """A function turning a raw arrow row into python values, and the media columns it leaves raw.
+class RowReader:
+    """Raw rows of a ``datasets.Dataset`` by index, as python values with their media columns left undecoded.
 
     Iterating a Dataset decodes its Image columns, and one bad image then
-    raises from inside ``datasets`` for the whole loop; reading raw rows lets
-    :func:`resolve_image` judge each image on its own. Json columns (mixed
-    types in a JSONL column) still need decoding into python values.
+    raises from inside ``datasets`` for the whole loop; reading raw arrow rows
+    lets :func:`resolve_image` judge each image on its own. Json columns (mixed
+    types in a JSONL column) still need decoding into python values. Pickles as
+    the Dataset does: a memory-mapped one as its file paths.
     """
-    import datasets
-    from datasets.features.features import decode_nested_example, require_decoding
 
-    json_type = getattr(datasets, "Json", None)
-    features = rows.features
-    json_columns = {name for name, feature in features.items() if json_type and isinstance(feature, json_type)}
-    media = {name for name, feature in features.items() if require_decoding(feature) and name not in json_columns}
+    def __init__(self, rows: datasets.Dataset):
+        import datasets
+        from datasets.features.features import require_decoding
 
-    def decode(raw: dict) -> dict:
-        return {name: decode_nested_example(features[name], value) if name in json_columns else value
-                for name, value in raw.items()}
+        json_type = getattr(datasets, "Json", None)
+        self.features = rows.features
+        self.json_columns = frozenset(name for name, feature in self.features.items()
+                                      if json_type and isinstance(feature, json_type))
+        self.media_columns = frozenset(name for name, feature in self.features.items()
+                                       if require_decoding(feature) and name not in self.json_columns)
+        self._table = rows.with_format("arrow")
 
-    return decode, media
+    def rows(self, start: int, stop: int) -> list[dict]:
+        """Rows ``start`` to ``stop`` (exclusive), in order, read as one arrow slice."""
+        from datasets.features.features import decode_nested_example
+
+        return [{name: decode_nested_example(self.features[name], value) if name in self.json_columns else value
+                 for name, value in raw.items()}
+                for raw in self._table[start:stop].to_pylist()]
 
 
-def _raw_rows(rows: datasets.Dataset) -> Iterator[tuple[int, dict]]:
-    """(index, raw row) in order, read in arrow batches so no column is decoded."""
-    table = rows.with_format("arrow")
-    for start in range(0, len(rows), _BATCH_ROWS):
-        yield from enumerate(table[start:start + _BATCH_ROWS].to_pylist(), start=start)
+class LazyExamples(torch.utils.data.Dataset):
+    """The kept rows of a dataset as :class:`Example`, each read and decoded only when asked for.
 
+    Holds the Dataset (its Arrow table is memory-mapped, so the OS pages it in
+    and out) and ``kept``, the source indices of the rows to use, in order;
+    ``dataset[i]`` reads row ``kept[i]`` and decodes its images, and keeps
+    nothing once it is returned, so memory does not grow with rows or images.
+    The rows are taken as validated (:func:`vigos.validation.validate_rows`):
+    a row that no longer reads (e.g. an image file deleted since) raises
+    :class:`BadRowError`. Pickles small for DataLoader workers.
+    """
 
-def _check_row(
-    row: dict,
-    *,
-    question_field: str,
-    image_field: str,
-    answer_field: str,
-    min_image_side: int,
-    max_prompt_length: int | None,
-    prompt_length: Callable[[str, Image.Image], int] | None,
-    base_dir: Path | None,
-    not_meta: set[str],
-) -> Example | _Bad:
-    """The example of a row, or why it is bad. Text first: it is cheap, decoding an image is not."""
-    question = _text(row.get(question_field), field_name=question_field, what="question")
-    if isinstance(question, _Bad):
-        return question
-    answer = _text(row.get(answer_field), field_name=answer_field, what="answer")
-    if isinstance(answer, _Bad):
-        return answer
-    try:
-        image = resolve_image(row.get(image_field), base_dir=base_dir)
-    except MissingImageError as error:
-        return _Bad("missing image", image_field, str(error))
-    except UnreadableImageError as error:
-        return _Bad("unreadable image", image_field, str(error))
-    if min(image.size) < min_image_side:
-        return _Bad("tiny image", image_field,
-                    f"the image is {image.width}x{image.height}, under min_image_side={min_image_side}",
-                    "fix the row, lower min_image_side")
-    if max_prompt_length is not None and prompt_length is not None:
+    def __init__(
+        self,
+        rows: datasets.Dataset,
+        kept: Sequence[int] | np.ndarray,
+        *,
+        question_field: str = "question",
+        image_field: str = "image",
+        answer_field: str = "answer",
+        images_per_row: str = "all",
+        base_dir: Path | None = None,
+    ):
+        self.kept = np.asarray(kept, dtype=np.int64)
+        self.question_field = question_field
+        self.image_field = image_field
+        self.answer_field = answer_field
+        self.images_per_row = images_per_row
+        self.base_dir = base_dir
+        self._reader = RowReader(rows)
+        self._not_meta = {question_field, image_field, answer_field} | self._reader.media_columns
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, index: int) -> Example:
+        row_index = int(self.kept[index])
+        row = self._reader.rows(row_index, row_index + 1)[0]
+        # Validation passed the text (a string, or a number kept as its str); only image files can change since.
+        question, answer = (str(row[name]).strip() for name in (self.question_field, self.answer_field))
         try:
-            length = prompt_length(question, image)
-        except Exception as error:  # e.g. a processor refusing an extreme aspect ratio: a row problem, not a crash
-            return _Bad("prompt failed", image_field, f"building the prompt failed ({_first_line(error)})")
-        if length > max_prompt_length:
-            return _Bad("prompt too long", question_field,
-                        f"the prompt is {length} tokens, over max_prompt_length={max_prompt_length}",
-                        "fix the row, raise max_prompt_length")
-    meta = {name: value for name, value in row.items() if name not in not_meta and _jsonable(value)}
-    return Example(question=question, answer=answer, image=image, meta=meta)
+            images = [resolve_image(value, base_dir=self.base_dir)
+                      for value in row_image_values(row.get(self.image_field), self.images_per_row)]
+        except (MissingImageError, UnreadableImageError) as error:
+            raise BadRowError(f"row {row_index} (field {self.image_field!r}): {error} — the row passed validation, "
+                              "so the image changed since: fix it, or clear the validation cache to check the rows "
+                              "again", row=row_index, field=self.image_field) from None
+        meta = {name: value for name, value in row.items() if name not in self._not_meta and _jsonable(value)}
+        return Example(question=question, answer=answer, image=images[0] if len(images) == 1 else images,
+                       row=row_index, meta=meta)
 
 
-def prepare_examples(
+def prepare_lazy_examples(
     rows: datasets.Dataset,
     *,
     question_field: str = "question",
     image_field: str = "image",
     answer_field: str = "answer",
-    bad_rows: str = "skip",
-    min_image_side: int = 28,
-    max_prompt_length: int | None = None,
-    prompt_length: Callable[[str, Image.Image], int] | None = None,
+    images_per_row: str = "all",
     base_dir: Path | None = None,
-    limit: int | None = None,
-) -> tuple[list[Example], DataReport]:
-    """Validate ``rows`` into examples, in row order.
+    **checks: Any,
+) -> tuple[LazyExamples, DataReport]:
+    """Validate ``rows`` (:func:`vigos.validation.validate_rows`, which takes ``checks``: ``bad_rows``,
+    ``min_image_side``, ``max_prompt_length``, ``prompt_length``, ``max_images_per_row``, ``limit``,
+    ``num_proc``, ``cache_dir``, ...) and give the kept rows as :class:`LazyExamples`."""
+    from .validation import validate_rows  # deferred: vigos.validation imports this module
 
-    A field missing from the dataset raises :class:`DataError` at once,
-    listing the columns. A bad row (reasons in ``SKIP_REASONS``) is skipped and
-    counted when ``bad_rows="skip"``, or raises :class:`BadRowError` naming the
-    row, the field and the fix when ``bad_rows="error"``. The prompt length is
-    checked only when both ``max_prompt_length`` and ``prompt_length`` (question,
-    image → tokens) are given. ``limit`` stops after that many kept examples.
-    Logs :meth:`DataReport.summary` on the ``vigos.data`` logger.
-    """
-    import datasets
+    kept, report = validate_rows(rows, question_field=question_field, image_field=image_field,
+                                 answer_field=answer_field, images_per_row=images_per_row, base_dir=base_dir, **checks)
+    return LazyExamples(rows, kept, question_field=question_field, image_field=image_field, answer_field=answer_field,
+                        images_per_row=images_per_row, base_dir=base_dir), report
 
-    if bad_rows not in BAD_ROW_MODES:
-        raise DataError(f"bad_rows must be one of {', '.join(BAD_ROW_MODES)}; got {bad_rows!r}")
-    if limit is not None and limit < 1:
-        raise DataError(f"limit must be at least 1 (or None for all rows); got {limit}")
-    if isinstance(rows, datasets.DatasetDict):
-        raise DataError(f"got a DatasetDict with splits {', '.join(rows)}; pass one split (set dataset_split)")
-    if not isinstance(rows, datasets.Dataset):
-        raise DataError(f"rows must be a datasets.Dataset (see load_rows); got a {type(rows).__name__}")
-    _check_columns(rows, {"question_field": question_field, "image_field": image_field, "answer_field": answer_field})
-    decode, media = _row_decoder(rows)
-    not_meta = {question_field, image_field, answer_field} | media
-    report = DataReport()
-    skipped: Counter[str] = Counter()
-    examples: list[Example] = []
-    for index, raw in _raw_rows(rows):
-        if limit is not None and len(examples) >= limit:
-            report.stopped_at_limit = limit
-            break
-        report.total += 1
-        row = decode(raw)
-        found = _check_row(row, question_field=question_field, image_field=image_field, answer_field=answer_field,
-                           min_image_side=min_image_side, max_prompt_length=max_prompt_length,
-                           prompt_length=prompt_length, base_dir=base_dir, not_meta=not_meta)
-        if isinstance(found, Example):
-            found.row = index
-            images = row[image_field]
-            report.several_images += isinstance(images, list) and len(images) > 1
-            examples.append(found)
-        else:
-            text = f"row {index} (field {found.field!r}): {found.message}"
-            if bad_rows == "error":
-                raise BadRowError(f"{text} — {found.fix} or set bad_rows: skip",
-                                  row=index, field=found.field, reason=found.reason)
-            skipped[found.reason] += 1
-            if len(report.examples_of_skips) < _SHOWN_SKIPS:
-                report.examples_of_skips.append(text)
-        if report.total % _PROGRESS_EVERY == 0:
-            logger.info("checked %d of %d rows (%d kept)", report.total, len(rows), len(examples))
-    report.kept = len(examples)
-    report.skipped = dict(skipped)
-    level = logging.WARNING if skipped else logging.INFO
-    logger.log(level, "data: %s", report.summary())
-    for text in report.examples_of_skips:
-        logger.log(level, "skipped %s", text)
-    return examples, report
+
+def prepare_examples(rows: datasets.Dataset, **options: Any) -> tuple[list[Example], DataReport]:
+    """Validate ``rows`` into examples held in memory, in row order: :func:`prepare_lazy_examples` (same
+    options), every kept row then read and decoded. For small datasets (tests, demos, evaluation samples);
+    training reads its rows lazily."""
+    examples, report = prepare_lazy_examples(rows, **options)
+    return [examples[i] for i in range(len(examples))], report
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -523,19 +481,20 @@ def collate_examples(batch: list[Example]) -> list[Example]:
     """Keep a batch as a list of :class:`Example`.
 
     The trainer builds each prompt (student and every teacher) only after the
-    rollout, from the raw question, answer and PIL image, so there is nothing
+    rollout, from the raw question, answer and PIL images, so there is nothing
     to stack here; torch's default collator would also fail on PIL images.
     """
     return list(batch)
 
 
-def load_examples(source: str, *, split: str = "train", **prepare_kwargs: Any) -> tuple[list[Example], DataReport]:
-    """:func:`load_rows` then :func:`prepare_examples`.
+def load_examples(source: str, *, split: str = "train", lazy: bool = False,
+                  **options: Any) -> tuple[list[Example] | LazyExamples, DataReport]:
+    """:func:`load_rows` then :func:`prepare_examples`, or :func:`prepare_lazy_examples` when ``lazy``.
 
     ``base_dir`` (where relative image paths resolve) defaults to the
     directory of a JSONL/parquet file, or to the dataset directory itself.
     """
     rows = load_rows(source, split=split)
     path = Path(source).expanduser()
-    prepare_kwargs.setdefault("base_dir", path.parent if path.is_file() else path if path.is_dir() else None)
-    return prepare_examples(rows, **prepare_kwargs)
+    options.setdefault("base_dir", path.parent if path.is_file() else path if path.is_dir() else None)
+    return (prepare_lazy_examples if lazy else prepare_examples)(rows, **options)

@@ -145,13 +145,13 @@ def _counterfactual_images(
             raise ValueError("counterfactual='shuffle' shows each row the next row's image, so it needs at least "
                              "2 rows; use 'blank' for a single row")
         return [true_images[(i + 1) % len(true_images)] for i in range(len(true_images))]
-    blanks: dict[tuple[int, int], EncodedImage] = {}
+    blanks: dict[tuple[tuple[int, int], ...], EncodedImage] = {}
     images = []
     for example in examples:
-        size = example.image.size
-        if size not in blanks:
-            blanks[size] = encode_image(processor, Image.new("RGB", size, BLANK_GREY))
-        images.append(blanks[size])
+        sizes = tuple(image.size for image in example.images)
+        if sizes not in blanks:
+            blanks[sizes] = encode_image(processor, [Image.new("RGB", size, BLANK_GREY) for size in sizes])
+        images.append(blanks[sizes])
     return images
 
 

@@ -22,19 +22,34 @@ from PIL import Image
 
 @dataclass
 class EncodedImage:
-    """One image after the image processor: its patches and grid."""
+    """The image input of one context after the image processor: one image or a row's several, in order.
 
-    pixel_values: torch.Tensor  # [patches, patch_dim]
-    image_grid_thw: torch.Tensor  # [1, 3]
-    num_tokens: int  # placeholder tokens it takes in the text
+    Qwen-VL models take several images in one prompt, each as its own
+    placeholder run; ``tokens_per_image`` says how long each run is.
+    """
+
+    pixel_values: torch.Tensor  # [patches of every image, patch_dim]
+    image_grid_thw: torch.Tensor  # [images, 3]
+    tokens_per_image: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """How many images."""
+        return len(self.tokens_per_image)
+
+    @property
+    def num_tokens(self) -> int:
+        """Placeholder tokens all the images take in the text."""
+        return sum(self.tokens_per_image)
 
 
-def encode_image(processor: Any, image: Image.Image) -> EncodedImage:
-    """Run the processor's image processor on one image."""
-    out = processor.image_processor(images=[image], return_tensors="pt")
+def encode_image(processor: Any, image: Image.Image | Sequence[Image.Image]) -> EncodedImage:
+    """Run the processor's image processor on one image or on a row's images (a list, kept in order)."""
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    out = processor.image_processor(images=images, return_tensors="pt")
     grid = out["image_grid_thw"]
     merge = getattr(processor.image_processor, "merge_size", 2)
-    return EncodedImage(out["pixel_values"], grid, int(grid.prod()) // (merge * merge))
+    return EncodedImage(out["pixel_values"], grid, tuple(int(g.prod()) // (merge * merge) for g in grid))
 
 
 def image_token_id(processor: Any) -> int:
@@ -43,12 +58,14 @@ def image_token_id(processor: Any) -> int:
 
 
 def tokenize_prompt(processor: Any, prompt: str, image: EncodedImage | None) -> list[int]:
-    """Token ids of a rendered prompt, the image placeholder expanded as the processor does."""
+    """Token ids of a rendered prompt, each image placeholder expanded to its image's tokens, as the processor does."""
     if image is not None:
         token = processor.image_token
-        if prompt.count(token) != 1:
-            raise ValueError(f"expected one image placeholder {token!r} in the prompt, found {prompt.count(token)}")
-        prompt = prompt.replace(token, token * image.num_tokens)
+        pieces = prompt.split(token)
+        if len(pieces) - 1 != image.count:
+            raise ValueError(f"expected {image.count} image placeholder(s) {token!r} in the prompt, found "
+                             f"{len(pieces) - 1}")
+        prompt = pieces[0] + "".join(token * n + piece for n, piece in zip(image.tokens_per_image, pieces[1:]))
     return processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -70,11 +87,11 @@ class ImageFeatures:
     """Vision-tower outputs of some images, computed once and shared by every context showing one of them."""
 
     encoded: Any  # the model's get_image_features output: per-image pooler_output (and deepstack_features)
-    position: dict[int, int]  # id(EncodedImage) -> its index in ``encoded``
+    position: dict[int, list[int]]  # id(EncodedImage) -> the indices of its images in ``encoded``
 
     def select(self, images: Sequence[EncodedImage]) -> dict[str, Any]:
         """``mm_encoder_outputs`` for a batch showing ``images`` in this order."""
-        order = [self.position[id(image)] for image in images]
+        order = [i for image in images for i in self.position[id(image)]]
         fields: dict[str, Any] = {"pooler_output": tuple(self.encoded.pooler_output[i] for i in order)}
         deepstack = getattr(self.encoded, "deepstack_features", None)
         if deepstack is not None:
@@ -110,7 +127,11 @@ def encode_image_features(model: torch.nn.Module, images: Sequence[EncodedImage]
         image_grid_thw=torch.cat([i.image_grid_thw for i in images]).to(device),
         return_dict=True,
     )
-    return ImageFeatures(encoded, {id(image): index for index, image in enumerate(images)})
+    position, start = {}, 0
+    for image in images:
+        position[id(image)] = list(range(start, start + image.count))
+        start += image.count
+    return ImageFeatures(encoded, position)
 
 
 def collate_contexts(

@@ -82,35 +82,31 @@ def template_fields(template: str) -> set[str]:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """One context: a user-turn template (with an image) and the assistant pre-fill."""
+    """One context: a user-turn template (shown after the row's images) and the assistant pre-fill."""
 
     template: str
     prefill: str
-    with_image: bool = True
 
     def text(self, question: str, answer: str | None = None) -> str:
         """The user-turn text for one row."""
         return render_template(self.template, question=question, answer=answer)
 
 
-def chat_messages(user_text: str, with_image: bool = True) -> list[dict[str, Any]]:
-    """One user turn in the content-list form that Qwen-VL chat templates take.
-
-    An empty ``user_text`` adds no text item, so a turn can hold the image alone.
-    """
-    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+def chat_messages(user_text: str, images: int = 1) -> list[dict[str, Any]]:
+    """One user turn in the content-list form that Qwen-VL chat templates take: ``images`` image items,
+    then the text. An empty ``user_text`` adds no text item, so a turn can hold the images alone."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(images)]
     if user_text:
         content.append({"type": "text", "text": user_text})
     return [{"role": "user", "content": content}]
 
 
-def render_prompt(processor: Any, user_text: str, prefill: str, with_image: bool = True) -> str:
+def render_prompt(processor: Any, user_text: str, prefill: str, images: int = 1) -> str:
     """The full prompt string: chat template, assistant header, then the pre-fill.
 
-    The image appears as the family's placeholder; the processor expands it
-    to the image's token count when the string is encoded with the image.
+    Each image appears as the family's placeholder; the processor expands it
+    to the image's token count when the string is encoded with the images.
     """
-    rendered = processor.apply_chat_template(
-        chat_messages(user_text, with_image), tokenize=False, add_generation_prompt=True
-    )
+    rendered = processor.apply_chat_template(chat_messages(user_text, images), tokenize=False,
+                                             add_generation_prompt=True)
     return rendered + prefill

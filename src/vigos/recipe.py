@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
+from . import __version__
 from .config import ViGOSConfig
-from .data import ExampleDataset, load_examples
+from .data import DataError, load_examples
 from .modeling import encode_image, tokenize_prompt
 from .prompts import DESCRIPTION_OPEN, PromptSpec, render_prompt
 
@@ -88,15 +93,37 @@ def apply_lora(model: torch.nn.Module, config: ViGOSConfig) -> torch.nn.Module:
     return model
 
 
-def student_prompt_length(processor: Any, config: ViGOSConfig):
-    """A function (question, image) → tokens of the student prompt, image tokens included."""
+def student_prompt_length(processor: Any, config: ViGOSConfig) -> Callable[[str, list[Image.Image]], int]:
+    """A function (question, the row's images) → tokens of the student prompt, image tokens included."""
     spec = PromptSpec(config.student_prompt, DESCRIPTION_OPEN)
 
-    def length(question: str, image) -> int:
-        text = render_prompt(processor, spec.text(question), spec.prefill)
-        return len(tokenize_prompt(processor, text, encode_image(processor, image)))
+    def length(question: str, images: list[Image.Image]) -> int:
+        text = render_prompt(processor, spec.text(question), spec.prefill, images=len(images))
+        return len(tokenize_prompt(processor, text, encode_image(processor, images)))
 
     return length
+
+
+def student_prompt_key(processor: Any, config: ViGOSConfig) -> str:
+    """A sha256 of everything :func:`student_prompt_length` computes from, so cached row checks follow it.
+
+    That is the student template and pre-fill as the chat template renders
+    them (with one and with two images), the whole tokenizer (its serialized
+    form: vocabulary, merges, added tokens), the image processor's settings,
+    and the vigos version (the code that counts the tokens).
+    """
+    spec = PromptSpec(config.student_prompt, DESCRIPTION_OPEN)
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer serializes whole; a slow one by vocab
+    serialized = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = {
+        "vigos": __version__,
+        "processor": type(processor).__name__,
+        "rendered": [render_prompt(processor, spec.text("{question}"), spec.prefill, images=n) for n in (1, 2)],
+        "tokenizer": hashlib.sha256(serialized.encode()).hexdigest(),
+        "image_processor": processor.image_processor.to_json_string(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def train(config: ViGOSConfig) -> Path:
@@ -120,21 +147,29 @@ def train(config: ViGOSConfig) -> Path:
         # anything: seed them, or two runs of one config start apart.
         set_seed(config.seed)
         model = apply_lora(model, config)
-    examples, report = load_examples(
-        dataset_path,
-        split=config.dataset_split,
-        question_field=config.question_field,
-        image_field=config.image_field,
-        answer_field=config.answer_field,
-        bad_rows=config.bad_rows,
-        min_image_side=config.min_image_side,
-        max_prompt_length=config.max_prompt_length,
-        prompt_length=student_prompt_length(processor, config),
-        limit=config.max_train_rows,
-    )
-    if not examples:
-        raise SystemExit(f"no usable rows in {config.dataset!r}: {report.summary()}")
-    trainer = ViGOSTrainer(model, config, ExampleDataset(examples), processor)
+    # One process per node checks the rows (in parallel, cached on disk); the others then read its result.
+    with config.main_process_first(desc="checking the data rows"):
+        examples, report = load_examples(
+            dataset_path,
+            split=config.dataset_split,
+            lazy=True,
+            question_field=config.question_field,
+            image_field=config.image_field,
+            answer_field=config.answer_field,
+            images_per_row=config.images_per_row,
+            max_images_per_row=config.max_images_per_row,
+            bad_rows=config.bad_rows,
+            min_image_side=config.min_image_side,
+            max_prompt_length=config.max_prompt_length,
+            prompt_length=student_prompt_length(processor, config),
+            prompt_length_key=student_prompt_key(processor, config),
+            limit=config.max_train_rows,
+            num_proc=config.data_num_proc,
+            cache_dir=cache_dir() / "validation",
+        )
+    if not len(examples):
+        raise DataError(f"no usable rows in {config.dataset!r}: {report.summary()}")
+    trainer = ViGOSTrainer(model, config, examples, processor)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     out = Path(config.output_dir)
     trainer.save_model(str(out))

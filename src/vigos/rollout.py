@@ -49,7 +49,7 @@ def student_contexts(processor: Any, examples: Sequence[Example], prompt: Prompt
     contexts = []
     for example in examples:
         image = encode_image(processor, example.image)
-        text = render_prompt(processor, prompt.text(example.question), prompt.prefill)
+        text = render_prompt(processor, prompt.text(example.question), prompt.prefill, image.count)
         contexts.append(Context(tokenize_prompt(processor, text, image), [], image))
     return contexts
 

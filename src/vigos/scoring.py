@@ -197,7 +197,7 @@ class Scorer:
 
     def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
         text = spec.text(example.question, example.answer if answer else None)
-        return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill), image)
+        return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill, image.count), image)
 
     def __call__(
         self,

@@ -171,8 +171,8 @@ class PolicyServer:
         logger.info("unloaded LoRA adapter %s", name)
         return f"Success: LoRA adapter '{name}' removed successfully."
 
-    def _prompt(self, body: dict[str, Any]) -> tuple[str, Image.Image, str, str]:
-        """(user text, image, pre-fill, rendered prompt) of a request in the student prompt's shape."""
+    def _prompt(self, body: dict[str, Any]) -> tuple[str, Image.Image | list[Image.Image], str, str]:
+        """(user text, image or images, pre-fill, rendered prompt) of a request in the student prompt's shape."""
         messages = body.get("messages")
         add_generation = bool(body.get("add_generation_prompt", True))
         continue_final = bool(body.get("continue_final_message", False))
@@ -186,18 +186,19 @@ class PolicyServer:
         parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
         images = [p for p in parts if p.get("type") == "image_url"]
         texts = [p for p in parts if p.get("type") == "text"]
-        if len(images) != 1 or len(texts) != 1 or len(parts) != 2:
-            raise RequestError(400, "the user message must hold one image_url part and one text part")
-        image = _decode_image(images[0]["image_url"]["url"])
+        if not images or len(texts) != 1 or len(parts) != len(images) + 1:
+            raise RequestError(400, "the user message must hold image_url parts (one or more) and one text part")
+        decoded = [_decode_image(p["image_url"]["url"]) for p in images]
+        image = decoded[0] if len(decoded) == 1 else decoded
         prefill = _text(messages[1]["content"]) if continue_final else ""
-        template_parts = [{"type": "image"} if p is images[0] else p for p in parts]
+        template_parts = [{"type": "image"} if p.get("type") == "image_url" else p for p in parts]
         chat = [{"role": "user", "content": template_parts}]
         if continue_final:
             chat.append({"role": "assistant", "content": prefill})
         rendered = self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation,
                                                       continue_final_message=continue_final)
-        if rendered != render_prompt(self.processor, texts[0]["text"], prefill):
-            raise RequestError(400, "this server samples only the student prompt's shape: an image, then the "
+        if rendered != render_prompt(self.processor, texts[0]["text"], prefill, len(images)):
+            raise RequestError(400, "this server samples only the student prompt's shape: the images, then the "
                                     "text, in one user turn, and the assistant pre-fill")
         return texts[0]["text"], image, prefill, rendered
 

@@ -50,6 +50,7 @@ class VLLMColocateRollout:
     ``model_path``: the base checkpoint the engine loads. ``lora_rank``: the
     training adapter's rank (None: no LoRA, full weights are pushed).
     ``sync_dir``: where adapters are saved for the engine to load.
+    ``max_images_per_prompt``: the most images a row shows (vLLM reserves room for them).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class VLLMColocateRollout:
         gpu_memory_utilization: float = 0.45,
         lora_rank: int | None = None,
         seed: int = 0,
+        max_images_per_prompt: int = 1,
     ):
         from accelerate import PartialState
 
@@ -77,7 +79,7 @@ class VLLMColocateRollout:
         # The engine core in this process: pushing full weights hands the live tensors to its model.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         options: dict[str, Any] = {"model": model_path, "gpu_memory_utilization": gpu_memory_utilization,
-                                   "limit_mm_per_prompt": {"image": 1}, "seed": seed}
+                                   "limit_mm_per_prompt": {"image": max_images_per_prompt}, "seed": seed}
         if lora_rank is not None:
             options.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=1)
         self._vllm = vllm
@@ -97,7 +99,8 @@ class VLLMColocateRollout:
         if not self._syncs:
             self.sync(model)  # a resumed run's policy is not the checkpoint the engine loaded
         prompts = student_contexts(self.processor, examples, self.prompt)
-        inputs = [{"prompt": render_prompt(self.processor, self.prompt.text(e.question), self.prompt.prefill),
+        inputs = [{"prompt": render_prompt(self.processor, self.prompt.text(e.question), self.prompt.prefill,
+                                           len(e.images)),
                    "multi_modal_data": {"image": e.image}} for e in examples]
         sampling = [self._vllm.SamplingParams(**sampling_fields(self.params, seed=seed, stop_ids=self.stop_ids,
                                                                 bad_words=self.bad_words))

@@ -155,9 +155,11 @@ def image_data_url(image: Any) -> str:
 
 
 def chat_request(model: str, user_text: str, prefill: str, image: Any, sampling: dict[str, Any]) -> dict[str, Any]:
-    """The ``/v1/chat/completions`` body of one student prompt: image + text, then the assistant pre-fill."""
+    """The ``/v1/chat/completions`` body of one student prompt: the image (or a list of a row's images, in
+    order) + text, then the assistant pre-fill."""
+    images = image if isinstance(image, (list, tuple)) else [image]
     user = {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+        *({"type": "image_url", "image_url": {"url": image_data_url(one)}} for one in images),
         {"type": "text", "text": user_text},
     ]}
     messages: list[dict[str, Any]] = [user]

@@ -73,7 +73,8 @@ def _encode(processor: Any, item: WarmStartItem, cache: dict[int, Any]) -> Conte
     if id(item.image) not in cache:
         cache[id(item.image)] = encode_image(processor, item.image)
     image = cache[id(item.image)]
-    prompt = tokenize_prompt(processor, prompts.render_prompt(processor, item.user_text, item.prefill), image)
+    prompt = tokenize_prompt(processor, prompts.render_prompt(processor, item.user_text, item.prefill, image.count),
+                             image)
     target = processor.tokenizer(item.target, add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
     return Context(prompt, target, image)
 

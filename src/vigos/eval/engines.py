@@ -270,7 +270,8 @@ class VLLMEngine:
     def generate(self, examples: Sequence[Example], seeds: Sequence[int]) -> list[list[str]]:
         """``num_samples`` texts per example, in order."""
         prompts = [
-            {"prompt": render_prompt(self.processor, self.prompt.text(example.question), self.prompt.prefill),
+            {"prompt": render_prompt(self.processor, self.prompt.text(example.question), self.prompt.prefill,
+                                     len(example.images)),
              "multi_modal_data": {"image": example.image}}
             for example in examples
         ]
