@@ -96,3 +96,19 @@ def test_rollout_sampler_is_checked_and_reaches_the_rollout(tmp_path, tiny_model
     for sampler in ("lean", "generate"):
         config = ViGOSConfig(output_dir=str(tmp_path), report_to="none", rollout_sampler=sampler)
         assert config.build_rollout(processor).sampler == sampler
+
+
+def test_recipe_raises_typed_errors_for_the_cli_to_report(tmp_path, monkeypatch):
+    """Library code raises ConfigError/DataError (the CLI turns them into one line and exit code 2), never SystemExit."""
+    from vigos.data import DataError
+    from vigos.recipe import load_model_and_processor, resolve_dataset, train
+
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="model_name_or_path is not set"):
+        train(ViGOSConfig(output_dir=str(tmp_path), report_to="none", dataset="x"))
+    with pytest.raises(ConfigError, match="dataset is not set"):
+        train(ViGOSConfig(output_dir=str(tmp_path), report_to="none", model_name_or_path="x"))
+    with pytest.raises(ConfigError, match="could not load the model"):
+        load_model_and_processor(str(tmp_path / "no-model"))
+    with pytest.raises(DataError, match="no split 'nope'"):
+        resolve_dataset("synthetic:nope:4")

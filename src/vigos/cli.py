@@ -19,11 +19,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from .config import ConfigError
 from .data import DataError
-
-
-class ConfigError(ValueError):
-    """A configuration problem to show the user as one clear message."""
 
 
 def _config_fields() -> dict[str, Any]:

@@ -25,6 +25,10 @@ BAD_ROWS = ("skip", "error")
 _UNCAPPED_IMAGES = 16
 
 
+class ConfigError(ValueError):
+    """A configuration problem to show the user as one clear message."""
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 

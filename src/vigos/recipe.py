@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import ViGOSConfig
+from .config import ConfigError, ViGOSConfig
 from .data import DataError, load_examples
 from .modeling import encode_image, tokenize_prompt
 from .prompts import DESCRIPTION_OPEN, PromptSpec, render_prompt
@@ -45,7 +45,7 @@ def resolve_dataset(source: str, seed: int = 0) -> str:
     paths = make_world(cache_dir() / "data" / f"world-{rows_count}-{seed}", n_train=rows_count,
                        n_eval=max(rows_count // 4, 2), seed=seed)
     if split not in paths:
-        raise SystemExit(f"dataset {source!r}: no split {split!r}; the synthetic world has {', '.join(paths)}")
+        raise DataError(f"dataset {source!r}: no split {split!r}; the synthetic world has {', '.join(paths)}")
     return str(paths[split])
 
 
@@ -57,7 +57,7 @@ def load_model_and_processor(path: str, *, dtype: torch.dtype | str = "auto") ->
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     except OSError as error:
-        raise SystemExit(
+        raise ConfigError(
             f"could not load the model {path!r}: {error}\n"
             "Give model_name_or_path a local checkpoint directory (e.g. one written by `vigos make-tiny`) "
             "or a hub id reachable from this machine."
@@ -133,9 +133,9 @@ def train(config: ViGOSConfig) -> Path:
     from .trainer import ViGOSTrainer
 
     if not config.model_name_or_path:
-        raise SystemExit("model_name_or_path is not set: name a checkpoint directory or hub id")
+        raise ConfigError("model_name_or_path is not set: name a checkpoint directory or hub id")
     if not config.dataset:
-        raise SystemExit("dataset is not set: name a hub id, a saved dataset, a parquet or a JSONL file")
+        raise ConfigError("dataset is not set: name a hub id, a saved dataset, a parquet or a JSONL file")
     # Under `accelerate launch` every process gets here: let one process per node
     # build the tiny model and the synthetic data, and the others read them after.
     with config.main_process_first(desc="building the model and data caches"):

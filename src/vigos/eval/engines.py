@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vigos.config import ConfigError
 from vigos.data import Example
 from vigos.eval.run_folder import EvalError
 from vigos.prompts import PromptSpec, render_prompt
@@ -107,8 +108,8 @@ def load_hf_model(source: ModelSource) -> tuple[torch.nn.Module, Any]:
     """The model (adapter merged in, on the GPU when there is one, in eval mode) and its processor."""
     try:
         model, processor = load_model_and_processor(source.base)
-    except SystemExit as error:
-        raise EvalError(str(error.code)) from None
+    except ConfigError as error:
+        raise EvalError(str(error)) from None
     if source.adapter is not None:
         from peft import PeftModel
         from transformers import AutoProcessor
