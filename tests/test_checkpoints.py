@@ -9,8 +9,12 @@ kill-and-resume test is in test_resume.py. This file is also the worker script:
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -21,7 +25,8 @@ import torch
 from hypothesis import given, strategies as st
 from transformers import Trainer, TrainingArguments
 
-from vigos.checkpoints import STAGING_PREFIX, AtomicCheckpointMixin, checkpoint_step, publish_checkpoint, rewind_jsonl
+from vigos.checkpoints import (STAGING_PREFIX, AtomicCheckpointMixin, DiskFullError, checkpoint_step, publish_checkpoint,
+                               reporting_full_disk, rewind_jsonl)
 
 
 class Regression(torch.nn.Module):
@@ -45,9 +50,16 @@ def regression_trainer(trainer_class: type, out: Path, **options) -> Trainer:
     return trainer_class(model=Regression(), args=args, train_dataset=data)
 
 
-def run_worker(out: Path, mode: str, kill_at: int, start: str) -> None:
-    """Train 3 steps, saving after each; with ``kill_at`` > 0, SIGKILL itself in the middle of that step's save."""
+def run_worker(out: Path, mode: str, kill_at: int, start: str, max_file_bytes: int = 0) -> None:
+    """Train 3 steps, saving after each; with ``kill_at`` > 0, SIGKILL itself in the middle of that step's save.
+
+    With ``max_file_bytes``, no file may grow past that size: a write beyond it fails with EFBIG, as a full
+    disk fails one with ENOSPC (the RNG state, ~14 kB, is then the first file of a checkpoint that cannot be
+    written whole)."""
     base = AtomicTrainer if mode == "atomic" else Trainer
+    if max_file_bytes:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     class KilledDuringSave(base):
         def _save_rng_state(self, output_dir):
@@ -60,10 +72,10 @@ def run_worker(out: Path, mode: str, kill_at: int, start: str) -> None:
     trainer.train(resume_from_checkpoint=True if start == "resume" else None)
 
 
-def worker(out: Path, mode: str, kill_at: int, start: str = "fresh") -> subprocess.CompletedProcess:
+def worker(out: Path, mode: str, kill_at: int, start: str = "fresh", max_file_bytes: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, __file__, str(out), mode, str(kill_at), start], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, __file__, str(out), mode, str(kill_at), start, str(max_file_bytes)], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def complete(checkpoint: Path) -> bool:
@@ -94,6 +106,50 @@ def test_without_the_mixin_the_same_kill_leaves_a_broken_checkpoint(tmp_path):
     killed = worker(tmp_path, "plain", kill_at=2)
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "checkpoint-2").is_dir() and not complete(tmp_path / "checkpoint-2")
+
+
+@pytest.mark.slow
+def test_a_save_the_disk_has_no_room_for_says_so_and_leaves_no_staging_dir(tmp_path):
+    failed = worker(tmp_path, "atomic", kill_at=0, max_file_bytes=8192)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    [message] = [line for line in failed.stderr.splitlines() if line.startswith("vigos.checkpoints.DiskFullError: ")]
+    assert message.startswith(f"vigos.checkpoints.DiskFullError: could not write checkpoint-1: the disk is full at {tmp_path} (")
+    assert " MB free; " in message and "resume_from_checkpoint: true" in message
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert not (tmp_path / "checkpoint-1").exists()
+
+
+def test_staging_dirs_left_by_an_earlier_run_are_removed_when_training_starts(tmp_path, caplog):
+    (tmp_path / f"{STAGING_PREFIX}checkpoint-7" / "checkpoint-7").mkdir(parents=True)
+    (tmp_path / f"{STAGING_PREFIX}checkpoint-7" / "checkpoint-7" / "optimizer.pt").write_bytes(b"cut short")
+    (tmp_path / f"{STAGING_PREFIX}replaced-checkpoint-2").mkdir()
+    caplog.set_level(logging.INFO, logger="vigos.checkpoints")
+    regression_trainer(AtomicTrainer, tmp_path, max_steps=1, save_strategy="no").train()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    assert f"removed {STAGING_PREFIX}checkpoint-7, {STAGING_PREFIX}replaced-checkpoint-2 from {tmp_path}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        OSError(errno.EFBIG, "File too large"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8384 vs 8278"),
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+        Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'),
+    ],
+)
+def test_errors_that_mean_no_room_become_disk_full_errors(tmp_path, error):
+    expected = re.escape(f"could not write checkpoint-3: the disk is full at {tmp_path} (") + "[0-9]+ MB free; "
+    with pytest.raises(DiskFullError, match=expected) as raised, reporting_full_disk(tmp_path, "checkpoint-3"):
+        raise error
+    assert raised.value.__cause__ is error
+
+
+def test_other_write_errors_pass_through_unchanged(tmp_path):
+    with pytest.raises(PermissionError), reporting_full_disk(tmp_path, "checkpoint-3"):
+        raise PermissionError(errno.EACCES, "Permission denied")
 
 
 def test_old_checkpoints_are_still_rotated(tmp_path):
@@ -140,4 +196,4 @@ def test_rewind_of_a_missing_log_is_a_no_op(tmp_path):
 
 
 if __name__ == "__main__":
-    run_worker(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    run_worker(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from transformers import TrainingArguments
@@ -112,3 +113,135 @@ def test_recipe_raises_typed_errors_for_the_cli_to_report(tmp_path, monkeypatch)
         load_model_and_processor(str(tmp_path / "no-model"))
     with pytest.raises(DataError, match="no split 'nope'"):
         resolve_dataset("synthetic:nope:4")
+
+
+# Item 7: a command-line value means what the same text means in the YAML file.
+SAME_TEXT_BOTH_WAYS = [
+    ("report_to", "none", []),
+    ("report_to", "null", []),
+    ("report_to", "[tensorboard]", ["tensorboard"]),
+    ("report_to", "tensorboard,wandb", ["tensorboard", "wandb"]),
+    ("report_to", "None", []),
+    ("save_strategy", "steps", "steps"),
+    ("save_strategy", "no", "no"),  # YAML 1.1 reads `no` as false
+    ("eval_strategy", "no", "no"),
+    ("lr_scheduler_type", "cosine", "cosine"),
+    ("learning_rate", "1e-5", 1e-5),  # YAML 1.1 reads `1e-5` as text
+    ("learning_rate", "3", 3.0),
+    ("lora_target_modules", "[q_proj, v_proj]", ["q_proj", "v_proj"]),
+    ("lora_target_modules", "q_proj,v_proj", ["q_proj", "v_proj"]),
+    ("lora_target_modules", "q_proj", ["q_proj"]),
+    ("max_train_rows", "none", None),
+    ("max_train_rows", "null", None),
+    ("max_train_rows", "~", None),
+    ("max_train_rows", "5", 5),
+    ("token_loss_clip", "none", None),
+    ("use_lora", "no", False),
+    ("use_lora", "true", True),
+    ("use_lora", "on", True),
+    ("dataset_split", "010", "010"),  # YAML 1.1 reads `010` as octal 8
+    ("dataset_split", "2024-01-01", "2024-01-01"),  # and this as a date
+    ("student_prompt", "'Q: {question}'", "Q: {question}"),
+    ("lr_scheduler_kwargs", "{num_cycles: 2}", {"num_cycles": 2}),
+]
+
+
+@pytest.mark.parametrize("key, text, expected", SAME_TEXT_BOTH_WAYS)
+def test_an_option_means_the_same_in_the_yaml_file_and_on_the_command_line(tmp_path, key, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_dir: out\n{key}: {text}\n")
+    from_file = load_config(path)
+    from_command_line = load_config(None, parse_overrides(["--output_dir", "out", f"--{key}", text]))
+    assert getattr(from_file, key) == expected
+    assert getattr(from_command_line, key) == expected
+    assert from_file == from_command_line
+
+
+def test_unquoted_yaml_that_reads_as_a_mapping_where_text_is_due_says_to_quote_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("student_prompt: {question}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"option 'student_prompt' in {path}: cannot read {{'question': None}} "
+                                                    "as text; put the text in quotes")):
+        load_config(path)
+
+
+def test_command_line_text_that_yaml_would_read_otherwise_is_taken_as_typed():
+    """The shell delimits the value already: a prompt with ': ' or braces is text, not a YAML mapping."""
+    cfg = load_config(None, parse_overrides(["--output_dir", "out", "--student_prompt", "Q: {question}",
+                                             "--perception_prefill", "{a", "--run_name", "1.10"]))
+    assert cfg.student_prompt == "Q: {question}" and cfg.perception_prefill == "{a"
+    assert cfg.run_name == "1.1"  # read as YAML reads it, then turned into text
+
+
+@pytest.mark.parametrize(
+    "key, text, message",
+    [
+        ("learning_rate", "fast", "option 'learning_rate' in {where}: cannot read 'fast' as float"),
+        ("lora_r", "2.5", "option 'lora_r' in {where}: cannot read 2.5 as int"),
+        ("use_lora", "maybe", "option 'use_lora' in {where}: cannot read 'maybe' as true or false"),
+        ("lora_r", "null", "option 'lora_r' in {where}: needs int, not null"),
+        ("lora_target_modules", "{a: 1}", "option 'lora_target_modules' in {where}: cannot read {{'a': 1}} as a list"),
+        ("max_train_rows", "many", "option 'max_train_rows' in {where}: cannot read 'many' as int or null"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_option_and_where_it_was_given(tmp_path, key, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{key}: {text}\n")
+    with pytest.raises(ConfigError, match=re.escape(message.format(where=str(path)))):
+        load_config(path)
+    with pytest.raises(ConfigError, match=re.escape(message.format(where="the command line"))):
+        load_config(None, parse_overrides([f"--{key}", text]))
+
+
+# Item 9: the Trainer's numbers are checked in the config, before any model loads.
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"learning_rate": 0.0}, "learning_rate must be > 0.0; got 0.0"),
+        ({"learning_rate": -1e-5}, "learning_rate must be > 0.0; got -1e-05"),
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0.0; got nan"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0.0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be >= 0.0"),
+        ({"adam_beta1": 1.0}, "adam_beta1 must be >= 0.0 and < 1.0; got 1.0"),
+        ({"adam_beta2": -0.5}, "adam_beta2 must be >= 0.0 and < 1.0"),
+        ({"adam_epsilon": 0.0}, "adam_epsilon must be > 0.0"),
+        ({"warmup_steps": -1}, "warmup_steps must be >= 0.0"),
+        ({"label_smoothing_factor": 1.5}, "label_smoothing_factor must be >= 0.0 and <= 1.0"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be >= 1; got 0"),
+        ({"per_device_eval_batch_size": 0}, "per_device_eval_batch_size must be >= 1"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be >= 1"),
+        ({"max_steps": 0}, "max_steps must be >= 1 or -1 to train num_train_epochs; got 0"),
+        ({"num_train_epochs": 0}, "num_train_epochs must be > 0.0 (or set max_steps); got 0"),
+        ({"logging_steps": 0}, "logging_steps must be > 0.0 with logging_strategy: steps"),
+        ({"save_steps": -2}, "save_steps must be > 0.0 with save_strategy: steps"),
+        ({"eval_strategy": "steps", "eval_steps": 0}, "eval_steps must be > 0.0 with eval_strategy: steps"),
+        ({"save_total_limit": 0}, "save_total_limit must be >= 1 or null to keep every checkpoint"),
+        ({"dataloader_num_workers": -1}, "dataloader_num_workers must be >= 0"),
+        ({"seed": -1}, "seed must be >= 0 and <= 4294967295"),
+        ({"data_seed": 2**32}, "data_seed must be >= 0 and <= 4294967295"),
+        ({"neftune_noise_alpha": 0.0}, "neftune_noise_alpha must be > 0.0"),
+        ({"max_train_rows": 0}, "max_train_rows must be >= 1"),
+        ({"lora_alpha": 0}, "lora_alpha must be > 0"),
+        ({"num_completions_to_log": -1}, "num_completions_to_log must be >= 0"),
+    ],
+)
+def test_trainer_numbers_out_of_range_name_the_option_and_the_range(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(**kw)
+
+
+def test_report_to_names_are_checked_before_the_trainer_starts():
+    with pytest.raises(ValueError, match="report_to must name integrations among azure_ml, .*; got 'tensorbord'"):
+        ViGOSConfig(output_dir="unused", report_to=["tensorbord"])
+    assert ViGOSConfig(output_dir="unused", report_to=None).report_to == []  # the Trainer would take None as a name
+
+
+def test_trainer_numbers_at_the_edge_of_their_range_are_accepted():
+    cfg = make(max_grad_norm=0.0, adam_beta1=0.0, weight_decay=0.0, warmup_steps=0.1, save_strategy="no", save_steps=0,
+               max_steps=3, num_train_epochs=0, seed=0, dataloader_num_workers=0, max_train_rows=1)
+    assert (cfg.max_grad_norm, cfg.warmup_steps, cfg.max_steps) == (0.0, 0.1, 3)
+
+
+def test_a_bad_learning_rate_on_the_command_line_is_a_config_error():
+    with pytest.raises(ConfigError, match=re.escape("invalid configuration: learning_rate must be > 0.0; got -1e-05")):
+        load_config(None, parse_overrides(["--output_dir", "x", "--learning_rate", "-1e-5"]))

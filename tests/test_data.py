@@ -183,12 +183,12 @@ def test_bad_images_inside_an_image_column_are_rows_not_crashes(tmp_path):
     """A corrupt image in a datasets Image column would raise from inside datasets on plain iteration."""
     rows = image_rows(4)
     rows["image"][1] = {"bytes": b"not an image", "path": None}
-    rows["image"][2] = {"bytes": None, "path": str(tmp_path / "gone.png")}
+    rows["image"][2] = {"bytes": None, "path": "gone.png"}
     dataset = datasets.Dataset.from_dict(rows, features=IMAGE_FEATURES)
-    examples, report = prepare_examples(dataset)
+    examples, report = prepare_examples(dataset, base_dir=tmp_path)
     assert [e.row for e in examples] == [0, 3] and report.skipped == {"unreadable image": 1, "missing image": 1}
     with pytest.raises(BadRowError, match=r"^row 1 \(field 'image'\): unreadable image bytes"):
-        prepare_examples(dataset, bad_rows="error")
+        prepare_examples(dataset, bad_rows="error", base_dir=tmp_path)
 
 
 def test_a_failing_prompt_length_is_a_bad_row(tmp_path):
@@ -222,6 +222,90 @@ def test_limit_stops_after_that_many_kept_examples(tmp_path):
     assert report.summary() == "2 of 3 rows kept; skipped 1 (1 empty question); stopped at limit=2"
     examples, report = load_examples(str(path), limit=4)
     assert len(examples) == 4 and report.stopped_at_limit is None
+
+
+# --- image paths out of the dataset's folder (issue #13 item 2) -----------------------------------------------
+
+
+def test_image_paths_out_of_the_dataset_folder_are_bad_rows_unless_allowed(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "secret.png").write_bytes(png_bytes(colour=(7, 7, 7)))
+    rows = [GOOD, {**GOOD, "image": "../secret.png"}, {**GOOD, "image": str(tmp_path / "secret.png")}]
+    path = write_jsonl(data, rows)
+    examples, report = load_examples(str(path))
+    assert [e.row for e in examples] == [0] and report.skipped == {"image outside folder": 2}
+    assert report.examples_of_skips[0] == (
+        f"row 1 (field 'image'): image path '../secret.png' resolves to {tmp_path / 'secret.png'}, outside the "
+        f"dataset folder {data}; set allow_image_paths_outside: true to allow it")
+    with pytest.raises(BadRowError, match=r"^row 1 \(field 'image'\): image path '\.\./secret\.png' resolves to .*"
+                                        r"set allow_image_paths_outside: true to allow it — fix the row or set "
+                                        r"bad_rows: skip$") as caught:
+        load_examples(str(path), bad_rows="error")
+    assert caught.value.reason == "image outside folder"
+    for lazy in (False, True):
+        examples, report = load_examples(str(path), lazy=lazy, allow_image_paths_outside=True)
+        assert report.kept == 3 and [examples[i].image.getpixel((0, 0)) for i in (1, 2)] == [(7, 7, 7)] * 2
+
+
+# --- text that is not UTF-8 (issue #13 item 10) ----------------------------------------------------------------
+
+
+def write_lines(path, lines: list[bytes]):
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def line(**row) -> bytes:
+    return json.dumps({**{k: v for k, v in GOOD.items() if k != "image"}, "image": "images/0.png", **row}).encode()
+
+
+LATIN_1 = b'{"question": "caf\xe9 ou th\xe9?", "answer": "red", "image": "images/0.png"}'
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one type per column", "a column of mixed types"])
+def test_a_jsonl_line_that_is_not_utf8_is_a_bad_row_named_by_its_line(tmp_path, mixed):
+    write_jsonl(tmp_path, [GOOD])  # images/0.png
+    # With mixed types in a column, datasets parses the file in Python and the bytes failed the whole load.
+    path = write_lines(tmp_path / "data.jsonl", [line(answer=7 if mixed else "red"), LATIN_1, line(answer="x")])
+    examples, report = load_examples(str(path))
+    assert [(e.row, e.answer) for e in examples] == [(0, "7" if mixed else "red"), (2, "x")]
+    assert report.skipped == {"text not UTF-8": 1} and report.total == 3
+    [skip] = report.examples_of_skips
+    assert skip.startswith("row 1 (field 'question'): the value holds bytes that are not UTF-8 (line 2 of "
+                           """data.jsonl: b'{"question": "caf\\xe9 ou th\\xe9?""")
+    with pytest.raises(BadRowError, match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
+                                        r"\(line 2 of data\.jsonl: .*\) — save the file as UTF-8 or set bad_rows: "
+                                        r"skip$") as caught:
+        load_examples(str(path), bad_rows="error")
+    assert caught.value.reason == "text not UTF-8"
+
+
+def test_a_parquet_string_that_is_not_utf8_is_a_bad_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # A writer that does not check its strings (pyarrow does): a binary column viewed as strings.
+    questions = pa.array([b"fine", b"caf\xe9", b"also fine"], type=pa.binary()).view(pa.string())
+    images = pa.array([{"bytes": png_bytes(), "path": None}] * 3,
+                      type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"question": questions, "answer": ["a", "b", "c"], "image": images})
+    pq.write_table(table, tmp_path / "data.parquet")
+    examples, report = load_examples(str(tmp_path / "data.parquet"))
+    assert [e.question for e in examples] == ["fine", "also fine"] and report.skipped == {"text not UTF-8": 1}
+    with pytest.raises(BadRowError, match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
+                                        r"\(b'caf\\xe9'\)"):
+        load_examples(str(tmp_path / "data.parquet"), bad_rows="error")
+
+
+def test_bytes_that_are_not_utf8_where_no_row_can_be_set_apart_stop_with_the_line(tmp_path):
+    write_lines(tmp_path / "list.json", [b"[" + line(), b", " + LATIN_1 + b"]"])
+    with pytest.raises(DataError, match=r"list\.json': line 2 of list\.json holds bytes that are not UTF-8 .*a JSON "
+                                        r"list is one document, so its rows cannot be skipped"):
+        load_rows(str(tmp_path / "list.json"))
+    write_lines(tmp_path / "key.jsonl", [line(), b'{"qu\xe9stion": "q", "answer": "a", "image": "x.png"}'])
+    with pytest.raises(DataError, match=r"line 2 of key\.jsonl holds bytes that are not UTF-8 outside a text value"):
+        load_rows(str(tmp_path / "key.jsonl"))
 
 
 # --- configuration errors -----------------------------------------------------------------------------------

@@ -28,7 +28,10 @@ class FakeJudge:
     ``script`` holds one action per request, taken in order; when it is empty
     the server replies "Yes." if the user message contains ``MATCH`` and "No"
     otherwise. Actions: ``("status", code)``, ``("raw", bytes)``,
-    ``("reply", text)``, ``("sleep", seconds)`` (then the default reply).
+    ``("reply", text)``, ``("sleep", seconds)`` (then the default reply),
+    ``("redirect", (status, location))``, ``("trickle", seconds)`` (the
+    default reply, a byte every ``seconds``), ``("endless", None)`` (an answer
+    without a length that goes on until the client hangs up).
     """
 
     def __init__(self) -> None:
@@ -47,6 +50,11 @@ class FakeJudge:
 
             def do_POST(self) -> None:
                 judge.handle(self)
+
+            def do_GET(self) -> None:  # what a followed 302 turns the POST into
+                with judge._lock:
+                    judge.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
+                judge._send(self, 200, json.dumps(completion("Yes.")).encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -71,6 +79,9 @@ class FakeJudge:
             kind, value = action
             if kind == "sleep":
                 self.release.wait(min(value, MAX_HOLD_S))
+            if kind in ("redirect", "trickle", "endless"):
+                getattr(self, "_" + kind)(handler, value)
+                return
             if kind == "status":
                 status, payload = value, json.dumps({"error": {"message": f"scripted {value}"}}).encode()
             elif kind == "raw":
@@ -88,6 +99,36 @@ class FakeJudge:
             self._send(handler, status, payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timed out) before the answer
+
+    def _redirect(self, handler: BaseHTTPRequestHandler, target: tuple[int, str]) -> None:
+        status, location = target
+        handler.send_response(status)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    def _trickle(self, handler: BaseHTTPRequestHandler, every_s: float) -> None:
+        payload = json.dumps(completion("Yes.")).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        try:
+            for byte in payload:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                if self.release.wait(every_s):
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up at its deadline
+
+    def _endless(self, handler: BaseHTTPRequestHandler, _: None) -> None:
+        handler.send_response(200)  # HTTP/1.0 and no Content-Length: the body ends when the connection does
+        handler.end_headers()
+        try:
+            while not self.release.is_set():
+                handler.wfile.write(b" " * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading at its cap
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
@@ -267,7 +308,52 @@ def test_timeout_is_retried_then_judge_error(server, config_for):
     assert time.monotonic() - start < 3.0
     assert server.count == 3
     message = str(failure.value)
-    assert server.base_url + "/chat/completions" in message and "no answer within 0.2 s" in message
+    assert server.base_url + "/chat/completions" in message and "no complete answer within 0.2 s" in message
+
+
+def test_a_trickling_judge_is_cut_at_the_deadline(server, config_for):
+    """Every byte comes well within the timeout of a single read; the deadline bounds the request as a whole."""
+    server.script = [("trickle", 0.5)] * 2
+    start = time.monotonic()
+    with JudgeClient(config_for(server.base_url, timeout_s=1.0, max_retries=1)) as client, \
+            pytest.raises(JudgeError, match=r"failed 2 times; last failure: no complete answer within 1 s, the dead"):
+        client.judge("q", "a", MATCH)
+    assert time.monotonic() - start < 2 * 1.0 + 1.0
+    assert server.count == 2
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_not_followed_with_the_key(server, config_for, monkeypatch, status):
+    monkeypatch.setenv(KEY_ENV, "sk-secret-123")
+    elsewhere = FakeJudge()
+    try:
+        server.script = [("redirect", (status, elsewhere.base_url + "/chat/completions"))]
+        with JudgeClient(config_for(server.base_url, max_retries=3)) as client, pytest.raises(JudgeError) as failure:
+            client.judge("q", "a", MATCH)
+    finally:
+        elsewhere.close()
+    assert elsewhere.requests == [], "the other host got no request, so never saw the key"
+    assert server.count == 1, "a redirect is not retried"
+    message = str(failure.value)
+    assert f"HTTP {status}, a redirect to {elsewhere.base_url}/chat/completions, which is not followed" in message
+    assert KEY_ENV in message and "--judge-url" in message and "sk-secret" not in message
+
+
+def test_an_oversized_answer_is_refused(server, config_for, tmp_path):
+    server.script = [("endless", None)]
+    with JudgeClient(config_for(server.base_url, cache_path=str(tmp_path / "c.sqlite"))) as client, \
+            pytest.raises(JudgeError, match=r"larger than the 4 MiB cap.*--judge-url names a chat-completions"):
+        client.judge("q", "a", MATCH)
+    assert server.count == 1, "a server that sends megabytes for a verdict would do it again"
+
+
+def test_messages_show_the_url_without_credentials(config_for):
+    url = f"http://judge-user:hunter2@127.0.0.1:{free_port()}/v1"
+    with JudgeClient(config_for(url, max_retries=0)) as client, pytest.raises(JudgeError) as failure:
+        client.judge("q", "a", "b")
+    message = str(failure.value)
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1]}/chat/completions" in message
+    assert "hunter2" not in message and "judge-user" not in message
 
 
 def test_timeout_then_answer_succeeds(server, config_for):

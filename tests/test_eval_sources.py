@@ -9,6 +9,7 @@ from pathlib import Path
 
 import string
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -166,3 +167,78 @@ def test_answer_to_letter_round_trips_letters_text_and_index(options, data):
 @given(options=st.lists(st.text(max_size=12).map(str.strip), max_size=12))
 def test_options_survive_the_string_repr_mmmu_publishes(options):
     assert _row(options=str(options)).options() == options
+
+
+# --- issue #13: 16-bit images, decompression bombs, paths out of the folder, text that is not UTF-8 -------------
+
+
+def _gradient_16_bit_png() -> bytes:
+    values = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    raw = _gradient_16_bit_png()
+    (tmp_path / "g.png").write_bytes(raw)
+    for value in (raw, {"bytes": raw, "path": None}, "g.png", Image.open(io.BytesIO(raw))):
+        row = np.asarray(to_image(value, base_dir=tmp_path, where="r", field="image"))[0, :, 0].astype(int)
+        assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row) >= 0)
+        assert np.mean(row == 255) < 0.05  # convert("RGB") made 98% of it white
+
+
+def test_a_decompression_bomb_names_the_row_and_field(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100), "red").save(buffer, format="PNG")
+    (tmp_path / "big.png").write_bytes(buffer.getvalue())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: over twice the limit
+    with pytest.raises(BenchmarkDataError, match=r"^t\.parquet row 7: image field 'image' holds bytes that are not an "
+                                                 r"image Pillow can decode \(.*DecompressionBombError"):
+        to_image(buffer.getvalue(), base_dir=tmp_path, where="t.parquet row 7", field="image")
+    with pytest.raises(BenchmarkDataError, match=r"^t\.jsonl line 2: .*big\.png \(field 'image'\) is not a readable "
+                                                 r"image \(.*DecompressionBombError"):
+        to_image("big.png", base_dir=tmp_path, where="t.jsonl line 2", field="image")
+
+
+def test_image_paths_must_stay_inside_the_folder_unless_allowed(tmp_path):
+    (tmp_path / "bench" / "data").mkdir(parents=True)
+    (tmp_path / "bench" / "img").mkdir()
+    (tmp_path / "bench" / "img" / "in.png").write_bytes(_png("blue"))
+    (tmp_path / "secret.png").write_bytes(_png("red"))
+    (tmp_path / "bench" / "img" / "link.png").symlink_to(tmp_path / "secret.png")
+    data, root = tmp_path / "bench" / "data", tmp_path / "bench"
+    # Relative to the data file's folder, inside the benchmark's folder: read.
+    assert to_image("../img/in.png", base_dir=data, root=root, where="r", field="f").getpixel((0, 0)) == (0, 0, 255)
+    for value in ("../../secret.png", str(tmp_path / "secret.png"), "../img/link.png", {"bytes": None, "path": "../../secret.png"}):
+        shown = value["path"] if isinstance(value, dict) else value
+        with pytest.raises(BenchmarkDataError) as error:
+            to_image(value, base_dir=data, root=root, where="q.jsonl line 3", field="picture")
+        assert str(error.value) == (
+            f"q.jsonl line 3: image path {shown!r} (field 'picture') resolves to {tmp_path / 'secret.png'}, outside "
+            f"the benchmark folder {root}; keep the images under it (a benchmark YAML may set allow_paths_outside: true).")
+        image = to_image(value, base_dir=data, root=root, where="r", field="f", allow_outside=True)
+        assert image.getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(BenchmarkDataError, match="outside the benchmark folder"):
+        to_image("../img/in.png", base_dir=data, where="r", field="f")  # root defaults to base_dir
+
+
+def test_text_that_is_not_utf8_names_the_line_or_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "r.jsonl").write_bytes(b'{"q": "fine"}\n{"q": "caf\xe9"}\n')
+    with pytest.raises(BenchmarkDataError, match=r"^r\.jsonl line 2: bytes that are not UTF-8 \(b'.*caf\\xe9.*'\); "
+                                                 r"save the file as UTF-8\.$"):
+        list(read_rows([tmp_path / "r.jsonl"], split="test", layout="L"))
+    (tmp_path / "m.json").write_bytes(b'{\n"a": {"q": "fine"},\n"b": {"q": "caf\xe9"}}')
+    with pytest.raises(BenchmarkDataError, match=r"^m\.json line 3: bytes that are not UTF-8"):
+        list(read_rows([tmp_path / "m.json"], split="test", layout="L"))
+    table = pa.table({"q": pa.array([b"fine", b"caf\xe9"], type=pa.binary()).view(pa.string())})
+    pq.write_table(table, tmp_path / "t.parquet")
+    rows = [Row(where, data, base_dir=tmp_path, benchmark="bench", layout="L")
+            for where, data in read_rows([tmp_path / "t.parquet"], split="test", layout="L")]
+    assert rows[0].text("q") == "fine"
+    with pytest.raises(BenchmarkDataError, match=r"^bench: t\.parquet row 1 has field 'q' holding bytes that are not "
+                                                 r"UTF-8 \(b'caf\\xe9'\)"):
+        rows[1].text("q")

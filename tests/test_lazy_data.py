@@ -307,6 +307,7 @@ def test_the_cache_key_changes_with_every_setting(tmp_path):
         {"checks": RowChecks(images_per_row="first", **FIELDS)},
         {"checks": RowChecks(max_images_per_row=None, **FIELDS)},
         {"checks": RowChecks(base_dir=tmp_path, **FIELDS)},
+        {"checks": RowChecks(allow_image_paths_outside=True, **FIELDS)},
         {"bad_rows": "error"},
         {"limit": 2},
         {"prompt_length_key": "another processor"},

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -36,8 +36,10 @@ from vigos.vllm_rollout import (
     VLLMServerRollout,
     chat_request,
     request_seeds,
+    response_cap,
     sampling_fields,
 )
+from http_stub import serving
 
 PARAMS = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=12, num_samples=2, min_new_tokens=2)
 STUDENT = PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
@@ -215,15 +217,8 @@ def stub(answer):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, seen
 
 
 def test_a_5xx_is_retried(model_and_processor, tmp_path):
@@ -261,9 +256,103 @@ def test_a_timeout_is_a_clear_error(model_and_processor, tmp_path):
 
     with stub(answer) as (url, seen):
         rollout = client(url, processor, tmp_path, served_model="m", timeout=0.3)
-        with pytest.raises(RolloutEngineError, match=r"chat/completions got no answer within 0.3 s.*vllm_request_timeout"):
+        with pytest.raises(RolloutEngineError,
+                           match=r"chat/completions got no complete answer within 0.3 s.*vllm_request_timeout"):
             rollout(torch.nn.Linear(1, 1), examples()[:1])
     assert len(seen) == 1, "a timed-out generation is not sent again"
+
+
+@contextmanager
+def raw_stub(respond):
+    """A server whose every request (GET or POST) is answered by ``respond(handler, stop)``; yields (url, paths)."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            try:
+                respond(self, stop)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, at its deadline or its cap
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    with serving(Handler, stop) as url:
+        yield url, seen
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_not_followed(model_and_processor, tmp_path, status):
+    """Followed, a 302 would turn the POST into a bodiless GET elsewhere, a 307 would send it there whole."""
+    _, processor = model_and_processor
+
+    def redirect_to(target):
+        def respond(handler, stop):
+            handler.send_response(status)
+            handler.send_header("Location", target + "/v1/chat/completions")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+        return respond
+
+    with raw_stub(lambda handler, stop: None) as (elsewhere, reached), \
+            raw_stub(redirect_to(elsewhere)) as (url, seen):
+        rollout = client(url, processor, tmp_path, served_model="m", backoff=0.01)
+        with pytest.raises(RolloutEngineError, match=rf"HTTP {status}, a redirect to {elsewhere}/v1/chat/completions, "
+                           r"which is not followed.*vllm_server_url"):
+            rollout(torch.nn.Linear(1, 1), examples()[:1])
+    assert reached == [] and len(seen) == 1
+
+
+def test_a_trickling_server_is_cut_at_the_deadline(model_and_processor, tmp_path):
+    _, processor = model_and_processor
+
+    def trickle(handler, stop):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        while not stop.wait(0.5):  # a byte every 0.5 s: no single read waits as long as the 1 s timeout
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+
+    with raw_stub(trickle) as (url, seen):
+        rollout = client(url, processor, tmp_path, served_model="m", timeout=1.0)
+        start = time.monotonic()
+        with pytest.raises(RolloutEngineError, match=r"got no complete answer within 1 s, the deadline of one request"):
+            rollout(torch.nn.Linear(1, 1), examples()[:1])
+        assert time.monotonic() - start < 2.0
+    assert len(seen) == 1
+
+
+def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(model_and_processor, tmp_path):
+    _, processor = model_and_processor
+    eos = processor.tokenizer.eos_token_id
+    # 17 MiB of valid answer: two samples with a long text, sent without a length (HTTP/1.0, ends at close).
+    pad = "x" * (17 * 2**20)
+    body = json.dumps({"choices": [{"index": i, "token_ids": [5, eos], "message": {"content": pad}}
+                                   for i in range(2)]}).encode()
+
+    def large(handler, stop):
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    small = SamplingParams(num_samples=2, max_new_tokens=4)
+    long = SamplingParams(num_samples=2, max_new_tokens=100_000)
+    assert response_cap(small) < len(body) < response_cap(long)
+    with raw_stub(large) as (url, seen):
+        rollout = client(url, processor, tmp_path, params=small, served_model="m")
+        assert rollout.client.max_response_bytes == response_cap(small)
+        with pytest.raises(RolloutEngineError, match=r"chat/completions: the answer is larger than the 16\.0 MiB"):
+            rollout(torch.nn.Linear(1, 1), examples()[:1])
+        assert len(seen) == 1, "an oversized answer is not asked for again"
+        assert client(url, processor, tmp_path, params=long, served_model="m").sample(examples()[:1], [0]) == \
+            [[5, eos], [5, eos]], "a long generation's answer fits its larger cap"
 
 
 def test_an_unreachable_server_is_a_clear_error(model_and_processor, tmp_path):

@@ -6,6 +6,7 @@ release"); ``configs/`` holds the paper's 3B/7B runs and a tiny CPU one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ViGOSConfig(TrainingArguments):
     max_train_rows: int | None = field(default=None, metadata=_help("Use at most this many rows (after validation)."))
     images_per_row: str = field(default="all", metadata=_help("'all': a row whose image field holds a list shows the student and every teacher that sees the image all of them, in order; 'first': its first only."))
     max_images_per_row: int | None = field(default=8, metadata=_help("Rows with more images than this are bad rows (images_per_row 'all'; None: no cap)."))
+    allow_image_paths_outside: bool = field(default=False, metadata=_help("Let image paths in the rows point outside the dataset's folder (absolute paths, ../); off, such a row is a bad row."))
     data_num_proc: int | None = field(default=None, metadata=_help("Processes that check the rows before training (None: the usable cores, at most 8); the result is cached under $VIGOS_CACHE/validation."))
 
     # Rollouts.
@@ -121,7 +123,13 @@ class ViGOSConfig(TrainingArguments):
     max_grad_norm: float = field(default=0.1, metadata=_help("Gradient clipping norm (release: 0.1)."))
 
     def __post_init__(self) -> None:
+        if self.report_to is None or (isinstance(self.report_to, str) and self.report_to.lower() in ("none", "null")):
+            self.report_to = "none"  # the Trainer takes None or "None" for an integration's name ("None is not supported")
+        # Checked before the Trainer's own set-up, which takes them as they are: a zero or negative
+        # learning rate would otherwise surface from torch only once the model is loaded.
+        _check_trainer_numbers(self)
         super().__post_init__()
+        _check_report_to(self.report_to)
         _choice("method", self.method, METHODS)
         _choice("teacher", self.teacher, TEACHER_KINDS)
         _choice("bad_rows", self.bad_rows, BAD_ROWS)
@@ -161,9 +169,12 @@ class ViGOSConfig(TrainingArguments):
             if self.naive_loss:
                 raise ValueError("teacher_top_k needs naive_loss: false (the naive path keeps full teacher logits)")
         _range("lora_r", self.lora_r, low=1)
+        _range("lora_alpha", self.lora_alpha, low=0, low_open=True)
         _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
         _range("min_image_side", self.min_image_side, low=1)
         _choice("images_per_row", self.images_per_row, ("all", "first"))
+        if self.max_train_rows is not None:
+            _range("max_train_rows", self.max_train_rows, low=1)
         if self.max_images_per_row is not None:
             _range("max_images_per_row", self.max_images_per_row, low=1)
         if self.data_num_proc is not None:
@@ -171,6 +182,7 @@ class ViGOSConfig(TrainingArguments):
         _range("log_completions_steps", self.log_completions_steps, low=0)
         _range("diagnostics_steps", self.diagnostics_steps, low=0)
         _range("diagnostics_sample_size", self.diagnostics_sample_size, low=1)
+        _range("num_completions_to_log", self.num_completions_to_log, low=0)
         for name, needs in (("student_prompt", {"question"}), ("reasoning_prompt", {"question", "answer"}),
                             ("reference_prompt", {"question", "answer"})):
             missing = needs - prompts.template_fields(getattr(self, name))
@@ -253,15 +265,59 @@ class ViGOSConfig(TrainingArguments):
                       lockstep=lockstep)
 
 
+def _check_trainer_numbers(config: ViGOSConfig) -> None:
+    """Ranges of the ``TrainingArguments`` numbers a run uses, named as options."""
+    _range("learning_rate", config.learning_rate, low=0.0, low_open=True)
+    _range("weight_decay", config.weight_decay, low=0.0)
+    _range("max_grad_norm", config.max_grad_norm, low=0.0)
+    for name in ("adam_beta1", "adam_beta2"):
+        _range(name, getattr(config, name), low=0.0, high=1.0, high_open=True)
+    _range("adam_epsilon", config.adam_epsilon, low=0.0, low_open=True)
+    # Below 1 a fraction of the run's steps, from 1 a number of steps (TrainingArguments' own reading).
+    _range("warmup_steps", config.warmup_steps, low=0.0)
+    _range("label_smoothing_factor", config.label_smoothing_factor, low=0.0, high=1.0)
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _range(name, getattr(config, name), low=1)
+    if config.max_steps != -1:
+        _range("max_steps", config.max_steps, low=1, hint="or -1 to train num_train_epochs")
+    else:
+        _range("num_train_epochs", config.num_train_epochs, low=0.0, low_open=True, hint="(or set max_steps)")
+    # A step count only matters under its strategy ("steps"); below 1 it is a fraction of the run.
+    for strategy, steps in (("logging_strategy", "logging_steps"), ("save_strategy", "save_steps"),
+                            ("eval_strategy", "eval_steps")):
+        if getattr(config, strategy) == "steps" and getattr(config, steps) is not None:
+            _range(steps, getattr(config, steps), low=0.0, low_open=True, hint=f"with {strategy}: steps")
+    if config.save_total_limit is not None:
+        _range("save_total_limit", config.save_total_limit, low=1, hint="or null to keep every checkpoint")
+    _range("dataloader_num_workers", config.dataloader_num_workers, low=0)
+    for name in ("seed", "data_seed"):
+        if getattr(config, name) is not None:
+            _range(name, getattr(config, name), low=0, high=2**32 - 1)  # what numpy's seeding takes
+    if config.neftune_noise_alpha is not None:
+        _range("neftune_noise_alpha", config.neftune_noise_alpha, low=0.0, low_open=True)
+
+
+def _check_report_to(names: list[str]) -> None:
+    """The Trainer checks the integrations' names only once the model is loaded; check them here."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ValueError(f"report_to must name integrations among {', '.join(INTEGRATION_TO_CALLBACK)}, "
+                         f"or be none or all; got {', '.join(map(repr, unknown))}")
+
+
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
 
 
-def _range(name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+def _range(name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, hint: str = "") -> None:
     too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high:
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or math.isnan(value):  # NaN compares false with every bound
         lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
-        raise ValueError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}; got {value!r}")
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        allowed = " and ".join(x for x in (lo, hi) if x) + (f" {hint}" if hint else "")
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")

@@ -2,28 +2,38 @@
 
 Sources: a hub id, a directory written by ``save_to_disk``, a parquet file or a
 directory of parquet files, or a JSONL/JSON file whose image field holds paths
-relative to it. A field mapping names the question, image(s) and answer
-columns. One pass over the rows (:mod:`vigos.validation`) finds the bad ones
-(no image, unreadable, tiny or too many images, empty question or answer,
-prompt too long), to skip or to stop at per ``bad_rows``, and keeps only the
-index of the good ones; :class:`LazyExamples` reads and decodes a row when a
+relative to it (paths that lead outside its folder are refused unless
+``allow_image_paths_outside``). A field mapping names the question, image(s)
+and answer columns. One pass over the rows (:mod:`vigos.validation`) finds the
+bad ones (text that is not UTF-8, no image, an image path outside the folder,
+unreadable, tiny or too many images, empty question or answer, prompt too
+long), to skip or to stop at per ``bad_rows``, and keeps only the index of the
+good ones; :class:`LazyExamples` reads and decodes a row when a
 batch asks for it. Nothing here knows about models or losses: the prompt
 length comes in as a callable.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+# Image decoding lives in vigos.images; the names stay importable from here, where callers have found them.
+from .images import ImagePathOutsideError as ImagePathOutsideError
+from .images import MissingImageError as MissingImageError
+from .images import UnreadableImageError as UnreadableImageError
+from .images import decode_image_bytes as decode_image_bytes
+from .images import resolve_image as resolve_image
+from .images import row_image_values as row_image_values
+from .images import to_rgb as to_rgb
+from .utf8 import NotUtf8, NotUtf8Error, arrow_rows, marked_copy, not_utf8
 
 if TYPE_CHECKING:
     import datasets
@@ -33,8 +43,10 @@ logger = logging.getLogger("vigos.data")
 BAD_ROW_MODES = ("skip", "error")
 IMAGES_PER_ROW = ("all", "first")
 SKIP_REASONS = (
+    "text not UTF-8",
     "missing image",
     "unreadable image",
+    "image outside folder",
     "tiny image",
     "too many images",
     "empty question",
@@ -86,14 +98,6 @@ class BadRowError(DataError):
         self.row = row
         self.field = field
         self.reason = reason
-
-
-class MissingImageError(ValueError):
-    """No image where one should be: None, an empty list, or a path that does not exist."""
-
-
-class UnreadableImageError(ValueError):
-    """Image data that Pillow cannot decode."""
 
 
 @dataclass
@@ -182,15 +186,66 @@ def _bad_json_line(path: Path) -> str | None:
     return None
 
 
+def _parquet_read_options() -> dict[str, Any]:
+    """``load_dataset`` options that make the parquet builder read one row group at a time.
+
+    pyarrow's default ``pre_buffer=True`` fetches every row group of a file
+    the builder asks for at once: with images embedded that holds a whole
+    shard (about 400 MB for a hub shard of 2,000 one-megapixel rows) in
+    memory while the shard is converted to Arrow.
+    """
+    import pyarrow.dataset
+
+    return {"fragment_scan_options": pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False)}
+
+
 def _load_data_files(kind: str, files: list[str], source: str) -> datasets.Dataset:
     import datasets
+    import pyarrow
 
+    options = _parquet_read_options() if kind == "parquet" else {}
     try:
-        return datasets.load_dataset(kind, data_files=files, split="train")
+        rows = datasets.load_dataset(kind, data_files=files, split="train", **options)
     except Exception as error:  # datasets wraps parse errors in a generic builder error; name the file and line
         where = next((f"{Path(f).name}: {bad}" for f in files if kind == "json" and (bad := _bad_json_line(Path(f)))),
-                     _first_line(error))
-        raise DataError(f"could not read dataset {source!r}: {where}") from None
+                     None)
+        copies = _utf8_copies(files, source) if kind == "json" and where is None else None
+        if copies is None:
+            raise DataError(f"could not read dataset {source!r}: {where or _first_line(error)}") from None
+    else:
+        if kind != "json":
+            return rows
+        try:
+            rows.data.table.validate(full=True)  # every string UTF-8?
+            return rows
+        except pyarrow.ArrowInvalid:
+            copies = _utf8_copies(files, source)
+            if copies is None:
+                return rows
+    try:
+        return datasets.load_dataset("json", data_files=copies, split="train")
+    except Exception as error:  # the copies are UTF-8 JSON lines, as the files were: no row's fault
+        raise DataError(f"could not read dataset {source!r} (read from copies with the text that is not UTF-8 "
+                        f"marked): {_first_line(error)}") from None
+
+
+def _utf8_copies(files: list[str], source: str) -> list[str] | None:
+    """The files with each one holding text that is not UTF-8 replaced by its marked copy
+    (:func:`vigos.utf8.marked_copy`); None when every file is UTF-8."""
+    import datasets
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / "vigos-utf8"
+    try:
+        copies = [marked_copy(Path(f), cache) for f in files]
+    except NotUtf8Error as error:
+        raise DataError(f"could not read dataset {source!r}: {error}") from None
+    if not any(copies):
+        return None
+    for copy, original in zip(copies, files):
+        if copy is not None:
+            logger.warning("data: %s holds text that is not UTF-8; reading it from %s, where that text is marked, "
+                           "so its rows are bad rows", original, copy)
+    return [str(copy or original) for copy, original in zip(copies, files)]
 
 
 def _split_files(directory: Path) -> tuple[str, dict[str, list[str]]] | None:
@@ -216,9 +271,11 @@ def load_rows(source: str, *, split: str = "train") -> datasets.Dataset:
     ``DatasetDict.save_to_disk`` (``split`` picks from a DatasetDict), a
     ``.parquet`` file or a directory of parquet files (splits by the hub's
     file-naming rules, e.g. ``data/train-00000-of-00001.parquet``), a
-    ``.jsonl``/``.json`` file, or else a hub id. Raises
-    :class:`DatasetNotFoundError` for a local path that does not exist and
-    :class:`DataError` for anything else that cannot be loaded.
+    ``.jsonl``/``.json`` file, or else a hub id. A JSONL file with text that
+    is not UTF-8 is read from a copy in which that text is marked
+    (:mod:`vigos.utf8`), so that its rows come out as bad rows, with their line.
+    Raises :class:`DatasetNotFoundError` for a local path that does not exist
+    and :class:`DataError` for anything else that cannot be loaded.
     """
     import datasets
 
@@ -253,95 +310,15 @@ def load_rows(source: str, *, split: str = "train") -> datasets.Dataset:
     if _looks_like_path(source):
         raise DatasetNotFoundError(f"dataset path {source!r} not found (resolved to {path.absolute()})")
     try:
-        return datasets.load_dataset(source, split=split)
+        from datasets.packaged_modules.parquet.parquet import ParquetConfig
+
+        builder = datasets.load_dataset_builder(source)
+        options = _parquet_read_options() if isinstance(builder.config, ParquetConfig) else {}
+        return datasets.load_dataset(source, split=split, **options)
     except Exception as error:  # the hub client raises many kinds; one clear line for all
         why = "the hub is unreachable" if _hub_unreachable(error) else "loading it from the hub failed"
         raise DataError(f"could not load dataset {source!r}: not a local file or directory and {why} "
                         f"({_first_line(error)})") from None
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    # Transparent pixels go on white, as the HF image processors do: a plain
-    # convert("RGB") turns a transparent diagram background black.
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-def _decoded(image: Image.Image) -> Image.Image:
-    """A new image, fully decoded, EXIF-upright, RGB; decoding errors become :class:`UnreadableImageError`."""
-    try:
-        image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))  # exif_transpose always returns a new image
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
-        raise UnreadableImageError(f"unreadable image ({type(error).__name__}: {error})") from None
-
-
-def resolve_image(value: Any, *, base_dir: Path | None = None) -> Image.Image:
-    """An RGB PIL image from the value of an image field.
-
-    ``value`` is a PIL image, a datasets image dict (``{"bytes": ..., "path":
-    ...}``), a path (relative paths resolve against ``base_dir``), raw bytes,
-    or a non-empty list of those (the first is used). Raises
-    :class:`MissingImageError` or :class:`UnreadableImageError` (both
-    ``ValueError``) with the reason.
-    """
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise MissingImageError("the image list is empty")
-        value = value[0]
-    if value is None:
-        raise MissingImageError("no image")
-    if isinstance(value, Mapping):
-        if value.get("bytes"):
-            value = value["bytes"]
-        elif value.get("path"):
-            value = value["path"]
-        else:
-            raise MissingImageError("the image holds neither bytes nor a path")
-    if isinstance(value, Image.Image):
-        return _decoded(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        buffer = io.BytesIO(bytes(value))
-        try:
-            opened = Image.open(buffer)
-        except Exception as error:  # not an image format Pillow knows, or a truncated header
-            # Pillow names the buffer by its repr, a memory address: name its size, so messages stay the same.
-            detail = str(error).replace(repr(buffer), f"({len(buffer.getbuffer())} bytes)")
-            raise UnreadableImageError(f"unreadable image bytes ({type(error).__name__}: {detail})") from None
-        return _decoded(opened)
-    if isinstance(value, (str, os.PathLike)):
-        if not str(value).strip():
-            raise MissingImageError("the image path is empty")
-        path = Path(value).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        if not path.exists():
-            looked = "" if str(path) == str(value) else f" (looked for {path})"
-            raise MissingImageError(f"image file {str(value)!r} not found{looked}")
-        if not path.is_file():
-            raise UnreadableImageError(f"image path {str(value)!r} is not a file")
-        try:
-            with Image.open(path) as opened:
-                return _decoded(opened)
-        except UnreadableImageError:
-            raise
-        except Exception as error:  # not an image format Pillow knows, or no permission
-            raise UnreadableImageError(f"unreadable image file {str(value)!r} ({type(error).__name__}: {error})") from None
-    raise UnreadableImageError(f"cannot read an image from a {type(value).__name__}")
-
-
-def row_image_values(value: Any, images_per_row: str = "all") -> list[Any]:
-    """The undecoded images of a row's image field, in order: every item of a list (only the first with
-    ``images_per_row="first"``), or the one value that is not a list. Raises :class:`MissingImageError` for an
-    empty list."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not values:
-        raise MissingImageError("the image list is empty")
-    return values[:1] if images_per_row == "first" else values
 
 
 def _jsonable(value: Any) -> bool:
@@ -358,8 +335,10 @@ class RowReader:
     Iterating a Dataset decodes its Image columns, and one bad image then
     raises from inside ``datasets`` for the whole loop; reading raw arrow rows
     lets :func:`resolve_image` judge each image on its own. Json columns (mixed
-    types in a JSONL column) still need decoding into python values. Pickles as
-    the Dataset does: a memory-mapped one as its file paths.
+    types in a JSONL column) still need decoding into python values. A text
+    value whose bytes are not UTF-8 comes as :class:`NotUtf8`, for the checks
+    to make its row a bad row. Pickles as the Dataset does: a memory-mapped one
+    as its file paths.
     """
 
     def __init__(self, rows: datasets.Dataset):
@@ -376,11 +355,17 @@ class RowReader:
 
     def rows(self, start: int, stop: int) -> list[dict]:
         """Rows ``start`` to ``stop`` (exclusive), in order, read as one arrow slice."""
+        return [{name: self._value(name, value) for name, value in raw.items()}
+                for raw in arrow_rows(self._table[start:stop])]
+
+    def _value(self, name: str, value: Any) -> Any:
         from datasets.features.features import decode_nested_example
 
-        return [{name: decode_nested_example(self.features[name], value) if name in self.json_columns else value
-                 for name, value in raw.items()}
-                for raw in self._table[start:stop].to_pylist()]
+        if isinstance(value, NotUtf8):
+            return value
+        if name in self.json_columns:
+            value = decode_nested_example(self.features[name], value)
+        return not_utf8(value)
 
 
 class LazyExamples(torch.utils.data.Dataset):
@@ -405,6 +390,7 @@ class LazyExamples(torch.utils.data.Dataset):
         answer_field: str = "answer",
         images_per_row: str = "all",
         base_dir: Path | None = None,
+        allow_image_paths_outside: bool = False,
     ):
         self.kept = np.asarray(kept, dtype=np.int64)
         self.question_field = question_field
@@ -412,6 +398,7 @@ class LazyExamples(torch.utils.data.Dataset):
         self.answer_field = answer_field
         self.images_per_row = images_per_row
         self.base_dir = base_dir
+        self.allow_image_paths_outside = allow_image_paths_outside
         self._reader = RowReader(rows)
         self._not_meta = {question_field, image_field, answer_field} | self._reader.media_columns
 
@@ -424,7 +411,8 @@ class LazyExamples(torch.utils.data.Dataset):
         # Validation passed the text (a string, or a number kept as its str); only image files can change since.
         question, answer = (str(row[name]).strip() for name in (self.question_field, self.answer_field))
         try:
-            images = [resolve_image(value, base_dir=self.base_dir)
+            images = [resolve_image(value, base_dir=self.base_dir,
+                                    allow_image_paths_outside=self.allow_image_paths_outside)
                       for value in row_image_values(row.get(self.image_field), self.images_per_row)]
         except (MissingImageError, UnreadableImageError) as error:
             raise BadRowError(f"row {row_index} (field {self.image_field!r}): {error} — the row passed validation, "
@@ -443,17 +431,21 @@ def prepare_lazy_examples(
     answer_field: str = "answer",
     images_per_row: str = "all",
     base_dir: Path | None = None,
+    allow_image_paths_outside: bool = False,
     **checks: Any,
 ) -> tuple[LazyExamples, DataReport]:
     """Validate ``rows`` (:func:`vigos.validation.validate_rows`, which takes ``checks``: ``bad_rows``,
     ``min_image_side``, ``max_prompt_length``, ``prompt_length``, ``max_images_per_row``, ``limit``,
-    ``num_proc``, ``cache_dir``, ...) and give the kept rows as :class:`LazyExamples`."""
+    ``num_proc``, ``cache_dir``, ...) and give the kept rows as :class:`LazyExamples`. Image paths resolve
+    against ``base_dir`` and must stay inside it unless ``allow_image_paths_outside``."""
     from .validation import validate_rows  # deferred: vigos.validation imports this module
 
     kept, report = validate_rows(rows, question_field=question_field, image_field=image_field,
-                                 answer_field=answer_field, images_per_row=images_per_row, base_dir=base_dir, **checks)
+                                 answer_field=answer_field, images_per_row=images_per_row, base_dir=base_dir,
+                                 allow_image_paths_outside=allow_image_paths_outside, **checks)
     return LazyExamples(rows, kept, question_field=question_field, image_field=image_field, answer_field=answer_field,
-                        images_per_row=images_per_row, base_dir=base_dir), report
+                        images_per_row=images_per_row, base_dir=base_dir,
+                        allow_image_paths_outside=allow_image_paths_outside), report
 
 
 def prepare_examples(rows: datasets.Dataset, **options: Any) -> tuple[list[Example], DataReport]:
@@ -491,8 +483,10 @@ def load_examples(source: str, *, split: str = "train", lazy: bool = False,
                   **options: Any) -> tuple[list[Example] | LazyExamples, DataReport]:
     """:func:`load_rows` then :func:`prepare_examples`, or :func:`prepare_lazy_examples` when ``lazy``.
 
-    ``base_dir`` (where relative image paths resolve) defaults to the
-    directory of a JSONL/parquet file, or to the dataset directory itself.
+    ``base_dir`` (where relative image paths resolve, and the folder every
+    image path must stay inside unless ``allow_image_paths_outside=True``)
+    defaults to the directory of a JSONL/parquet file, or to the dataset
+    directory itself (the working directory for a hub id).
     """
     rows = load_rows(source, split=split)
     path = Path(source).expanduser()

@@ -533,7 +533,8 @@ def _load_rows(source: str, args: argparse.Namespace, config: ViGOSConfig) -> li
 
     examples, report = load_examples(resolve_dataset(source, seed=args.seed), question_field=args.question_field,
                                      image_field=args.image_field, answer_field=args.answer_field,
-                                     min_image_side=config.min_image_side)
+                                     min_image_side=config.min_image_side,
+                                     allow_image_paths_outside=config.allow_image_paths_outside)
     if not examples:
         raise ValueError(f"no usable rows in {source!r}: {report.summary()}")
     return examples

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from . import __version__
+from .checkpoints import reporting_full_disk
 from .config import ConfigError, ViGOSConfig
 from .data import DataError, load_examples
 from .modeling import encode_image, tokenize_prompt
@@ -126,6 +128,24 @@ def student_prompt_key(processor: Any, config: ViGOSConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def ensure_writable_dir(path: str | Path, option: str = "output_dir") -> Path:
+    """Make directory ``path`` (parents too) and prove a file can be written in it; a :class:`ConfigError`
+    naming ``option`` and the OS's reason if not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a file, not a directory; set {option} to a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Permissions, read-only mounts and ACLs all show only in a real write: try one.
+        handle, probe = tempfile.mkstemp(prefix=".vigos-write-check-", dir=path)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(f"{option} {str(path)!r} cannot be written to: {error.strerror or error}; "
+                          f"set {option} to a directory this user can write to") from None
+    return path
+
+
 def train(config: ViGOSConfig) -> Path:
     """Run a whole training job from ``config``; returns the directory of the saved model/adapter."""
     from transformers import set_seed
@@ -136,6 +156,8 @@ def train(config: ViGOSConfig) -> Path:
         raise ConfigError("model_name_or_path is not set: name a checkpoint directory or hub id")
     if not config.dataset:
         raise ConfigError("dataset is not set: name a hub id, a saved dataset, a parquet or a JSONL file")
+    # Before the model loads: an unwritable output_dir would otherwise fail at the first save.
+    ensure_writable_dir(config.output_dir)
     # Under `accelerate launch` every process gets here: let one process per node
     # build the tiny model and the synthetic data, and the others read them after.
     with config.main_process_first(desc="building the model and data caches"):
@@ -153,6 +175,7 @@ def train(config: ViGOSConfig) -> Path:
             dataset_path,
             split=config.dataset_split,
             lazy=True,
+            allow_image_paths_outside=config.allow_image_paths_outside,
             question_field=config.question_field,
             image_field=config.image_field,
             answer_field=config.answer_field,
@@ -172,7 +195,8 @@ def train(config: ViGOSConfig) -> Path:
     trainer = ViGOSTrainer(model, config, examples, processor)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     out = Path(config.output_dir)
-    trainer.save_model(str(out))
+    with reporting_full_disk(out, "the trained model"):
+        trainer.save_model(str(out))
     # An undestroyed gloo/NCCL group aborts its worker threads at interpreter exit (SIGABRT).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

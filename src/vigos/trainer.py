@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .checkpoints import AtomicCheckpointMixin
+from .checkpoints import AtomicCheckpointMixin, reporting_full_disk
 from .config import ViGOSConfig
 from .data import Example, collate_examples
 from .modeling import unwrap
@@ -148,7 +148,7 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
             tokenizer = self.processing_class.tokenizer
             path = Path(self.args.output_dir) / "completions.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
+            with reporting_full_disk(path.parent, path.name), path.open("a") as f:
                 for example, ids, spans in list(zip(examples, scored.completion_ids, scored.spans))[: self.args.num_completions_to_log]:
                     record = {
                         "step": step,
@@ -206,5 +206,5 @@ class _MetricsFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
+            with reporting_full_disk(self.path.parent, self.path.name), self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")

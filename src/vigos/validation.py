@@ -40,7 +40,9 @@ from .data import (
     BadRowError,
     DataError,
     DataReport,
+    ImagePathOutsideError,
     MissingImageError,
+    NotUtf8,
     RowReader,
     UnreadableImageError,
     _first_line,
@@ -61,7 +63,7 @@ _READ_ROWS = 16  # rows read from the table at once by a process
 _PROGRESS_EVERY = 5000
 _SHOWN_SKIPS = 5
 _MAX_DEFAULT_PROCESSES = 8
-_CACHE_FORMAT = 1  # bump when a check changes what a row's outcome is, so older cache files stop matching
+_CACHE_FORMAT = 2  # bump when a check changes what a row's outcome is, so older cache files stop matching
 
 
 @dataclass
@@ -84,6 +86,7 @@ class RowChecks:
     images_per_row: str = "all"
     max_images_per_row: int | None = 8
     base_dir: Path | None = None
+    allow_image_paths_outside: bool = False
 
 
 def _text(value: Any, *, field_name: str, what: str) -> str | _Bad:
@@ -102,11 +105,17 @@ def _text(value: Any, *, field_name: str, what: str) -> str | _Bad:
 def check_row(row: dict, checks: RowChecks, prompt_length: PromptLength | None = None) -> int | _Bad:
     """How many images a good row's image field holds, or why the row is bad.
 
-    Text first: it is cheap, decoding an image is not. With ``images_per_row``
+    Text first: it is cheap, decoding an image is not. Any field whose text is
+    not UTF-8 (:class:`vigos.data.NotUtf8`) makes the row bad: the row cannot
+    be read as it was written. With ``images_per_row``
     "all" every image is checked (a message says which one when there are
     several), with "first" only the first. ``prompt_length`` is called only
     when ``checks.max_prompt_length`` is set.
     """
+    for name, value in row.items():
+        if isinstance(value, NotUtf8):
+            return _Bad("text not UTF-8", name, f"the value holds bytes that are not UTF-8 ({value.where})",
+                        "save the file as UTF-8")
     question = _text(row.get(checks.question_field), field_name=checks.question_field, what="question")
     if isinstance(question, _Bad):
         return question
@@ -127,7 +136,10 @@ def check_row(row: dict, checks: RowChecks, prompt_length: PromptLength | None =
     for position, value in enumerate(used, start=1):
         which = f"image {position} of {len(used)}: " if len(used) > 1 else ""
         try:
-            image = resolve_image(value, base_dir=checks.base_dir)
+            image = resolve_image(value, base_dir=checks.base_dir,
+                                  allow_image_paths_outside=checks.allow_image_paths_outside)
+        except ImagePathOutsideError as error:
+            return _Bad("image outside folder", image_field, f"{which}{error}")
         except MissingImageError as error:
             return _Bad("missing image", image_field, f"{which}{error}")
         except UnreadableImageError as error:
@@ -333,6 +345,7 @@ def validate_rows(
     images_per_row: str = "all",
     max_images_per_row: int | None = 8,
     base_dir: Path | None = None,
+    allow_image_paths_outside: bool = False,
     limit: int | None = None,
     num_proc: int | None = 1,
     cache_dir: Path | None = None,
@@ -346,7 +359,9 @@ def validate_rows(
     first bad row, its field and the fix when ``bad_rows="error"``. With
     ``images_per_row="all"`` every image of a row is checked and a row of more
     than ``max_images_per_row`` images (None: no cap) is bad; with "first"
-    only its first. The prompt length is checked only when both
+    only its first. An image path must resolve inside ``base_dir`` (the
+    working directory when None) unless ``allow_image_paths_outside``. The
+    prompt length is checked only when both
     ``max_prompt_length`` and ``prompt_length`` (question, images → tokens)
     are given. ``limit`` stops after that many kept rows. ``num_proc``
     processes share the pass (None: the usable cores, at most 8). With
@@ -359,8 +374,10 @@ def validate_rows(
     """
     if max_prompt_length is None or prompt_length is None:
         max_prompt_length = prompt_length = prompt_length_key = None
-    checks = RowChecks(question_field, image_field, answer_field, min_image_side, max_prompt_length, images_per_row,
-                       max_images_per_row, base_dir)
+    checks = RowChecks(question_field=question_field, image_field=image_field, answer_field=answer_field,
+                       min_image_side=min_image_side, max_prompt_length=max_prompt_length,
+                       images_per_row=images_per_row, max_images_per_row=max_images_per_row, base_dir=base_dir,
+                       allow_image_paths_outside=allow_image_paths_outside)
     _check_arguments(rows, checks, bad_rows=bad_rows, limit=limit, num_proc=num_proc)
     cache_file = settings = None
     if cache_dir is not None and getattr(rows, "_fingerprint", None):

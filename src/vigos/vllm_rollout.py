@@ -31,7 +31,8 @@ It is the same rollout because of four things:
 
 Each example is one request for its ``n`` samples, with a seed drawn from
 torch's RNG, so a seeded run sends the same seeds (vLLM gives the samples
-seeds ``seed, seed + 1, ...``). Only the Python standard library is used.
+seeds ``seed, seed + 1, ...``). Only the Python standard library is used, through
+:mod:`vigos.http_client`: no redirects, a deadline per request, a cap on an answer's size.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ import http.client
 import io
 import json
 import logging
+import os
 import shutil
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -52,6 +53,8 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from .data import Example
+from .http_client import Answer, DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
+from .http_client import request as http_request
 from .modeling import image_token_id
 from .prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec
 from .rollout import SamplingParams, student_contexts, vision_token_ids
@@ -65,6 +68,10 @@ START_SERVER = (
     "Start one with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve MODEL --enable-lora --max-lora-rank R` "
     "(on a CPU: `vigos serve --model MODEL`), or point vllm_server_url at the one running."
 )
+# An answer is read up to a base (the envelope, the echoed prompt ids of large images) plus this much per
+# sampled token: its id and its text, JSON-escaped, with room to spare.
+RESPONSE_BASE_BYTES = 16 * 2**20
+RESPONSE_BYTES_PER_TOKEN = 128
 
 
 class RolloutEngineError(RuntimeError):
@@ -183,20 +190,35 @@ class ServerRefused(RolloutEngineError):
         self.status = status
 
 
-class ServerClient:
-    """JSON over HTTP to one OpenAI-compatible server, with timeouts and retries with back-off.
+def server_api_key() -> str | None:
+    """The key sent to the server as ``Authorization: Bearer``: ``$VLLM_API_KEY`` (what ``vllm serve
+    --api-key`` reads), else ``$VIGOS_SERVE_API_KEY`` (``vigos serve``'s). Read from the environment only,
+    so it never lands in a config file, the saved training arguments or a log."""
+    return os.environ.get("VLLM_API_KEY") or os.environ.get("VIGOS_SERVE_API_KEY") or None
 
-    Connection failures, HTTP 5xx and 429 are retried ``retries`` times,
-    waiting ``backoff`` seconds, then twice that, and so on. A timeout is not
-    retried (the server is likely still working on the request); a 4xx is a
-    request the server refuses, so it is not retried either.
+
+class ServerClient:
+    """JSON over HTTP to one OpenAI-compatible server, with a deadline per request and retries with back-off.
+
+    ``timeout`` is the deadline of one request as a whole (connect, send and
+    the whole answer); an answer over ``max_response_bytes`` is refused, and
+    a redirect is never followed (it would send the request somewhere the
+    caller did not name). Connection failures, HTTP 5xx and 429 are retried
+    ``retries`` times, waiting ``backoff`` seconds, then twice that, and so
+    on. A timeout is not retried (the server is likely still working on the
+    request); a 4xx is a request the server refuses, so it is not retried either.
     """
 
-    def __init__(self, url: str, *, timeout: float = 600.0, retries: int = 3, backoff: float = 1.0):
+    def __init__(self, url: str, *, timeout: float = 600.0, retries: int = 3, backoff: float = 1.0,
+                 max_response_bytes: int = RESPONSE_BASE_BYTES, api_key: str | None = None):
         self.url = url.rstrip("/")
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.max_response_bytes = max_response_bytes
 
     def get(self, path: str) -> Any:
         """GET ``path``; the parsed JSON answer."""
@@ -207,42 +229,57 @@ class ServerClient:
         return self._send("POST", path, json.dumps(body).encode())
 
     def _send(self, method: str, path: str, data: bytes | None) -> Any:
-        where = f"{method} {self.url}{path}"
+        where = f"{method} {redact_url(self.url + path)}"
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url + path, data=data, method=method,
-                                             headers={"Content-Type": "application/json"})
             reached = True
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return _parse(response.read())
-            except urllib.error.HTTPError as error:
-                message = _error_message(error)
-                if error.code < 500 and error.code != 429:
-                    raise ServerRefused(error.code, f"the vLLM server refused {where}: HTTP {error.code}: "
-                                        f"{message}{_hint(path, message)}") from None
-                failure = f"HTTP {error.code}: {message}"
-            except TimeoutError:
+                answer = http_request(self.url + path, method=method, data=data,
+                                      headers=self.headers,
+                                      deadline_s=self.timeout, max_bytes=self.max_response_bytes)
+            except RedirectRefused as error:
+                raise RolloutEngineError(
+                    f"{where}: the server answered HTTP {error.status}, a redirect to {error.location}, which is "
+                    "not followed. If that is the vLLM server, set vllm_server_url (--server-url) to it.") from None
+            except ResponseTooLarge:
+                raise RolloutEngineError(
+                    f"{where}: the answer is larger than the {self.max_response_bytes / 2**20:.1f} MiB this client "
+                    "reads (sized for the request's n x max_tokens token ids), so it was not read further. Check "
+                    f"that {redact_url(self.url)} is a vLLM server.") from None
+            except DeadlineExceeded:
                 raise self._timeout(where) from None
             except urllib.error.URLError as error:
-                if isinstance(error.reason, TimeoutError):
-                    raise self._timeout(where) from None
                 reached, failure = False, f"cannot connect: {error.reason}"
             except (ConnectionError, http.client.HTTPException) as error:  # dropped mid-answer
                 failure = f"connection lost: {error!r}"
+            else:
+                if 200 <= answer.status < 300:
+                    return _parse(answer.body)
+                message = _error_message(answer)
+                if answer.status < 500 and answer.status != 429:
+                    raise ServerRefused(answer.status, f"the vLLM server refused {where}: HTTP {answer.status}: "
+                                        f"{message}{_hint(path, message)}")
+                failure = f"HTTP {answer.status}: {message}"
             if attempt < self.retries:
                 wait = self.backoff * 2**attempt
                 logger.warning("%s failed (%s); retrying in %.1f s", where, failure, wait)
                 time.sleep(wait)
         raise RolloutEngineError(
             f"{where} failed {self.retries + 1} times; last: {failure}."
-            + (" Check the server's log." if reached else f" No vLLM server answers at {self.url}. {START_SERVER}")
+            + (" Check the server's log." if reached
+               else f" No vLLM server answers at {redact_url(self.url)}. {START_SERVER}")
         )
 
     def _timeout(self, where: str) -> RolloutEngineError:
         return RolloutEngineError(
-            f"{where} got no answer within {self.timeout:g} s. Raise vllm_request_timeout for long "
-            "generations, or check that the server is not stuck or overloaded."
+            f"{where} got no complete answer within {self.timeout:g} s, the deadline of one request. Raise "
+            "vllm_request_timeout for long generations, or check that the server is not stuck or overloaded."
         )
+
+
+def response_cap(params: SamplingParams) -> int:
+    """The most bytes a chat-completions answer for ``params`` is read to: a base for the envelope and the
+    echoed prompt ids, plus room for ``num_samples x max_new_tokens`` sampled ids and their text."""
+    return RESPONSE_BASE_BYTES + params.num_samples * params.max_new_tokens * RESPONSE_BYTES_PER_TOKEN
 
 
 def _parse(body: bytes) -> Any:
@@ -253,11 +290,8 @@ def _parse(body: bytes) -> Any:
         return text  # vLLM answers the LoRA endpoints in plain text
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
-    try:
-        parsed = _parse(error.read())
-    except OSError:
-        return error.reason
+def _error_message(answer: Answer) -> str:
+    parsed = _parse(answer.body)
     if isinstance(parsed, dict):
         # {"error": {"message": ...}}, vLLM's older flat {"message": ...}, or FastAPI's {"detail": ...}
         inner = parsed.get("error", parsed)
@@ -283,6 +317,8 @@ class VLLMServerRollout:
     adapters are saved for the server to load; the server reads them from
     this path, so it must see the same file system. ``served_model``: the
     base model's name on the server (default: asked from ``/v1/models``).
+    ``timeout``: the deadline of one request (see :class:`ServerClient`);
+    answers are read up to :func:`response_cap` of ``params``.
     """
 
     def __init__(
@@ -303,7 +339,8 @@ class VLLMServerRollout:
         self.processor = processor
         self.params = params
         self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
-        self.client = ServerClient(url, timeout=timeout, retries=retries, backoff=backoff)
+        self.client = ServerClient(url, timeout=timeout, retries=retries, backoff=backoff,
+                                   max_response_bytes=response_cap(params), api_key=server_api_key())
         self.sync_dir = Path(sync_dir)
         self.served_model = served_model
         self.max_concurrency = max_concurrency

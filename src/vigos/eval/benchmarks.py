@@ -17,7 +17,8 @@ loses only its trailing answer-format instruction) and ``options`` stays
 right into ``image``; the separate images stay in ``meta["images"]``.
 
 A suite that is not built in can be described in a YAML file (see
-:func:`benchmark_from_yaml`) and registered without writing Python.
+:func:`vigos.eval.benchmark_yaml.benchmark_from_yaml`) and registered without
+writing Python; :func:`get_benchmark` takes the YAML file's path as a name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image
 
 from vigos.eval.sources import (
@@ -52,7 +52,6 @@ __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
     "EvalItem",
     "answer_to_letter",
-    "benchmark_from_yaml",
     "format_options",
     "get_benchmark",
     "load_benchmark",
@@ -141,10 +140,14 @@ def _sources(benchmark: Benchmark, root: Path, patterns: Sequence[str]) -> list[
     return find_files(root, patterns, what=benchmark.name, layout=benchmark.expected_layout)
 
 
-def _rows(benchmark: Benchmark, files: Sequence[Path], *, split: str, base_dir: Path, prefix: str = "") -> Iterator[Row]:
+def _rows(benchmark: Benchmark, files: Sequence[Path], *, split: str, base_dir: Path, prefix: str = "",
+          root: Path | None = None, allow_outside: bool = False) -> Iterator[Row]:
+    """The rows of ``files``; their image paths resolve against ``base_dir`` and must stay inside ``root``
+    (default ``base_dir``) unless ``allow_outside``."""
     layout = benchmark.expected_layout
     for where, data in read_rows(files, split=split, layout=layout):
-        yield Row(prefix + where, data, base_dir=base_dir, benchmark=benchmark.name, layout=layout)
+        yield Row(prefix + where, data, base_dir=base_dir, benchmark=benchmark.name, layout=layout, root=root,
+                  allow_outside=allow_outside)
 
 
 # --- MMMU and MMMU-Pro ----------------------------------------------------------------------------
@@ -387,6 +390,8 @@ def get_benchmark(name: str) -> Benchmark:
         if _squash(registered) == squashed:
             return benchmark
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        from vigos.eval.benchmark_yaml import benchmark_from_yaml  # deferred: it builds on this module
+
         return benchmark_from_yaml(name)
     close = difflib.get_close_matches(name.lower(), list(BENCHMARKS), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -468,119 +473,3 @@ _BUILTINS = (
 )
 for _benchmark in _BUILTINS:
     register_benchmark(_benchmark)
-
-
-# --- Benchmarks described in YAML ----------------------------------------------------------------
-
-_YAML_KEYS = {"name", "description", "file", "split", "fields", "prompt", "grader", "answer_format"}
-_YAML_FIELDS = {"id", "question", "answer", "image", "options", "category"}
-_YAML_REQUIRED_FIELDS = ("question", "answer", "image")
-
-
-def _known_graders() -> tuple[str, ...]:
-    # Asked lazily: grading and the benchmark registry do not depend on each other at import.
-    try:
-        from vigos.grading import GRADERS
-    except ImportError:
-        return DEFAULT_GRADERS
-    return tuple(GRADERS)
-
-
-@dataclass(frozen=True)
-class _YamlSpec:
-    file: str
-    split: str
-    fields: dict[str, str]
-    prompt: str
-    grader: str
-    answer_format: str
-
-
-def benchmark_from_yaml(path: str | Path) -> Benchmark:
-    """A benchmark described by a YAML file, read by a generic adapter.
-
-    Keys: ``name``; ``file`` (a glob relative to ``data_dir/<name>/``: JSONL,
-    JSON, parquet or a ``save_to_disk`` folder); ``fields`` mapping
-    ``question``, ``answer``, ``image`` (required) and ``options``,
-    ``category``, ``id`` (optional) to the row's column names; optional
-    ``description``, ``split`` (of a saved DatasetDict, default ``test``),
-    ``prompt`` (default ``"{question}\\n{options}"``; ``{column}`` inserts any
-    other column of the row), ``grader`` (default ``multiple_choice`` with
-    options, else ``auto``) and ``answer_format`` (``auto``, ``letter``,
-    ``text`` or ``index``: how the answer names an option). Image values are
-    paths relative to the data file's folder, embedded bytes, or lists of
-    either.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkDataError(f"benchmark YAML {path} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise BenchmarkDataError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(spec, dict):
-        raise BenchmarkDataError(f"{path}: expected a mapping of keys ({', '.join(sorted(_YAML_KEYS))})")
-
-    def bad(problem: str) -> BenchmarkDataError:
-        return BenchmarkDataError(f"{path}: {problem}")
-
-    if unknown := set(spec) - _YAML_KEYS:
-        raise bad(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}")
-    for key in ("name", "file", "fields"):
-        if not spec.get(key):
-            raise bad(f"missing required key {key!r}")
-    fields = spec["fields"]
-    if not isinstance(fields, dict):
-        raise bad("'fields' must map question/answer/image/... to column names")
-    if unknown := set(fields) - _YAML_FIELDS:
-        raise bad(f"unknown field(s) {sorted(unknown)} under 'fields'; allowed: {sorted(_YAML_FIELDS)}")
-    if missing := [key for key in _YAML_REQUIRED_FIELDS if not fields.get(key)]:
-        raise bad(f"'fields' lacks {missing}: say which column holds the question, the answer and the image")
-    prompt = str(spec.get("prompt", DEFAULT_PROMPT_TEMPLATE))
-    if "{question}" not in prompt:
-        raise bad("'prompt' must contain {question}")
-    grader = str(spec.get("grader", "multiple_choice" if fields.get("options") else "auto"))
-    if grader not in (graders := _known_graders()):
-        raise bad(f"unknown grader {grader!r}; choose one of {', '.join(graders)}")
-    answer_format = str(spec.get("answer_format", "auto"))
-    if answer_format not in ANSWER_FORMATS:
-        raise bad(f"answer_format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
-
-    name = str(spec["name"])
-    if not re.fullmatch(_NAME, name):
-        raise bad(f"name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
-    columns = {key: str(column) for key, column in fields.items() if column}
-    described = ", ".join(f"{key}={column!r}" for key, column in sorted(columns.items()))
-    layout = (
-        f"data_dir/{name}/{spec['file']} (from {path}) with one row per question and columns {described}; "
-        "images as paths relative to the data file's folder or embedded bytes."
-    )
-    yaml_spec = _YamlSpec(str(spec["file"]), str(spec.get("split", "test")), columns, prompt, grader, answer_format)
-    description = str(spec.get("description", f"benchmark described in {path}"))
-    return Benchmark(name, description, layout, partial(_load_yaml, spec=yaml_spec))
-
-
-def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator[EvalItem]:
-    columns = spec.fields
-    counter = itertools.count()
-    for source in _sources(benchmark, root, (spec.file,)):
-        base_dir = source if source.is_dir() else source.parent
-        for row in _rows(benchmark, [source], split=spec.split, base_dir=base_dir):
-            index = next(counter)
-            image = tile_images(row.images(columns["image"]))
-            answer: Any = row.require(columns["answer"])
-            options = row.options(columns["options"]) if "options" in columns else None
-            if options:
-                answer, _ = row.choice_answer(answer, options, spec.answer_format)
-            template = _TEMPLATE_FIELD.sub(
-                lambda m: str(row.data[m.group(1)]) if m.group(1) in row.data and m.group(1) not in ("question", "options")
-                else m.group(0),
-                spec.prompt,
-            )
-            category = row.get(columns["category"]) if "category" in columns else None
-            yield EvalItem(
-                benchmark.name, str(row.require(columns["id"])) if "id" in columns else str(index),
-                row.text(columns["question"]), image, str(answer).strip(), options=options or None,
-                category=None if category is None else str(category), grader=spec.grader,
-                meta={"source": row.where}, prompt_template=template,
-            )

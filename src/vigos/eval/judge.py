@@ -7,7 +7,10 @@ client POSTs to ``{base_url}/chat/completions`` with the standard library
 only, reads the API key from an environment variable, retries timeouts,
 connection errors, 429 and 5xx with exponential back-off, bounds the number
 of requests in flight, and keeps every verdict in an sqlite cache so that a
-re-run asks the server nothing it has already answered.
+re-run asks the server nothing it has already answered. A redirect is never
+followed (it would carry the API key elsewhere), each attempt has a deadline
+over the whole request, and an answer over ``MAX_REPLY_BYTES`` is refused
+(see :mod:`vigos.http_client`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import sqlite3
 import threading
 import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vigos.http_client import DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
+from vigos.http_client import request as http_request
 
 __all__ = [
     "JUDGE_SYSTEM_PROMPT",
@@ -35,6 +41,7 @@ __all__ = [
     "JudgeClient",
     "JudgeConfig",
     "JudgeError",
+    "MAX_REPLY_BYTES",
     "parse_verdict",
 ]
 
@@ -55,6 +62,8 @@ _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _THINKING = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _MAX_RETRY_AFTER_S = 60.0
+# A verdict is a word; even a reasoning judge's reply fits with room to spare. A bigger answer is not a judge's.
+MAX_REPLY_BYTES = 4 * 2**20
 
 
 class JudgeError(RuntimeError):
@@ -77,9 +86,11 @@ class JudgeConfig:
     ``base_url`` is the API root (e.g. ``http://127.0.0.1:8000/v1``); the key
     is read from the environment variable ``api_key_env`` (no Authorization
     header is sent when it is unset, as local servers need none).
-    ``max_retries`` counts attempts after the first; the wait before retry
-    ``i`` is about ``backoff_s * 2**i``. ``concurrency`` bounds requests in
-    flight. ``cache_path`` names an sqlite file of verdicts (``None``: no cache).
+    ``timeout_s`` is the deadline of one attempt as a whole: connect, send
+    and the whole answer. ``max_retries`` counts attempts after the first;
+    the wait before retry ``i`` is about ``backoff_s * 2**i``.
+    ``concurrency`` bounds requests in flight. ``cache_path`` names an
+    sqlite file of verdicts (``None``: no cache).
     """
 
     base_url: str
@@ -111,8 +122,9 @@ class JudgeConfig:
 
     @property
     def endpoint(self) -> str:
-        """The chat-completions URL."""
-        return self.base_url.rstrip("/") + "/chat/completions"
+        """The chat-completions URL: ``/chat/completions`` after the path, before any query."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
 class _VerdictCache:
@@ -241,7 +253,7 @@ class JudgeClient:
                 time.sleep(max(wait, failure.delay_s or 0.0))
 
     def _final_error(self, failure: _Retryable, attempts: int) -> JudgeError:
-        url = self.config.endpoint
+        url = self._url
         if failure.unreachable:
             return JudgeError(f"could not reach the judge at {url}: {failure} (after {attempts} attempts); "
                               "start the server or fix --judge-url")
@@ -250,39 +262,47 @@ class JudgeClient:
 
     def _attempt(self, body: bytes) -> tuple[bool, str]:
         """One HTTP round trip: the verdict and the raw reply text, or :class:`_Retryable`."""
-        url = self.config.endpoint
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         api_key = os.environ.get(self.config.api_key_env)
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         self._count("requests")
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as answer:
-                raw = answer.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read(500).decode("utf-8", "replace").strip()
-            error.close()
-            if error.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {error.code} {detail}", delay_s=_retry_after(error.headers)) from None
-            raise JudgeError(self._http_advice(error.code, detail)) from None
+            answer = http_request(self.config.endpoint, method="POST", data=body, headers=headers,
+                                  deadline_s=self.config.timeout_s, max_bytes=MAX_REPLY_BYTES)
+        except RedirectRefused as error:
+            raise JudgeError(
+                f"the judge at {self._url} answered HTTP {error.status}, a redirect to {error.location}, which is "
+                f"not followed: the request carries the API key (${self.config.api_key_env}). If that address is "
+                "the judge, give its API root as --judge-url") from None
+        except ResponseTooLarge as error:
+            raise JudgeError(f"{error}: a verdict is a few bytes, so check that --judge-url names a "
+                             "chat-completions API root (e.g. http://HOST:PORT/v1)") from None
+        except DeadlineExceeded:
+            raise _Retryable(f"no complete answer within {self.config.timeout_s:g} s, the deadline of one "
+                             "request") from None
         except urllib.error.URLError as error:
-            reason = error.reason
-            if isinstance(reason, TimeoutError):
-                raise _Retryable(f"no answer within {self.config.timeout_s} s") from None
-            raise _Retryable(str(reason), unreachable=True) from None
-        except TimeoutError:
-            raise _Retryable(f"no answer within {self.config.timeout_s} s") from None
+            raise _Retryable(str(error.reason), unreachable=True) from None
         except (OSError, http.client.HTTPException) as error:
             raise _Retryable(f"connection failed: {error!r}") from None
-        reply = _reply_text(raw)
+        if not 200 <= answer.status < 300:
+            detail = answer.body[:500].decode("utf-8", "replace").strip()
+            if answer.status in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {answer.status} {detail}", delay_s=_retry_after(answer.headers))
+            raise JudgeError(self._http_advice(answer.status, detail))
+        reply = _reply_text(answer.body)
         verdict = parse_verdict(reply)
         if verdict is None:
             raise _Retryable(f"the reply {reply[:200]!r} says neither yes nor no")
         return verdict, reply
 
+    @property
+    def _url(self) -> str:
+        """The endpoint as messages show it: without credentials."""
+        return redact_url(self.config.endpoint)
+
     def _http_advice(self, code: int, detail: str) -> str:
-        url = self.config.endpoint
+        url = self._url
         if code in (401, 403):
             return (f"the judge at {url} refused the request (HTTP {code}: {detail}); "
                     f"set the API key in the environment variable {self.config.api_key_env}")

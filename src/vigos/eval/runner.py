@@ -21,6 +21,9 @@ is refused rather than mixing samples from two settings. A batch is written
 after its judge verdicts, so a judge failure loses that batch's samples
 (they are drawn again on the re-run, with the verdicts already received
 taken from the judge's cache). One process at a time may use a run folder.
+Ctrl-C stops ``vigos eval`` with one line naming the folder and the command
+that resumes it (exit code 130). ``summary.json`` records the judge and
+server URLs without credentials.
 
 Determinism: items are cut into fixed batches of ``batch_size`` in benchmark
 order, and every item has a seed derived from ``(seed, benchmark, id)``.
@@ -42,9 +45,9 @@ import functools
 import importlib.metadata
 import importlib.util
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,7 @@ from vigos.eval.engines import (
 )
 from vigos.eval.judge import JudgeClient, JudgeConfig, JudgeError
 from vigos.eval.metrics import summarize, vilp_scores
+from vigos.eval.options import EvalConfig, default_run_name
 from vigos.eval.run_folder import (
     SUMMARY_FILE,
     EvalError,
@@ -78,7 +82,7 @@ from vigos.eval.run_folder import (
     write_json,
 )
 from vigos.grading import extract_answer, get_grader
-from vigos.rollout import SamplingParams
+from vigos.http_client import redact_url
 
 __all__ = [
     "EvalConfig",
@@ -95,125 +99,6 @@ JUDGE_CACHE = "judge_cache.sqlite"
 SEEDING = ("item seed = sha256(seed, benchmark, id); hf: torch seeded per batch of batch_size items from their "
            "item seeds; vllm: each item sampled with its own seed")
 
-
-def default_run_name(model: str) -> str:
-    """A short name for a run of ``model``: the last path component, ``:`` turned into ``-``."""
-    return model.rstrip("/\\").replace(":", "-").replace("\\", "/").split("/")[-1] or "model"
-
-
-@dataclass
-class EvalConfig:
-    """Settings of one evaluation run (defaults: the paper's protocol, METHOD.md).
-
-    ``model`` is a merged model directory, a hub id, ``tiny:<arch>`` or a LoRA
-    adapter directory (its ``adapter_config.json`` names the base model).
-    ``benchmarks`` are registered names or YAML files, read from
-    ``data_dir``. ``k`` is the k of Pass@k/Avg@k; ``n_samples`` (default: k)
-    samples are drawn per item, and Pass@k is the unbiased estimate when
-    ``n_samples > k``. ``batch_size`` counts questions per generation call
-    (each expands to ``n_samples`` sequences); results are flushed after each
-    call, and with vLLM a larger value (e.g. 256) keeps the GPU busy.
-    ``limit`` keeps the first items of each benchmark. ``engine`` is ``hf``,
-    ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present).
-    Items graded ``judge`` are sent to the OpenAI-compatible judge at
-    ``judge_url`` (model ``judge_model``, key in ``$judge_api_key_env``);
-    without one, the rule verdict stands. ``run_name`` labels the run in
-    summaries and reports (default: from ``model``); the files go to ``out_dir``.
-    """
-
-    model: str
-    benchmarks: list[str]
-    data_dir: str
-    out_dir: str
-    k: int = 5
-    n_samples: int | None = None
-    temperature: float = 1.0
-    top_p: float = 0.9
-    top_k: int = 50
-    max_new_tokens: int = 4096
-    batch_size: int = 8
-    limit: int | None = None
-    seed: int = 0
-    student_prompt: str = prompts.STUDENT_PROMPT
-    engine: str = "auto"
-    server_url: str | None = None
-    judge_url: str | None = None
-    judge_model: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    run_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("model is empty: give a model directory, hub id, tiny:<arch> or LoRA adapter directory")
-        if isinstance(self.benchmarks, str):
-            self.benchmarks = self.benchmarks.split(",")
-        names = [str(name).strip() for name in self.benchmarks if str(name).strip()]
-        if not names:
-            raise ValueError("benchmarks is empty: name at least one, e.g. --benchmarks vilp-f,mathvista")
-        self.benchmarks = list(dict.fromkeys(names))
-        for option in ("data_dir", "out_dir"):
-            if not str(getattr(self, option) or "").strip():
-                raise ValueError(f"{option} is empty: give a directory")
-        for option, minimum in (("k", 1), ("max_new_tokens", 1), ("batch_size", 1), ("top_k", 0)):
-            _check_int(option, getattr(self, option), minimum)
-        if self.n_samples is not None:
-            _check_int("n_samples", self.n_samples, 1)
-            if self.n_samples < self.k:
-                raise ValueError(f"n_samples ({self.n_samples}) must be at least k ({self.k}): "
-                                 "Pass@k needs k samples per item")
-        if self.limit is not None:
-            _check_int("limit", self.limit, 1)
-        _check_int("seed", self.seed, None)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (the protocol samples; the paper uses 1.0), "
-                             f"got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        fields_used = prompts.template_fields(self.student_prompt)
-        if "question" not in fields_used or "answer" in fields_used:
-            raise ValueError("student_prompt must contain {question} and must not contain {answer} "
-                             "(the student never sees the reference answer)")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "server" and not str(self.server_url or "").startswith(("http://", "https://")):
-            raise ValueError("engine 'server' needs server_url (--server-url http://HOST:PORT), the base URL of "
-                             f"a running 'vllm serve' or 'vigos serve'; got {self.server_url!r}")
-        if self.judge_url is not None:
-            if not self.judge_url.startswith(("http://", "https://")):
-                raise ValueError(f"judge_url must start with http:// or https://, got {self.judge_url!r}")
-            if not self.judge_model:
-                raise ValueError("judge_model is not set: name the model the judge server serves (--judge-model)")
-        if self.run_name is None:
-            self.run_name = default_run_name(self.model)
-
-    @property
-    def samples_per_item(self) -> int:
-        """Samples drawn per item: ``n_samples``, or ``k`` when it is not set."""
-        return self.n_samples if self.n_samples is not None else self.k
-
-    def sampling_params(self) -> SamplingParams:
-        """The rollout settings of this run."""
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_new_tokens=self.max_new_tokens, num_samples=self.samples_per_item)
-
-    def sample_settings(self) -> dict[str, Any]:
-        """What the recorded samples depend on; a resumed run must match it."""
-        return {
-            "model": self.model, "k": self.k, "n_samples": self.samples_per_item, "temperature": self.temperature,
-            "top_p": self.top_p, "top_k": self.top_k, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-            "student_prompt": self.student_prompt, "judge_model": self.judge_model if self.judge_url else None,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as a plain dict."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-
-
-def _check_int(option: str, value: Any, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{option} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{option} must be at least {minimum}, got {value}")
 
 
 # --- benchmarks, grading ----------------------------------------------------------------------------
@@ -345,13 +230,23 @@ def _judge_summary(config: EvalConfig, records: list[dict[str, Any]], judge: Jud
     graded = [record for record in records if record.get("grader") == "judge"]
     used = any(record.get("grading") == "judge" for record in graded)
     summary: dict[str, Any] = {"used": used, "model": config.judge_model if used else None,
-                               "url": config.judge_url if used else None, "items": len(graded)}
+                               "url": redact_url(config.judge_url) if used and config.judge_url else None,
+                               "items": len(graded)}
     if judge is not None:
         summary.update(judge.stats)
     if graded and not used:
         summary["note"] = (f"{len(graded)} items are judge-graded in the protocol, but no judge was used: "
                            "their verdicts are the rule-based ones (pass --judge-url and --judge-model)")
     return summary
+
+
+def _recorded_options(config: EvalConfig) -> dict[str, Any]:
+    """The options as ``summary.json`` records them: the URLs without credentials (``user:pass@``, key params)."""
+    options = config.to_dict()
+    for name in ("judge_url", "server_url"):
+        if options[name] is not None:
+            options[name] = redact_url(options[name])
+    return options
 
 
 def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, progress: bool = True,
@@ -413,7 +308,7 @@ def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, pr
         "versions": _versions(engine_name),
         "benchmarks": list(items_per_benchmark),
         "items": items_per_benchmark,
-        "config": config.to_dict(),
+        "config": _recorded_options(config),
         "metrics": summarize(records, config.k, seed=config.seed),
         "vilp": vilp_scores(records, config.k, config.seed) if any(r.get("conflict") is not None for r in records)
         else {},
@@ -495,6 +390,28 @@ def _plain_table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _resume_command(args: argparse.Namespace, config: EvalConfig) -> str:
+    """The ``vigos eval`` command line, on one line, that resumes this run: its options as given, and the folder."""
+    words = ["vigos", "eval"]
+    for field in dataclasses.fields(EvalConfig):
+        # Each option is the field's name in dashes; the required ones have no default and always appear.
+        value = config.out_dir if field.name == "out_dir" else getattr(args, field.name, None)
+        if value is not None and value != field.default:
+            words += ["--" + field.name.replace("_", "-"), str(value)]
+    if getattr(args, "no_progress", False):
+        words.append("--no-progress")
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell; with a line break (a prompt given as text), as bash's ``$'...'``, so the
+    command stays on one line."""
+    if not any(char in word for char in "\n\r\t"):
+        return shlex.quote(word)
+    escaped = word.replace("\\", "\\\\").replace("'", "\\'")
+    return "$'" + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + "'"
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """Run ``vigos eval`` from parsed arguments; print the results table. Returns the exit code."""
     try:
@@ -516,6 +433,11 @@ def eval_command(args: argparse.Namespace) -> int:
     except (EvalError, BenchmarkDataError, JudgeError) as error:
         print(f"vigos eval: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished batch is already on disk (see the module docstring): the re-run picks up from there.
+        print(f"vigos eval: interrupted; the finished items are kept in {config.out_dir}; to resume, run: "
+              f"{_resume_command(args, config)}", file=sys.stderr)
+        return 130
     if importlib.util.find_spec("vigos.eval.report") is not None:
         from vigos.eval.report import results_table_markdown
 

@@ -3,10 +3,15 @@
 A local copy is what a hub snapshot or an unpacked release leaves on disk:
 parquet shards written by ``datasets`` (images as ``{"bytes", "path"}``
 structs or raw bytes), a directory saved with ``Dataset.save_to_disk``, or
-JSON/JSONL rows whose image fields are file paths. Every failure raises
-:class:`BenchmarkDataError` with a message that names the file, row and field
-at fault and repeats the layout the benchmark expects. :class:`Row` gives
-that for field access, and normalises options and answers to option letters.
+JSON/JSONL rows whose image fields are file paths. Images decode as training
+data's do (:mod:`vigos.images`: 8-bit RGB, EXIF-upright, 16-bit scaled), and an
+image path must resolve inside the benchmark's folder unless it allows paths
+outside. Every failure (a missing or undecodable image, a decompression bomb,
+text that is not UTF-8) raises :class:`BenchmarkDataError` with a message that
+names the file, row and field at fault and repeats the layout the benchmark
+expects: evaluation has no rows to skip, a benchmark is scored whole.
+:class:`Row` gives that for field access, and normalises options and answers to
+option letters.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
-import io
 import json
 import re
 import string
@@ -22,7 +26,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from vigos.images import UnreadableImageError, decode_image, decode_image_bytes, is_inside
+from vigos.utf8 import NotUtf8, arrow_rows
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -53,21 +60,30 @@ def find_files(root: Path, patterns: Sequence[str], *, what: str, layout: str) -
     """The files (or saved-dataset directories) under ``root`` matching the first pattern that matches.
 
     ``root`` itself counts when it is a saved dataset. Patterns are globs
-    relative to ``root`` and are tried in order, so a benchmark can accept
-    the layouts of several releases.
+    relative to ``root`` (or absolute) and are tried in order, so a benchmark
+    can accept the layouts of several releases. Files found are not resolved:
+    a hub snapshot in the HF cache is a folder of symlinks into its blobs.
     """
     if not root.is_dir():
         raise BenchmarkDataError(f"{what}: directory {root} does not exist.\nExpected layout: {layout}")
     if is_saved_dataset(root):
         return [root]
     for pattern in patterns:
-        hits = sorted(p for p in root.glob(pattern) if p.suffix in TABLE_SUFFIXES or is_saved_dataset(p))
+        hits = sorted(p for p in _glob(root, pattern) if p.suffix in TABLE_SUFFIXES or is_saved_dataset(p))
         if hits:
             return hits
     raise BenchmarkDataError(
         f"{what}: no file matching {' or '.join(repr(p) for p in patterns)} under {root} "
         f"(it holds: {_listing(root)}).\nExpected layout: {layout}"
     )
+
+
+def _glob(root: Path, pattern: str) -> Iterator[Path]:
+    # Path.glob refuses an absolute pattern; a benchmark YAML with allow_paths_outside may give one.
+    if Path(pattern).is_absolute():
+        anchor = Path(Path(pattern).anchor)
+        return anchor.glob(str(Path(pattern).relative_to(anchor)))
+    return root.glob(pattern)
 
 
 def read_rows(paths: Sequence[Path], *, split: str, layout: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -100,14 +116,23 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     index = 0
     # Small batches so that a `limit` stops reading early on multi-GB shards.
     for batch in parquet.iter_batches(batch_size=32):
-        for row in batch.to_pylist():
+        for row in arrow_rows(batch):
             yield f"{path.name} row {index}", row
             index += 1
 
 
+def _not_utf8(path: Path, line: int, raw: bytes, error: UnicodeDecodeError) -> BenchmarkDataError:
+    around = raw[max(0, error.start - 20):error.end + 20]
+    return BenchmarkDataError(f"{path.name} line {line}: bytes that are not UTF-8 ({around!r}); save the file as UTF-8.")
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, line_number, raw, error) from None
             if not line.strip():
                 continue
             try:
@@ -120,8 +145,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, raw.count(b"\n", 0, error.start) + 1, raw, error) from None
     except json.JSONDecodeError as error:
         raise BenchmarkDataError(f"{path.name}: invalid JSON ({error.msg} at line {error.lineno}).") from error
     # Releases use either a list of rows or a mapping from row id to row (MM-Vet).
@@ -140,6 +168,8 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _read_saved(path: Path, *, split: str, layout: str) -> Iterator[tuple[str, dict[str, Any]]]:
     from datasets import DatasetDict, load_from_disk
 
+    from vigos.data import RowReader  # deferred: it brings torch
+
     data = load_from_disk(str(path))
     if isinstance(data, DatasetDict):
         if split in data:
@@ -150,31 +180,43 @@ def _read_saved(path: Path, *, split: str, layout: str) -> Iterator[tuple[str, d
             raise BenchmarkDataError(
                 f"{path}: saved DatasetDict has no split {split!r} (it has {sorted(data)}).\nExpected layout: {layout}"
             )
-    for index, row in enumerate(data):
-        yield f"{path.name} row {index}", row
+    # Raw rows: iterating the Dataset would decode its images inside datasets, where a bad one (a decompression
+    # bomb) raises with no row named; to_image decodes each and names its row.
+    reader = RowReader(data)
+    for start in range(0, len(data), 32):
+        for offset, row in enumerate(reader.rows(start, min(start + 32, len(data)))):
+            yield f"{path.name} row {start + offset}", row
 
 
-def to_image(value: Any, *, base_dir: Path, where: str, field: str) -> Image.Image:
-    """Decode one image field value into an RGB ``PIL.Image``.
+def to_image(value: Any, *, base_dir: Path, where: str, field: str, root: Path | None = None,
+             allow_outside: bool = False) -> Image.Image:
+    """Decode one image field value into an 8-bit RGB ``PIL.Image`` (:mod:`vigos.images`).
 
     Accepts a PIL image, a ``{"bytes", "path"}`` struct (the ``datasets``
     Image feature), raw encoded bytes, a file path (absolute or relative to
-    ``base_dir``) or a base64 string.
+    ``base_dir``) or a base64 string. A path must resolve, symlinks followed,
+    inside ``root`` (default ``base_dir``) unless ``allow_outside``.
     """
+    folder = root if root is not None else base_dir
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        try:
+            return decode_image(value)
+        except UnreadableImageError as error:
+            raise BenchmarkDataError(f"{where}: image field {field!r} holds an image that cannot be decoded ({error}).") from None
     if isinstance(value, dict):
         if value.get("bytes"):
             return _decode_bytes(value["bytes"], where=where, field=field)
         if value.get("path"):
-            return _open_path(value["path"], base_dir=base_dir, where=where, field=field)
+            return _open_path(value["path"], base_dir=base_dir, where=where, field=field, root=folder,
+                              allow_outside=allow_outside)
         raise BenchmarkDataError(f"{where}: image field {field!r} holds neither bytes nor a path.")
     if isinstance(value, bytes | bytearray | memoryview):
         return _decode_bytes(bytes(value), where=where, field=field)
     if isinstance(value, str) and value.strip():
         candidate = Path(value) if Path(value).is_absolute() else base_dir / value
         if candidate.is_file() or len(value) < _MIN_BASE64_CHARS:
-            return _open_path(value, base_dir=base_dir, where=where, field=field)
+            return _open_path(value, base_dir=base_dir, where=where, field=field, root=folder,
+                              allow_outside=allow_outside)
         try:
             raw = base64.b64decode(value, validate=True)
         except binascii.Error as error:
@@ -187,20 +229,31 @@ def to_image(value: Any, *, base_dir: Path, where: str, field: str) -> Image.Ima
 
 def _decode_bytes(raw: bytes, *, where: str, field: str) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(raw)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise BenchmarkDataError(f"{where}: image field {field!r} holds bytes that are not an image ({error}).") from error
+        return decode_image_bytes(raw)
+    except UnreadableImageError as error:  # not an image, truncated, or a decompression bomb
+        raise BenchmarkDataError(f"{where}: image field {field!r} holds bytes that are not an image Pillow can decode "
+                                 f"({error}).") from None
 
 
-def _open_path(value: str, *, base_dir: Path, where: str, field: str) -> Image.Image:
+def _open_path(value: str, *, base_dir: Path, where: str, field: str, root: Path, allow_outside: bool) -> Image.Image:
     path = Path(value) if Path(value).is_absolute() else base_dir / value
+    if not allow_outside:
+        try:
+            inside = is_inside(path, root)
+        except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python 3.11, 3.12)
+            raise BenchmarkDataError(f"{where}: image path {value!r} (field {field!r}) cannot be resolved ({error}).") from None
+        if not inside:
+            # Checked before the file is looked up, so a row cannot even probe which files exist elsewhere.
+            raise BenchmarkDataError(
+                f"{where}: image path {value!r} (field {field!r}) resolves to {path.resolve()}, outside the benchmark "
+                f"folder {root.resolve()}; keep the images under it (a benchmark YAML may set allow_paths_outside: true)."
+            )
     if not path.is_file():
         raise BenchmarkDataError(f"{where}: image file {path} (field {field!r}) does not exist.")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise BenchmarkDataError(f"{where}: {path} (field {field!r}) is not a readable image ({error}).") from error
+        return decode_image_bytes(path.read_bytes())
+    except (UnreadableImageError, OSError) as error:  # OSError: no permission
+        raise BenchmarkDataError(f"{where}: {path} (field {field!r}) is not a readable image ({error}).") from None
 
 
 def tile_images(images: Sequence[Image.Image]) -> Image.Image:
@@ -268,25 +321,30 @@ def bare_letter(answer: str) -> str:
 class Row:
     """One source row whose field access fails naming the benchmark, the row, the field and the expected layout."""
 
-    def __init__(self, where: str, data: dict[str, Any], *, base_dir: Path, benchmark: str, layout: str) -> None:
+    def __init__(self, where: str, data: dict[str, Any], *, base_dir: Path, benchmark: str, layout: str,
+                 root: Path | None = None, allow_outside: bool = False) -> None:
         self.where = where
         self.data = data
         self.base_dir = base_dir
         self.benchmark = benchmark
         self.layout = layout
+        self.root = root  # image paths must stay inside it (default base_dir) unless allow_outside
+        self.allow_outside = allow_outside
 
     def fail(self, problem: str) -> BenchmarkDataError:
         """An error about this row (raise it)."""
         return BenchmarkDataError(f"{self.benchmark}: {self.where} {problem}.\nExpected layout: {self.layout}")
 
     def get(self, name: str, default: Any = None) -> Any:
-        """The field's value, or ``default`` when it is absent or null."""
+        """The field's value, or ``default`` when it is absent or null; text that is not UTF-8 fails."""
         value = self.data.get(name)
+        if isinstance(value, NotUtf8):
+            raise self.fail(f"has field {name!r} holding bytes that are not UTF-8 ({value.where}); save the file as UTF-8")
         return default if value is None else value
 
     def require(self, name: str) -> Any:
-        """The field's value; absent or null fails."""
-        if self.data.get(name) is None:
+        """The field's value; absent or null fails, as does text that is not UTF-8."""
+        if self.get(name) is None:
             raise self.fail(f"is missing field {name!r} (fields present: {self._present()})")
         return self.data[name]
 
@@ -297,8 +355,8 @@ class Row:
     def image(self, *names: str) -> Image.Image:
         """The image in the first of ``names`` that holds one."""
         for name in names:
-            if self.data.get(name) is not None:
-                return to_image(self.data[name], base_dir=self.base_dir, where=self.where, field=name)
+            if self.get(name) is not None:
+                return self._image(self.data[name], name)
         raise self.fail(f"is missing image field {' or '.join(repr(n) for n in names)} (fields present: {self._present()})")
 
     def images(self, name: str) -> list[Image.Image]:
@@ -306,7 +364,7 @@ class Row:
         value = self.require(name)
         if not isinstance(value, list | tuple):
             return [self.image(name)]
-        images = [to_image(v, base_dir=self.base_dir, where=self.where, field=f"{name}[{i}]") for i, v in enumerate(value)]
+        images = [self._image(v, f"{name}[{i}]") for i, v in enumerate(value)]
         if not images:
             raise self.fail(f"has an empty image list in field {name!r}")
         return images
@@ -346,6 +404,10 @@ class Row:
                 f"{len(options)} options (answer_format={answer_format!r})"
             )
         return resolved[0], resolved
+
+    def _image(self, value: Any, field: str) -> Image.Image:
+        return to_image(value, base_dir=self.base_dir, where=f"{self.benchmark}: {self.where}", field=field,
+                        root=self.root, allow_outside=self.allow_outside)
 
     def _present(self) -> str:
         return ", ".join(sorted(key for key in self.data if not key.startswith("__")))
