@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo demo-quick bench clean
+.PHONY: install lint test test-fast demo demo-quick bench clean
 
 install: $(STAMP)
 
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# The layers (import-linter contracts in pyproject.toml) and the style (ruff lint and format).
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+test: lint
 	$(BIN)/python -m pytest -q -n 2 tests
 
 test-fast: install

@@ -7,8 +7,8 @@ frozen output head (with LoRA the head is not trained and the teacher shares
 it):
 
 * ``naive``: full ``[T, V]`` logits of student and teacher, then
-  `vigos.losses.divergence_from_logits` (what the public release does);
-* ``ours``: `vigos.losses.divergence_from_hidden` on the hidden states.
+  `vigos.method.state_losses.divergence_from_logits` (what the public release does);
+* ``ours``: `vigos.method.state_losses.divergence_from_hidden` on the hidden states.
 
 Every measurement runs in a fresh subprocess, which reports its own peak
 resident memory (``ru_maxrss``); a baseline subprocess that only builds the
@@ -53,7 +53,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one configuration in this process and reports times and peak memory."""
     import torch
 
-    from vigos.losses import divergence_from_hidden, divergence_from_logits, get_divergence
+    from vigos.method.losses import get_divergence
+    from vigos.method.state_losses import divergence_from_hidden, divergence_from_logits
 
     student, teacher, head = _inputs(spec["tokens"], spec["hidden"])
     result: dict[str, Any] = {**spec}
@@ -144,8 +145,10 @@ def run(
             for path in paths if index % 2 == 0 else paths[::-1]:
                 row = run_config({**base, "path": path})
                 measured[path].append(row)
-                log(f"loss  T={tokens:5d} H={hidden} {path:5s} round {index + 1}: {row['time_s']:7.2f} s wall "
-                    f"{row['cpu_s']:7.2f} s cpu  +{(row['max_rss_bytes'] - baseline['max_rss_bytes']) / 2**20:8.1f} MiB")
+                log(
+                    f"loss  T={tokens:5d} H={hidden} {path:5s} round {index + 1}: {row['time_s']:7.2f} s wall "
+                    f"{row['cpu_s']:7.2f} s cpu  +{(row['max_rss_bytes'] - baseline['max_rss_bytes']) / 2**20:8.1f} MiB"
+                )
         summaries = {path: _summary(measured[path], baseline) for path in paths}
         rows.extend(summaries.values())
         if len(summaries) == 2:
@@ -161,9 +164,17 @@ def run(
                     grad_rel_diff=abs(ours["grad_abs_sum"] - naive["grad_abs_sum"]) / max(naive["grad_abs_sum"], 1e-30),
                 )
             )
-    settings = dict(vocab=VOCAB, hidden=hidden, chunk=chunk, divergence="forward_kl", token_clip=TOKEN_CLIP,
-                    dtype="float32", rounds=rounds, head="frozen, shared by the teacher",
-                    torch_threads=_threads())
+    settings = dict(
+        vocab=VOCAB,
+        hidden=hidden,
+        chunk=chunk,
+        divergence="forward_kl",
+        token_clip=TOKEN_CLIP,
+        dtype="float32",
+        rounds=rounds,
+        head="frozen, shared by the teacher",
+        torch_threads=_threads(),
+    )
     return {"settings": settings, "rows": rows, "comparisons": comparisons}
 
 
@@ -186,11 +197,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
-    result = run(hidden=args.hidden, compared_tokens=tuple(args.tokens), alone_tokens=tuple(args.alone),
-                 chunk=args.chunk, rounds=args.rounds)
+    result = run(
+        hidden=args.hidden,
+        compared_tokens=tuple(args.tokens),
+        alone_tokens=tuple(args.alone),
+        chunk=args.chunk,
+        rounds=args.rounds,
+    )
     for c in result["comparisons"]:
-        print(f"T={c['tokens']}: ours/naive wall time {c['time_ratio']:.3f}, cpu time {c['cpu_ratio']:.3f}, "
-              f"extra memory {c['memory_ratio']:.4f}")
+        print(
+            f"T={c['tokens']}: ours/naive wall time {c['time_ratio']:.3f}, cpu time {c['cpu_ratio']:.3f}, "
+            f"extra memory {c['memory_ratio']:.4f}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -47,11 +47,11 @@ def _setup(model_dir: str, length: int):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vigos.config import ViGOSConfig
-    from vigos.data import Example
-    from vigos.recipe import apply_lora
-    from vigos.rollout import HFGenerateRollout, SamplingParams
-    from vigos.teachers import make_teacher_policy
+    from vigos.data.rows import Example
+    from vigos.method.teachers import make_teacher_policy
+    from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+    from vigos.training.config import ViGOSConfig
+    from vigos.training.recipe import apply_lora
 
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -76,7 +76,7 @@ def _setup(model_dir: str, length: int):
 
 def _student_grad_clock(model) -> dict[str, float]:
     """Records when backward reaches the student's final hidden states (the loss's share of backward ends there)."""
-    from vigos.modeling import _final_norm
+    from vigos.models.modeling import _final_norm
 
     seen: dict[str, float] = {}
 
@@ -144,13 +144,20 @@ def _describe(model_dir: str) -> str:
     config = AutoConfig.from_pretrained(model_dir)
     text, vision = config.text_config, config.vision_config
     parameters = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(model_dir).parameters())
-    return (f"tiny qwen2_5_vl 'small', {parameters / 1e6:.1f}M parameters (text hidden {text.hidden_size}, "
-            f"{text.num_hidden_layers} layers, vocabulary {text.vocab_size:,}; vision depth {vision.depth})")
+    return (
+        f"tiny qwen2_5_vl 'small', {parameters / 1e6:.1f}M parameters (text hidden {text.hidden_size}, "
+        f"{text.num_hidden_layers} layers, vocabulary {text.vocab_size:,}; vision depth {vision.depth})"
+    )
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child {spec} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -175,7 +182,7 @@ def _summary(path: str, length: int, steps: list[dict[str, float]], max_rss_byte
 
 def run(*, lengths: tuple[int, ...] = (64, 256), steps: int = 6, threads: int = 1, log=print) -> dict[str, Any]:
     """The step benchmark at each completion length: naive vs ours, medians over ``steps`` alternating steps each."""
-    from vigos.tiny import make_tiny
+    from vigos.models.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(make_tiny("qwen2_5_vl", Path(tmp) / "small", size="small"))
@@ -184,22 +191,32 @@ def run(*, lengths: tuple[int, ...] = (64, 256), steps: int = 6, threads: int = 
         for length in lengths:
             base = dict(model_dir=model_dir, length=length, threads=threads)
             timed = _run_child({**base, "path": "both", "steps": steps})
-            memory = {name: _run_child({**base, "path": name, "steps": 1})["max_rss_bytes"] for name in ("naive", "ours")}
+            memory = {
+                name: _run_child({**base, "path": name, "steps": 1})["max_rss_bytes"] for name in ("naive", "ours")
+            }
             summaries = {name: _summary(name, length, timed["steps_detail"][name], memory[name]) for name in memory}
             for name, row in summaries.items():
                 log(f"step  L={length:4d} {name:5s}: " + " ".join(f"{t:.2f}" for t in row["times_s"]) + " s")
             rows += list(summaries.values())
             naive_row, ours_row = summaries["naive"], summaries["ours"]
-            comparisons.append(dict(
-                length=length,
-                time_ratio=ours_row["time_s"] / naive_row["time_s"],
-                cpu_ratio=ours_row["cpu_s"] / naive_row["cpu_s"],
-                speedup=naive_row["time_s"] / ours_row["time_s"],
-                memory_ratio=ours_row["max_rss_bytes"] / naive_row["max_rss_bytes"],
-            ))
-    settings = dict(model=model_text,
-                    lora_r=16, prompts_per_step=2, sampling="temperature 1.1, top-p 0.95, top-k 20",
-                    steps=steps, dtype="float32", torch_threads=threads)
+            comparisons.append(
+                dict(
+                    length=length,
+                    time_ratio=ours_row["time_s"] / naive_row["time_s"],
+                    cpu_ratio=ours_row["cpu_s"] / naive_row["cpu_s"],
+                    speedup=naive_row["time_s"] / ours_row["time_s"],
+                    memory_ratio=ours_row["max_rss_bytes"] / naive_row["max_rss_bytes"],
+                )
+            )
+    settings = dict(
+        model=model_text,
+        lora_r=16,
+        prompts_per_step=2,
+        sampling="temperature 1.1, top-p 0.95, top-k 20",
+        steps=steps,
+        dtype="float32",
+        torch_threads=threads,
+    )
     return {"settings": settings, "rows": rows, "comparisons": comparisons}
 
 
@@ -216,7 +233,8 @@ def main() -> None:
     result = run(lengths=tuple(args.lengths), steps=args.steps)
     for row in result["rows"]:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items())
-        print(f"L={row['length']} {row['path']}: {row['time_s']:.2f} s ({stages}); peak RSS {row['max_rss_bytes'] / 2**20:.0f} MiB")
+        peak = row["max_rss_bytes"] / 2**20
+        print(f"L={row['length']} {row['path']}: {row['time_s']:.2f} s ({stages}); peak RSS {peak:.0f} MiB")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

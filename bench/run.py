@@ -44,8 +44,14 @@ def _machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                python=platform.python_version(), load_average=list(os.getloadavg()))
+    return dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        python=platform.python_version(),
+        load_average=list(os.getloadavg()),
+    )
 
 
 def _loss_table(result: dict[str, Any]) -> list[str]:
@@ -69,7 +75,10 @@ def _loss_table(result: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "| T | wall time ours / naive | CPU time ours / naive | extra memory ours / naive | loss abs. diff | grad sum rel. diff |",
+        (
+            "| T | wall time ours / naive | CPU time ours / naive | extra memory "
+            "ours / naive | loss abs. diff | grad sum rel. diff |"
+        ),
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in result["comparisons"]:
@@ -85,16 +94,21 @@ def _step_table(result: dict[str, Any]) -> list[str]:
     lines = [
         "## Training step on the tiny model",
         "",
-        f"{s['model']}, LoRA r {s['lora_r']} on the release's module names (the vision blocks' MLP included), {s['prompts_per_step']} prompts per step, {s['sampling']}, "
+        f"{s['model']}, LoRA r {s['lora_r']} on the release's module names (the vision blocks' MLP included), "
+        f"{s['prompts_per_step']} prompts per step, {s['sampling']}, "
         f"completions forced to L tokens; fp32, {s['torch_threads']} torch thread. naive = full-logits loss "
         "(`naive_loss`) and HF `generate` on the unmerged LoRA model, as the release; ours = chunked loss from hidden "
-        f"states and the lean sampler (prompt prefilled once, own decode loop, LoRA folded in). Medians over {s['steps']} steps per path, the "
+        "states and the lean sampler (prompt prefilled once, own decode loop, LoRA folded in). "
+        f"Medians over {s['steps']} steps per path, the "
         "paths alternating step by step in one process after a warm-up step each; peak RSS from one step per path "
         "in its own process. Stage times in seconds; 'teachers' includes ours' one adapter-off vision encode shared "
         "by all teacher passes, 'loss' includes its share of backward, 'student' is the student's forward (its own "
         "vision encode, adapter on) + backward.",
         "",
-        "| L | path | step (s) | rollout | teachers | student | loss | other | other share | CPU s/step | peak RSS (MiB) |",
+        (
+            "| L | path | step (s) | rollout | teachers | student | loss | other | "
+            "other share | CPU s/step | peak RSS (MiB) |"
+        ),
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["rows"]:
@@ -104,7 +118,11 @@ def _step_table(result: dict[str, Any]) -> list[str]:
             f"{st['student']:.3f} | {st['loss']:.3f} | {st['other']:.3f} | {row['shares']['other']:.1%} | "
             f"{row['cpu_s']:.2f} | {row['max_rss_bytes'] / MIB:.0f} |"
         )
-    lines += ["", "| L | speed-up naive / ours | CPU time ours / naive | peak RSS ours / naive |", "| ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "| L | speed-up naive / ours | CPU time ours / naive | peak RSS ours / naive |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for c in result["comparisons"]:
         lines.append(f"| {c['length']} | {c['speedup']:.2f}x | {c['cpu_ratio']:.3f} | {c['memory_ratio']:.3f} |")
     return lines
@@ -116,7 +134,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# vigos benchmark",
         "",
-        f"Run {report['started']} on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads); "
+        f"Run {report['started']} on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
+        f"{m['torch_threads']} threads); "
         f"load average at start {', '.join(f'{x:.1f}' for x in m['load_average'])}. "
         f"Total {report['seconds']:.0f} s.",
         "",

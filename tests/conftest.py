@@ -11,7 +11,7 @@ import torch  # noqa: E402
 # pytest -n 2 runs two workers on two cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)
 
-from vigos.tiny import make_tiny  # noqa: E402
+from vigos.models.tiny import make_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,5 +45,6 @@ def qwen_vocab_model_dir(request, qwen_vocab_root):
 @pytest.fixture(scope="session")
 def qwen_vocab_dirs(qwen_vocab_root):
     """The real-vocabulary tiny checkpoints of all three families, arch -> directory (the same ones as above)."""
-    return {arch: make_tiny(arch, qwen_vocab_root / arch, vocab="qwen")
-            for arch in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
+    return {
+        arch: make_tiny(arch, qwen_vocab_root / arch, vocab="qwen") for arch in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    }

@@ -23,28 +23,36 @@ def pieces_to_ids(processor, pieces: list[str], eos: bool = True) -> tuple[list[
     return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
 
 
-def plain_logits(model, processor, image: Image.Image | list[Image.Image], user_text: str, prefill: str,
-                 appended: list[int]) -> torch.Tensor:
+def plain_logits(
+    model, processor, image: Image.Image | list[Image.Image], user_text: str, prefill: str, appended: list[int]
+) -> torch.Tensor:
     """Full logits [len(appended), V] predicting each of ``appended`` after the rendered prompt: the image
     (or each of a list of images), then ``user_text`` (none when empty), the assistant header and ``prefill``."""
     images = image if isinstance(image, list) else [image]
     content = [{"type": "image"} for _ in images] + ([{"type": "text", "text": user_text}] if user_text else [])
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False) + prefill
+    text = (
+        processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        + prefill
+    )
     enc = processor(text=[text], images=images, return_tensors="pt", return_mm_token_type_ids=True)
     extra = torch.tensor([appended])
     ids = torch.cat([enc["input_ids"], extra], 1)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],
-                image_grid_thw=enc["image_grid_thw"],
-                mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1))
+    out = model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=enc["pixel_values"],
+        image_grid_thw=enc["image_grid_thw"],
+        mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1),
+    )
     start = enc["input_ids"].shape[1] - 1
     return out.logits[0, start : start + len(appended)]
 
 
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per row."""
-    return F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), log_target=True,
-                    reduction="none").sum(-1)
+    return F.kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), log_target=True, reduction="none").sum(-1)
 
 
 def clipped(per_token: torch.Tensor, clip: float | None, boundary: int, boundary_clip: float | None) -> torch.Tensor:

@@ -9,7 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_data  # noqa: E402
-from vigos.data import load_examples, load_rows  # noqa: E402
+from vigos.data.examples import load_examples  # noqa: E402
+from vigos.data.rows import load_rows
 
 
 @pytest.mark.parametrize("layout", bench_data.LAYOUTS)
@@ -23,8 +24,9 @@ def test_generated_dataset_loads(tmp_path, layout):
     else:
         assert all(not Path(p).is_absolute() for row in rows["images"] for p in row)
     assert len(set(rows["problem"])) == 6  # every row's question is its own; images repeat from a pool of 3
-    examples, report = load_examples(info["source"], question_field="problem", image_field="images",
-                                     answer_field="answer")
+    examples, report = load_examples(
+        info["source"], question_field="problem", image_field="images", answer_field="answer"
+    )
     assert report.kept == 6
     assert all(example.images[0].size == (64, 64) for example in examples)
 
@@ -38,5 +40,10 @@ def test_generated_dataset_loads(tmp_path, layout):
 
 def test_rows_per_second_from_logs():
     assert bench_data.rows_per_second(["checked 5000 of 47000 rows (4990 kept)"]) is None
-    assert bench_data.rows_per_second(["validation: 5000 of 47000 rows, 812.5 rows/s", "47,000 rows checked, 1,234 rows/s"]) == 1234
+    assert (
+        bench_data.rows_per_second(
+            ["validation: 5000 of 47000 rows, 812.5 rows/s", "47,000 rows checked, 1,234 rows/s"]
+        )
+        == 1234
+    )
     assert bench_data.rows_per_second(["Generating train split: 6 examples [00:00, 2135.59 examples/s]"]) is None

@@ -22,11 +22,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import Trainer, TrainingArguments
 
-from vigos.checkpoints import (STAGING_PREFIX, AtomicCheckpointMixin, DiskFullError, checkpoint_step, publish_checkpoint,
-                               reporting_full_disk, rewind_jsonl)
+from vigos.training.checkpoints import (
+    STAGING_PREFIX,
+    AtomicCheckpointMixin,
+    DiskFullError,
+    checkpoint_step,
+    publish_checkpoint,
+    reporting_full_disk,
+    rewind_jsonl,
+)
 
 
 class Regression(torch.nn.Module):
@@ -45,8 +53,18 @@ class AtomicTrainer(AtomicCheckpointMixin, Trainer):
 def regression_trainer(trainer_class: type, out: Path, **options) -> Trainer:
     torch.manual_seed(0)
     data = [{"x": torch.randn(2), "y": torch.randn(())} for _ in range(12)]
-    args = TrainingArguments(output_dir=str(out), save_steps=1, per_device_train_batch_size=2, learning_rate=0.1,
-                             logging_steps=1, report_to="none", use_cpu=True, seed=0, disable_tqdm=True, **options)
+    args = TrainingArguments(
+        output_dir=str(out),
+        save_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=0.1,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        **options,
+    )
     return trainer_class(model=Regression(), args=args, train_dataset=data)
 
 
@@ -72,15 +90,24 @@ def run_worker(out: Path, mode: str, kill_at: int, start: str, max_file_bytes: i
     trainer.train(resume_from_checkpoint=True if start == "resume" else None)
 
 
-def worker(out: Path, mode: str, kill_at: int, start: str = "fresh", max_file_bytes: int = 0) -> subprocess.CompletedProcess:
+def worker(
+    out: Path, mode: str, kill_at: int, start: str = "fresh", max_file_bytes: int = 0
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, __file__, str(out), mode, str(kill_at), start, str(max_file_bytes)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, __file__, str(out), mode, str(kill_at), start, str(max_file_bytes)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def complete(checkpoint: Path) -> bool:
-    return all((checkpoint / name).is_file() for name in
-               ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"))
+    return all(
+        (checkpoint / name).is_file()
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+    )
 
 
 @pytest.mark.slow
@@ -89,7 +116,9 @@ def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert complete(tmp_path / "checkpoint-1")
     assert not (tmp_path / "checkpoint-2").exists()
-    assert (tmp_path / f"{STAGING_PREFIX}checkpoint-2").is_dir()  # the half-written save, under a name nothing resumes from
+    assert (
+        tmp_path / f"{STAGING_PREFIX}checkpoint-2"
+    ).is_dir()  # the half-written save, under a name nothing resumes from
 
     resumed = worker(tmp_path, "atomic", kill_at=0, start="resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -112,8 +141,12 @@ def test_without_the_mixin_the_same_kill_leaves_a_broken_checkpoint(tmp_path):
 def test_a_save_the_disk_has_no_room_for_says_so_and_leaves_no_staging_dir(tmp_path):
     failed = worker(tmp_path, "atomic", kill_at=0, max_file_bytes=8192)
     assert failed.returncode == 1, failed.stderr[-3000:]
-    [message] = [line for line in failed.stderr.splitlines() if line.startswith("vigos.checkpoints.DiskFullError: ")]
-    assert message.startswith(f"vigos.checkpoints.DiskFullError: could not write checkpoint-1: the disk is full at {tmp_path} (")
+    [message] = [
+        line for line in failed.stderr.splitlines() if line.startswith("vigos.training.checkpoints.DiskFullError: ")
+    ]
+    assert message.startswith(
+        f"vigos.training.checkpoints.DiskFullError: could not write checkpoint-1: the disk is full at {tmp_path} ("
+    )
     assert " MB free; " in message and "resume_from_checkpoint: true" in message
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
     assert not (tmp_path / "checkpoint-1").exists()
@@ -123,7 +156,7 @@ def test_staging_dirs_left_by_an_earlier_run_are_removed_when_training_starts(tm
     (tmp_path / f"{STAGING_PREFIX}checkpoint-7" / "checkpoint-7").mkdir(parents=True)
     (tmp_path / f"{STAGING_PREFIX}checkpoint-7" / "checkpoint-7" / "optimizer.pt").write_bytes(b"cut short")
     (tmp_path / f"{STAGING_PREFIX}replaced-checkpoint-2").mkdir()
-    caplog.set_level(logging.INFO, logger="vigos.checkpoints")
+    caplog.set_level(logging.INFO, logger="vigos.training.checkpoints")
     regression_trainer(AtomicTrainer, tmp_path, max_steps=1, save_strategy="no").train()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
     assert f"removed {STAGING_PREFIX}checkpoint-7, {STAGING_PREFIX}replaced-checkpoint-2 from {tmp_path}" in caplog.text
@@ -137,7 +170,9 @@ def test_staging_dirs_left_by_an_earlier_run_are_removed_when_training_starts(tm
         OSError(errno.EFBIG, "File too large"),
         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8384 vs 8278"),
         RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
-        Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'),
+        Exception(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
     ],
 )
 def test_errors_that_mean_no_room_become_disk_full_errors(tmp_path, error):
@@ -179,8 +214,11 @@ def test_checkpoint_step_names_what_is_missing(tmp_path):
     assert checkpoint_step(tmp_path / "checkpoint-9") == 9
 
 
-@given(steps=st.lists(st.integers(min_value=0, max_value=20), max_size=30), keep=st.integers(min_value=0, max_value=20),
-       cut=st.integers(min_value=1, max_value=15))
+@given(
+    steps=st.lists(st.integers(min_value=0, max_value=20), max_size=30),
+    keep=st.integers(min_value=0, max_value=20),
+    cut=st.integers(min_value=1, max_value=15),
+)
 def test_rewind_keeps_the_records_up_to_the_step_and_drops_a_cut_line(tmp_path_factory, steps, keep, cut):
     path = tmp_path_factory.mktemp("logs") / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 0.5}) for s in steps]

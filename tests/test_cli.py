@@ -16,14 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_tiny_config_writes_adapter_and_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    assert main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"]) == 0
+    assert (
+        main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"])
+        == 0
+    )
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     assert (out / "checkpoint-2" / "trainer_state.json").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "valid_rate" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    for key in ("loss", "loss_perception", "loss_reasoning", "loss_reference", "fallback_rate", "tagless_rate",
-                "tokens_reference", "completion_length", "answer_accuracy"):
+    for key in (
+        "loss",
+        "loss_perception",
+        "loss_reasoning",
+        "loss_reference",
+        "fallback_rate",
+        "tagless_rate",
+        "tokens_reference",
+        "completion_length",
+        "answer_accuracy",
+    ):
         assert key in steps[0], key
 
 
@@ -46,9 +58,18 @@ def broken_dataset(tmp_path):
 def test_bad_rows_skip_or_stop(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
     data = broken_dataset(tmp_path)
-    common = ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--dataset", str(data), "--max_steps", "1",
-              "--save_strategy", "no"]
-    caplog.set_level("INFO", logger="vigos.data")
+    common = [
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--dataset",
+        str(data),
+        "--max_steps",
+        "1",
+        "--save_strategy",
+        "no",
+    ]
+    caplog.set_level("INFO", logger="vigos.data.rows")
     assert main(common + ["--output_dir", str(tmp_path / "skip")]) == 0
     assert "1 of 3 rows kept; skipped 2 (1 empty question, 1 missing image)" in caplog.text
     assert main(common + ["--output_dir", str(tmp_path / "stop"), "--bad_rows", "error"]) == 2
@@ -77,7 +98,10 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ("output_dir: out\nlearning_rate: 1e-5: 2\n", "is not valid YAML: line 2, column 20: mapping values are not allowed here"),
+        (
+            "output_dir: out\nlearning_rate: 1e-5: 2\n",
+            "is not valid YAML: line 2, column 20: mapping values are not allowed here",
+        ),
         ("lora_target_modules: [q_proj, v_proj\n", "is not valid YAML: line 2, column 1: expected ',' or ']'"),
         ("output_dir: out\n\tmax_steps: 2\n", "is not valid YAML: line 2, column 1: found character '\\t'"),
         ("- a\n- b\n", "must hold a mapping of option: value"),
@@ -95,7 +119,10 @@ def test_a_config_that_is_not_utf8_or_is_a_directory_is_one_line(tmp_path, capsy
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("run_name: café\n".encode("latin-1"))
     assert main(["train", "--config", str(latin1)]) == 2
-    assert f"config file {str(latin1)!r} is not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8" in one_line_error(capsys)
+    assert (
+        f"config file {str(latin1)!r} is not UTF-8 text (byte 0xe9 at offset 13); save it as UTF-8"
+        in one_line_error(capsys)
+    )
     assert main(["train", "--config", str(tmp_path)]) == 2
     assert f"config file {str(tmp_path)!r} is a directory" in one_line_error(capsys)
 
@@ -112,8 +139,19 @@ def test_yaml_tags_cannot_build_python_objects(tmp_path, capsys):
 
 def test_command_line_options_are_read_as_in_the_yaml_file_and_checked_before_the_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
-    common = ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "run"),
-              "--report_to", "none", "--save_strategy", "no", "--lr_scheduler_type", "cosine"]
+    common = [
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--lr_scheduler_type",
+        "cosine",
+    ]
     assert main(common + ["--learning_rate", "0"]) == 2
     assert "vigos train: invalid configuration: learning_rate must be > 0.0; got 0.0" in one_line_error(capsys)
     assert main(common + ["--warmup_steps", "-1"]) == 2
@@ -122,7 +160,7 @@ def test_command_line_options_are_read_as_in_the_yaml_file_and_checked_before_th
 
 
 def unwritable_system_dir() -> Path:
-    """A directory that even root cannot write to (sysfs refuses new files and directories); skip where there is none."""
+    """A directory even root cannot write to (sysfs refuses new files and directories); skip where there is none."""
     root = Path("/sys")
     try:
         (root / "vigos-write-check").open("w").close()

@@ -8,8 +8,9 @@ import re
 import pytest
 from transformers import TrainingArguments
 
-from vigos.cli import ConfigError, load_config, parse_overrides
-from vigos.config import ViGOSConfig
+from vigos.errors import ConfigError
+from vigos.training.config import ViGOSConfig
+from vigos.training.config_file import load_config, parse_overrides
 
 
 def make(**kw):
@@ -55,7 +56,10 @@ def test_every_own_field_has_help():
         ({"vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization must be > 0.0 and <= 1.0"),
         ({"vllm_request_timeout": 0}, "vllm_request_timeout must be > 0"),
         ({"rollout_engine": "vllm_server", "use_lora": False}, "rollout_engine 'vllm_server' needs use_lora"),
-        ({"rollout_engine": "vllm_server", "vllm_server_url": "localhost:8000"}, "vllm_server_url must start with http://"),
+        (
+            {"rollout_engine": "vllm_server", "vllm_server_url": "localhost:8000"},
+            "vllm_server_url must start with http://",
+        ),
     ],
 )
 def test_range_checks_name_the_option(kw, message):
@@ -65,9 +69,25 @@ def test_range_checks_name_the_option(kw, message):
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("method: opsd\noutput_dir: out\nreport_to: none\nlora_target_modules: [q_proj, v_proj]\ntoken_loss_clip: null\n")
-    cfg = load_config(path, parse_overrides(["--lora_r", "4", "--learning-rate=1e-4", "--use_lora", "false",
-                                               "--reasoning_start_clip", "none", "--lora_target_modules", "q_proj,k_proj"]))
+    path.write_text(
+        "method: opsd\noutput_dir: out\nreport_to: none\nlora_target_modules: [q_proj, v_proj]\ntoken_loss_clip: null\n"
+    )
+    cfg = load_config(
+        path,
+        parse_overrides(
+            [
+                "--lora_r",
+                "4",
+                "--learning-rate=1e-4",
+                "--use_lora",
+                "false",
+                "--reasoning_start_clip",
+                "none",
+                "--lora_target_modules",
+                "q_proj,k_proj",
+            ]
+        ),
+    )
     assert cfg.method == "opsd" and cfg.lora_r == 4 and cfg.learning_rate == 1e-4 and cfg.use_lora is False
     assert cfg.token_loss_clip is None and cfg.reasoning_start_clip is None
     assert cfg.lora_target_modules == ["q_proj", "k_proj"]
@@ -100,9 +120,10 @@ def test_rollout_sampler_is_checked_and_reaches_the_rollout(tmp_path, tiny_model
 
 
 def test_recipe_raises_typed_errors_for_the_cli_to_report(tmp_path, monkeypatch):
-    """Library code raises ConfigError/DataError (the CLI turns them into one line and exit code 2), never SystemExit."""
-    from vigos.data import DataError
-    from vigos.recipe import load_model_and_processor, resolve_dataset, train
+    """Library code raises ConfigError/DataError (the CLI makes them one line and exit code 2), never SystemExit."""
+    from vigos.errors import DataError
+    from vigos.models.loading import load_model_and_processor
+    from vigos.training.recipe import resolve_dataset, train
 
     monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="model_name_or_path is not set"):
@@ -160,15 +181,32 @@ def test_an_option_means_the_same_in_the_yaml_file_and_on_the_command_line(tmp_p
 def test_unquoted_yaml_that_reads_as_a_mapping_where_text_is_due_says_to_quote_it(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("student_prompt: {question}\n")
-    with pytest.raises(ConfigError, match=re.escape(f"option 'student_prompt' in {path}: cannot read {{'question': None}} "
-                                                    "as text; put the text in quotes")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"option 'student_prompt' in {path}: cannot read {{'question': None}} as text; put the text in quotes"
+        ),
+    ):
         load_config(path)
 
 
 def test_command_line_text_that_yaml_would_read_otherwise_is_taken_as_typed():
     """The shell delimits the value already: a prompt with ': ' or braces is text, not a YAML mapping."""
-    cfg = load_config(None, parse_overrides(["--output_dir", "out", "--student_prompt", "Q: {question}",
-                                             "--perception_prefill", "{a", "--run_name", "1.10"]))
+    cfg = load_config(
+        None,
+        parse_overrides(
+            [
+                "--output_dir",
+                "out",
+                "--student_prompt",
+                "Q: {question}",
+                "--perception_prefill",
+                "{a",
+                "--run_name",
+                "1.10",
+            ]
+        ),
+    )
     assert cfg.student_prompt == "Q: {question}" and cfg.perception_prefill == "{a"
     assert cfg.run_name == "1.1"  # read as YAML reads it, then turned into text
 
@@ -237,8 +275,19 @@ def test_report_to_names_are_checked_before_the_trainer_starts():
 
 
 def test_trainer_numbers_at_the_edge_of_their_range_are_accepted():
-    cfg = make(max_grad_norm=0.0, adam_beta1=0.0, weight_decay=0.0, warmup_steps=0.1, save_strategy="no", save_steps=0,
-               max_steps=3, num_train_epochs=0, seed=0, dataloader_num_workers=0, max_train_rows=1)
+    cfg = make(
+        max_grad_norm=0.0,
+        adam_beta1=0.0,
+        weight_decay=0.0,
+        warmup_steps=0.1,
+        save_strategy="no",
+        save_steps=0,
+        max_steps=3,
+        num_train_epochs=0,
+        seed=0,
+        dataloader_num_workers=0,
+        max_train_rows=1,
+    )
     assert (cfg.max_grad_norm, cfg.warmup_steps, cfg.max_steps) == (0.0, 0.1, 3)
 
 

@@ -1,4 +1,4 @@
-"""vigos.data: every local source kind, the field mapping, and the skip-or-stop rule for bad rows."""
+"""vigos.data.rows: every local source kind, the field mapping, and the skip-or-stop rule for bad rows."""
 
 from __future__ import annotations
 
@@ -13,21 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vigos.data import (
-    SKIP_REASONS,
-    BadRowError,
-    DataError,
-    DatasetNotFoundError,
-    Example,
-    ExampleDataset,
-    MissingImageError,
-    UnreadableImageError,
-    collate_examples,
-    load_examples,
-    load_rows,
-    prepare_examples,
-    resolve_image,
-)
+from vigos.data.examples import ExampleDataset, collate_examples, load_examples, prepare_examples
+from vigos.data.images import MissingImageError, UnreadableImageError, resolve_image
+from vigos.data.rows import SKIP_REASONS, BadRowError, DatasetNotFoundError, Example, load_rows
+from vigos.errors import DataError
 
 datasets.disable_progress_bars()
 
@@ -54,12 +43,16 @@ def write_jsonl(directory, rows, name="data.jsonl"):
 
 
 def image_rows(n=3, field="image"):
-    return {"question": [f"Q{i}" for i in range(n)], "answer": [f"a{i}" for i in range(n)],
-            field: [{"bytes": png_bytes(colour=(i, 0, 0)), "path": None} for i in range(n)]}
+    return {
+        "question": [f"Q{i}" for i in range(n)],
+        "answer": [f"a{i}" for i in range(n)],
+        field: [{"bytes": png_bytes(colour=(i, 0, 0)), "path": None} for i in range(n)],
+    }
 
 
 IMAGE_FEATURES = datasets.Features(
-    {"question": datasets.Value("string"), "answer": datasets.Value("string"), "image": datasets.Image()})
+    {"question": datasets.Value("string"), "answer": datasets.Value("string"), "image": datasets.Image()}
+)
 GOOD = {"question": "What colour?", "answer": "red", "image": png_bytes(), "source": "unit", "difficulty": 2}
 WORDS = dict(max_prompt_length=20, prompt_length=lambda question, images: len(question.split()))
 
@@ -88,7 +81,8 @@ def test_parquet_with_image_bytes_and_with_paths(tmp_path):
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "a.png").write_bytes(png_bytes(colour=(0, 9, 0)))
     datasets.Dataset.from_dict({"question": ["Q"], "answer": ["a"], "image": ["pics/a.png"]}).to_parquet(
-        str(tmp_path / "paths.parquet"))
+        str(tmp_path / "paths.parquet")
+    )
     examples, _ = load_examples(str(tmp_path / "paths.parquet"))
     assert examples[0].image.getpixel((0, 0)) == (0, 9, 0)
 
@@ -119,25 +113,47 @@ def test_parquet_directory_splits_by_file_names(tmp_path):
 
 
 def test_vision_sr1_fields_with_an_image_list(tmp_path):
-    features = datasets.Features({"problem": datasets.Value("string"), "images": datasets.List(datasets.Image()),
-                                  "answer": datasets.Value("string")})
-    one, two = {"bytes": png_bytes(colour=(1, 2, 3)), "path": None}, {"bytes": png_bytes(colour=(9, 9, 9)), "path": None}
+    features = datasets.Features(
+        {
+            "problem": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
+            "answer": datasets.Value("string"),
+        }
+    )
+    one, two = (
+        {"bytes": png_bytes(colour=(1, 2, 3)), "path": None},
+        {"bytes": png_bytes(colour=(9, 9, 9)), "path": None},
+    )
     rows = datasets.Dataset.from_dict(
-        {"problem": ["<image>What is x?", "<image><image>Compare."], "images": [[one], [two, one]], "answer": ["3", "B"]},
-        features=features)
+        {
+            "problem": ["<image>What is x?", "<image><image>Compare."],
+            "images": [[one], [two, one]],
+            "answer": ["3", "B"],
+        },
+        features=features,
+    )
     rows.to_parquet(str(tmp_path / "sr1.parquet"))
-    examples, report = load_examples(str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images",
-                                     answer_field="answer")
+    examples, report = load_examples(
+        str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images", answer_field="answer"
+    )
     assert [e.answer for e in examples] == ["3", "B"] and examples[0].meta == {}
     assert examples[0].image.getpixel((0, 0)) == (1, 2, 3)  # a list of one image gives the image
     assert [image.getpixel((0, 0)) for image in examples[1].image] == [(9, 9, 9), (1, 2, 3)]  # every image, in order
     assert report.several_images == 1 and "1 with several images (all are used)" in report.summary()
-    examples, report = load_examples(str(tmp_path / "sr1.parquet"), question_field="problem", image_field="images",
-                                     answer_field="answer", images_per_row="first")
+    examples, report = load_examples(
+        str(tmp_path / "sr1.parquet"),
+        question_field="problem",
+        image_field="images",
+        answer_field="answer",
+        images_per_row="first",
+    )
     assert examples[1].image.getpixel((0, 0)) == (9, 9, 9) and examples[1].images == [examples[1].image]
     assert "1 with several images (the first is used: images_per_row=first)" in report.summary()
-    with pytest.raises(DataError, match=r"no column 'question' \(set question_field\); its columns are: "
-                                        r"problem, images, answer"):
+    with pytest.raises(
+        DataError,
+        match=r"no column 'question' \(set question_field\); its columns are: "
+        r"problem, images, answer",
+    ):
         prepare_examples(rows)
 
 
@@ -158,11 +174,17 @@ BAD = [
 def test_skip_counts_every_reason_and_keeps_the_good_rows_in_order(tmp_path, caplog):
     rows = [GOOD] + [row for row, *_ in BAD] + [{**GOOD, "answer": "last"}]
     path = write_jsonl(tmp_path, rows)
-    caplog.set_level(logging.INFO, logger="vigos.data")
+    caplog.set_level(logging.INFO, logger="vigos.data.rows")
     examples, report = load_examples(str(path), **WORDS)
     assert [e.answer for e in examples] == ["red", "last"] and [e.row for e in examples] == [0, 8]
-    assert report.skipped == {"missing image": 2, "unreadable image": 1, "tiny image": 1, "empty question": 1,
-                              "empty answer": 1, "prompt too long": 1}
+    assert report.skipped == {
+        "missing image": 2,
+        "unreadable image": 1,
+        "tiny image": 1,
+        "empty question": 1,
+        "empty answer": 1,
+        "prompt too long": 1,
+    }
     assert set(report.skipped) <= set(SKIP_REASONS)
     assert report.total == 9 and report.kept == 2
     assert report.summary().startswith("2 of 9 rows kept; skipped 7 (1 empty answer, 1 empty question, 2 missing image")
@@ -173,7 +195,9 @@ def test_skip_counts_every_reason_and_keeps_the_good_rows_in_order(tmp_path, cap
 @pytest.mark.parametrize("row, reason, field, detail", BAD, ids=[b[1] for b in BAD])
 def test_error_mode_names_the_row_field_and_fix(tmp_path, row, reason, field, detail):
     path = write_jsonl(tmp_path, [GOOD, GOOD, row])
-    with pytest.raises(BadRowError, match=rf"^row 2 \(field '{field}'\): .*{detail}.* or set bad_rows: skip$") as caught:
+    with pytest.raises(
+        BadRowError, match=rf"^row 2 \(field '{field}'\): .*{detail}.* or set bad_rows: skip$"
+    ) as caught:
         load_examples(str(path), bad_rows="error", **WORDS)
     assert (caught.value.row, caught.value.field, caught.value.reason) == (2, field, reason)
     assert isinstance(caught.value, ValueError)
@@ -209,8 +233,10 @@ def test_non_text_question_and_nan_answer(tmp_path):
     path = write_jsonl(tmp_path, [{**GOOD, "question": ["a", "list"]}, {**GOOD, "answer": None}, GOOD])
     examples, report = load_examples(str(path))
     assert len(examples) == 1 and report.skipped == {"question not text": 1, "empty answer": 1}
-    table = datasets.Dataset.from_dict({**image_rows(2), "answer": [float("nan"), 4.0]},
-                                       features=datasets.Features({**IMAGE_FEATURES, "answer": datasets.Value("float64")}))
+    table = datasets.Dataset.from_dict(
+        {**image_rows(2), "answer": [float("nan"), 4.0]},
+        features=datasets.Features({**IMAGE_FEATURES, "answer": datasets.Value("float64")}),
+    )
     examples, report = prepare_examples(table)
     assert [e.answer for e in examples] == ["4.0"] and report.skipped == {"empty answer": 1}
 
@@ -237,10 +263,14 @@ def test_image_paths_out_of_the_dataset_folder_are_bad_rows_unless_allowed(tmp_p
     assert [e.row for e in examples] == [0] and report.skipped == {"image outside folder": 2}
     assert report.examples_of_skips[0] == (
         f"row 1 (field 'image'): image path '../secret.png' resolves to {tmp_path / 'secret.png'}, outside the "
-        f"dataset folder {data}; set allow_image_paths_outside: true to allow it")
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'image'\): image path '\.\./secret\.png' resolves to .*"
-                                        r"set allow_image_paths_outside: true to allow it — fix the row or set "
-                                        r"bad_rows: skip$") as caught:
+        f"dataset folder {data}; set allow_image_paths_outside: true to allow it"
+    )
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'image'\): image path '\.\./secret\.png' resolves to .*"
+        r"set allow_image_paths_outside: true to allow it — fix the row or set "
+        r"bad_rows: skip$",
+    ) as caught:
         load_examples(str(path), bad_rows="error")
     assert caught.value.reason == "image outside folder"
     for lazy in (False, True):
@@ -272,11 +302,16 @@ def test_a_jsonl_line_that_is_not_utf8_is_a_bad_row_named_by_its_line(tmp_path, 
     assert [(e.row, e.answer) for e in examples] == [(0, "7" if mixed else "red"), (2, "x")]
     assert report.skipped == {"text not UTF-8": 1} and report.total == 3
     [skip] = report.examples_of_skips
-    assert skip.startswith("row 1 (field 'question'): the value holds bytes that are not UTF-8 (line 2 of "
-                           """data.jsonl: b'{"question": "caf\\xe9 ou th\\xe9?""")
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
-                                        r"\(line 2 of data\.jsonl: .*\) — save the file as UTF-8 or set bad_rows: "
-                                        r"skip$") as caught:
+    assert skip.startswith(
+        "row 1 (field 'question'): the value holds bytes that are not UTF-8 (line 2 of "
+        """data.jsonl: b'{"question": "caf\\xe9 ou th\\xe9?"""
+    )
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
+        r"\(line 2 of data\.jsonl: .*\) — save the file as UTF-8 or set bad_rows: "
+        r"skip$",
+    ) as caught:
         load_examples(str(path), bad_rows="error")
     assert caught.value.reason == "text not UTF-8"
 
@@ -287,21 +322,28 @@ def test_a_parquet_string_that_is_not_utf8_is_a_bad_row(tmp_path):
 
     # A writer that does not check its strings (pyarrow does): a binary column viewed as strings.
     questions = pa.array([b"fine", b"caf\xe9", b"also fine"], type=pa.binary()).view(pa.string())
-    images = pa.array([{"bytes": png_bytes(), "path": None}] * 3,
-                      type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    images = pa.array(
+        [{"bytes": png_bytes(), "path": None}] * 3, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    )
     table = pa.table({"question": questions, "answer": ["a", "b", "c"], "image": images})
     pq.write_table(table, tmp_path / "data.parquet")
     examples, report = load_examples(str(tmp_path / "data.parquet"))
     assert [e.question for e in examples] == ["fine", "also fine"] and report.skipped == {"text not UTF-8": 1}
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
-                                        r"\(b'caf\\xe9'\)"):
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'question'\): the value holds bytes that are not UTF-8 "
+        r"\(b'caf\\xe9'\)",
+    ):
         load_examples(str(tmp_path / "data.parquet"), bad_rows="error")
 
 
 def test_bytes_that_are_not_utf8_where_no_row_can_be_set_apart_stop_with_the_line(tmp_path):
     write_lines(tmp_path / "list.json", [b"[" + line(), b", " + LATIN_1 + b"]"])
-    with pytest.raises(DataError, match=r"list\.json': line 2 of list\.json holds bytes that are not UTF-8 .*a JSON "
-                                        r"list is one document, so its rows cannot be skipped"):
+    with pytest.raises(
+        DataError,
+        match=r"list\.json': line 2 of list\.json holds bytes that are not UTF-8 .*a JSON "
+        r"list is one document, so its rows cannot be skipped",
+    ):
         load_rows(str(tmp_path / "list.json"))
     write_lines(tmp_path / "key.jsonl", [line(), b'{"qu\xe9stion": "q", "answer": "a", "image": "x.png"}'])
     with pytest.raises(DataError, match=r"line 2 of key\.jsonl holds bytes that are not UTF-8 outside a text value"):
@@ -313,8 +355,11 @@ def test_bytes_that_are_not_utf8_where_no_row_can_be_set_apart_stop_with_the_lin
 
 def test_wrong_field_and_wrong_mode_are_config_errors(tmp_path):
     path = write_jsonl(tmp_path, [GOOD, {**GOOD, "image": "images/missing.png"}])
-    with pytest.raises(DataError, match=r"no column 'images' \(set image_field\); its columns are: "
-                                        r"question, answer, image, source, difficulty — did you mean 'image'\?"):
+    with pytest.raises(
+        DataError,
+        match=r"no column 'images' \(set image_field\); its columns are: "
+        r"question, answer, image, source, difficulty — did you mean 'image'\?",
+    ):
         load_examples(str(path), image_field="images", bad_rows="skip")
     with pytest.raises(DataError, match=r"no column 'problem' \(set question_field\)"):
         load_examples(str(path), question_field="problem", bad_rows="error")
@@ -333,7 +378,7 @@ def test_missing_and_unusable_sources_have_clear_messages(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"holds no saved dataset .* it holds: notes\.txt"):
         load_rows(str(tmp_path / "empty"))
-    (tmp_path / "broken.jsonl").write_text(json.dumps({"question": "q"}) + "\n{\"question\": \n")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"question": "q"}) + '\n{"question": \n')
     with pytest.raises(DataError, match=r"broken\.jsonl: line 2 is not valid JSON"):
         load_rows(str(tmp_path / "broken.jsonl"))
     (tmp_path / "table.csv").write_text("question,answer\n")
@@ -342,8 +387,11 @@ def test_missing_and_unusable_sources_have_clear_messages(tmp_path):
 
 
 def test_hub_id_offline_says_the_hub_is_unreachable():
-    with pytest.raises(DataError, match=r"could not load dataset 'nobody/no-such-dataset': not a local file or "
-                                        r"directory and the hub is unreachable \(.+\)"):
+    with pytest.raises(
+        DataError,
+        match=r"could not load dataset 'nobody/no-such-dataset': not a local file or "
+        r"directory and the hub is unreachable \(.+\)",
+    ):
         load_rows("nobody/no-such-dataset")
 
 
@@ -353,8 +401,15 @@ def test_hub_id_offline_says_the_hub_is_unreachable():
 def test_resolve_image_accepts_every_form(tmp_path):
     data = png_bytes(colour=(5, 6, 7))
     (tmp_path / "x.png").write_bytes(data)
-    forms = [Image.open(io.BytesIO(data)), {"bytes": data, "path": None}, {"bytes": None, "path": "x.png"},
-             "x.png", data, [data, png_bytes()], (tmp_path / "x.png")]
+    forms = [
+        Image.open(io.BytesIO(data)),
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": "x.png"},
+        "x.png",
+        data,
+        [data, png_bytes()],
+        (tmp_path / "x.png"),
+    ]
     for form in forms:
         image = resolve_image(form, base_dir=tmp_path)
         assert image.mode == "RGB" and image.getpixel((3, 3)) == (5, 6, 7)
@@ -405,8 +460,10 @@ TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["", "  ", "\t\n", " x "]
 @given(pairs=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=6))
 def test_a_row_is_kept_exactly_when_question_and_answer_have_text(pairs):
     image = {"bytes": png_bytes(), "path": None}
-    rows = datasets.Dataset.from_dict({"question": [q for q, _ in pairs], "answer": [a for _, a in pairs],
-                                       "image": [image] * len(pairs)}, features=IMAGE_FEATURES)
+    rows = datasets.Dataset.from_dict(
+        {"question": [q for q, _ in pairs], "answer": [a for _, a in pairs], "image": [image] * len(pairs)},
+        features=IMAGE_FEATURES,
+    )
     examples, report = prepare_examples(rows)
     expected = [(i, q.strip(), a.strip()) for i, (q, a) in enumerate(pairs) if q.strip() and a.strip()]
     assert [(e.row, e.question, e.answer) for e in examples] == expected

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vigos.cli import main
-from vigos.demo_report import grounding
+from vigos.demo.report import grounding
 
 
 @pytest.mark.slow
@@ -33,11 +33,19 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 def test_grounding_counts_descriptions_on_conflict_items():
     responses = {
-        "c/1": {"conflict": True, "answer": "red", "samples": [
-            {"text": "<description> A red leaf. </description><think>"},
-            {"text": "<description> A green leaf. </description>"},
-            {"text": "no description here"},
-        ]},
+        "c/1": {
+            "conflict": True,
+            "answer": "red",
+            "samples": [
+                {"text": "<description> A red leaf. </description><think>"},
+                {"text": "<description> A green leaf. </description>"},
+                {"text": "no description here"},
+            ],
+        },
         "a/1": {"conflict": False, "answer": "green", "samples": [{"text": "<description> green </description>"}]},
     }
-    assert grounding(responses, {"c/1": "green", "a/1": "green"}) == {"states_true": 0.5, "states_prior": 0.5, "descriptions": 2}
+    assert grounding(responses, {"c/1": "green", "a/1": "green"}) == {
+        "states_true": 0.5,
+        "states_prior": 0.5,
+        "descriptions": 2,
+    }

@@ -19,24 +19,25 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import kl, pieces_to_ids, plain_logits
-
-from vigos import prompts, synthetic
-from vigos.config import ViGOSConfig
-from vigos.data import Example, ExampleDataset
-from vigos.diagnostics import (
-    DiagnosticsCallback,
-    add_diagnose_arguments,
+from vigos import prompts
+from vigos.data import synthetic
+from vigos.data.examples import ExampleDataset
+from vigos.data.rows import Example
+from vigos.diagnose import add_diagnose_arguments, diagnose_command
+from vigos.diagnostics.callback import DiagnosticsCallback
+from vigos.diagnostics.measures import (
     answer_leakage,
+    default_teacher,
     description_grounding,
     diagnose,
-    diagnose_command,
     student_image_sensitivity,
     teacher_image_reliance,
 )
-from vigos.recipe import apply_lora
-from vigos.rollout import HFGenerateRollout, SamplingParams
-from vigos.teachers import TeacherPolicy
-from vigos.trainer import ViGOSTrainer
+from vigos.method.teachers import TeacherPolicy
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora
+from vigos.training.trainer import ViGOSTrainer
 
 GREY = (128, 128, 128)
 VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
@@ -63,7 +64,10 @@ def test_grounding_counts_true_prior_both_and_neither():
 
 def test_grounding_without_descriptions_and_bad_input():
     assert description_grounding([None, None], ["red", "red"], ["green", "green"]) == {
-        "states_true": 0.0, "states_prior": 0.0, "n": 0}
+        "states_true": 0.0,
+        "states_prior": 0.0,
+        "n": 0,
+    }
     with pytest.raises(ValueError, match="1 prior_values"):
         description_grounding(["a red leaf", None], ["red", "red"], ["green"])
     with pytest.raises(ValueError, match="row 1 has an empty true or prior value"):
@@ -71,8 +75,15 @@ def test_grounding_without_descriptions_and_bad_input():
 
 
 def test_leakage_on_hand_written_descriptions():
-    descriptions = ["A red leaf.", "The leaf is green.", None, "Three clovers.", "A leaf.", "Option C is shown.",
-                    "About 1,000 dots."]
+    descriptions = [
+        "A red leaf.",
+        "The leaf is green.",
+        None,
+        "Three clovers.",
+        "A leaf.",
+        "Option C is shown.",
+        "About 1,000 dots.",
+    ]
     answers = ["red", "\\boxed{Red}", "red", "3", "red", "C", "1,000"]
     # Counted: rows 0, 1, 3, 4, 6 (row 2 has no description, row 5's answer is an option letter).
     # Leaked: 0 ("red"), 3 ("three" is 3) and 6 (the answer as written).
@@ -97,8 +108,16 @@ def test_a_description_quoting_the_answer_always_leaks(answer, noise):
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from(["a leaf", "a red leaf", "green", "blue and red", None]),
-                               st.sampled_from(["red", "green", "blue"])), min_size=1, max_size=8))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["a leaf", "a red leaf", "green", "blue and red", None]),
+            st.sampled_from(["red", "green", "blue"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_grounding_shares_follow_added_mentions(rows):
     descriptions, true = [d for d, _ in rows], [t for _, t in rows]
     prior = ["green"] * len(rows)
@@ -121,8 +140,9 @@ def tiny(tiny_model_dir):
 
 
 def config(tmp_path, **kw):
-    return ViGOSConfig(**{"output_dir": str(tmp_path), "report_to": "none", "loss_chunk_size": 3,
-                          "teacher_batch_size": 2, **kw})
+    return ViGOSConfig(
+        **{"output_dir": str(tmp_path), "report_to": "none", "loss_chunk_size": 3, "teacher_batch_size": 2, **kw}
+    )
 
 
 def plain_reliance(model, processor, image, other, user_text, prefill, appended, skip=0):
@@ -151,13 +171,29 @@ def test_reliance_matches_a_plain_computation(tiny, tmp_path):
     (d0, d1), think, (r0, r1) = b[0], b[2][0], (b[3][0], b[4][1])
     question = examples[0].question
     expected = {
-        "perception": plain_reliance(model, processor, red, square(GREY), cfg.perception_prompt,
-                                     cfg.perception_prefill, valid[d0:d1]),
+        "perception": plain_reliance(
+            model, processor, red, square(GREY), cfg.perception_prompt, cfg.perception_prefill, valid[d0:d1]
+        ),
         # The reasoning teacher reads the student's own tokens from the one that opens <think>.
-        "reasoning": plain_reliance(model, processor, red, square(GREY), prompts.render_template(
-            cfg.reasoning_prompt, question=question, answer="red"), "", valid[think:r1], skip=r0 - think),
-        "reference": plain_reliance(model, processor, blue, square(GREY, (140, 112)), prompts.render_template(
-            cfg.reference_prompt, question=question, answer="blue"), "<description>", invalid),
+        "reasoning": plain_reliance(
+            model,
+            processor,
+            red,
+            square(GREY),
+            prompts.render_template(cfg.reasoning_prompt, question=question, answer="red"),
+            "",
+            valid[think:r1],
+            skip=r0 - think,
+        ),
+        "reference": plain_reliance(
+            model,
+            processor,
+            blue,
+            square(GREY, (140, 112)),
+            prompts.render_template(cfg.reference_prompt, question=question, answer="blue"),
+            "<description>",
+            invalid,
+        ),
     }
     assert set(got) == {f"{kind}_{term}" for kind in ("reliance", "tokens") for term in expected}
     assert got["tokens_perception"] == d1 - d0 and got["tokens_reasoning"] == r1 - r0
@@ -167,8 +203,10 @@ def test_reliance_matches_a_plain_computation(tiny, tmp_path):
         assert got[f"reliance_{term}"] == pytest.approx(value, rel=1e-4, abs=1e-8), term
 
     shuffled = teacher_image_reliance(model, scorer, examples, [valid, invalid], counterfactual="shuffle")
-    assert shuffled["reliance_perception"] == pytest.approx(plain_reliance(
-        model, processor, red, blue, cfg.perception_prompt, cfg.perception_prefill, valid[d0:d1]), rel=1e-4)
+    assert shuffled["reliance_perception"] == pytest.approx(
+        plain_reliance(model, processor, red, blue, cfg.perception_prompt, cfg.perception_prefill, valid[d0:d1]),
+        rel=1e-4,
+    )
 
 
 def test_reliance_is_zero_for_the_same_image_and_omits_empty_terms(tiny, tmp_path):
@@ -197,11 +235,17 @@ def world_examples(n, conflict_fraction, seed=3):
     return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(split)], split
 
 
+def scorer(tmp_path, model, processor):
+    return config(tmp_path).build_scorer(processor, teacher=default_teacher(model))
+
+
 def test_diagnose_with_ideal_completions(tiny, tmp_path):
     model, processor = tiny
     examples, split = world_examples(4, 0.5)
     completions = [synthetic.warmup_target(e) for e in split]
-    got = diagnose(model, processor, config(tmp_path), examples, completions=completions, sample_size=8)
+    got = diagnose(
+        model, processor, examples, scorer=scorer(tmp_path, model, processor), completions=completions, sample_size=8
+    )
     assert got["rows"] == 4 and got["valid_rate"] == 1.0
     # Each canonical description states its true colour and only that colour.
     assert (got["grounding_states_true"], got["grounding_states_prior"], got["grounding_n"]) == (1.0, 0.5, 4)
@@ -209,10 +253,18 @@ def test_diagnose_with_ideal_completions(tiny, tmp_path):
     assert got["grounding_conflict_n"] == 2
     assert got["leakage"] == 1.0 and got["leakage_n"] == 4
     assert got["reliance_perception"] > 0 and got["reliance_reasoning"] > 0 and "reliance_reference" not in got
-    two = diagnose(model, processor, config(tmp_path), examples, completions=completions, sample_size=2, seed=1)
+    two = diagnose(
+        model,
+        processor,
+        examples,
+        scorer=scorer(tmp_path, model, processor),
+        completions=completions,
+        sample_size=2,
+        seed=1,
+    )
     assert two["rows"] == 2 and two["grounding_n"] == 2
     with pytest.raises(ValueError, match="3 completions for 4 examples"):
-        diagnose(model, processor, config(tmp_path), examples, completions=completions[:3])
+        diagnose(model, processor, examples, scorer=scorer(tmp_path, model, processor), completions=completions[:3])
 
 
 # --- student image sensitivity ----------------------------------------------------------------
@@ -229,8 +281,9 @@ def test_image_sensitivity_on_synthetic_pairs(tiny):
     for name in ("changed", "completion_changed", "conflict_true", "conflict_prior", "agree_true"):
         assert 0.0 <= got[name] <= 1.0, name
     with pytest.raises(ValueError, match="pair 0"):
-        student_image_sensitivity(model, processor, agree[:1], [Example("other?", "red", agree[0].image)],
-                                  rollout=greedy)
+        student_image_sensitivity(
+            model, processor, agree[:1], [Example("other?", "red", agree[0].image)], rollout=greedy
+        )
 
 
 def test_identical_images_with_a_fixed_seed_never_change(tiny):
@@ -252,10 +305,25 @@ def test_identical_images_with_a_fixed_seed_never_change(tiny):
 
 def train_args(tmp_path, **kw):
     return ViGOSConfig(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=5e-3,
-        max_completion_length=10, lora_r=4, lora_alpha=8, lora_dropout=0.0, token_loss_clip=None,
-        description_end_clip=None, reasoning_start_clip=None, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, log_completions_steps=0, seed=0, **kw)
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        max_completion_length=10,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        token_loss_clip=None,
+        description_end_clip=None,
+        reasoning_start_clip=None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        log_completions_steps=0,
+        seed=0,
+        **kw,
+    )
 
 
 def train_run(model_dir, out, with_diagnostics):
@@ -294,9 +362,26 @@ def cli(argv):
 def test_diagnose_command(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "diag.json"
-    code = cli(["--model", str(tiny_model_dir), "--data", "synthetic:train:8", "--agree-data",
-                "synthetic:eval_agree:8", "--conflict-data", "synthetic:eval_conflict:8", "--sample-size", "2",
-                "--max-new-tokens", "6", "--counterfactual", "shuffle", "--out", str(out)])
+    code = cli(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            "synthetic:train:8",
+            "--agree-data",
+            "synthetic:eval_agree:8",
+            "--conflict-data",
+            "synthetic:eval_conflict:8",
+            "--sample-size",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--counterfactual",
+            "shuffle",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     metrics = result["metrics"]

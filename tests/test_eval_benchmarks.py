@@ -11,19 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vigos.eval.benchmarks import (
-    BENCHMARKS,
-    DEFAULT_GRADERS,
-    Benchmark,
-    BenchmarkDataError,
-    EvalItem,
-    format_options,
-    get_benchmark,
-    load_benchmark,
-    register_benchmark,
-)
 from vigos.eval.benchmark_yaml import benchmark_from_yaml
-from vigos.eval.fixtures import COLORS, FIXTURE_WRITERS, SHAPES, write_fixture
+from vigos.eval.benchmarks import BENCHMARKS, get_benchmark, load_benchmark, register_benchmark
+from vigos.eval.fixture_scenes import COLORS, SHAPES
+from vigos.eval.fixtures import FIXTURE_WRITERS, write_fixture
+from vigos.eval.items import DEFAULT_GRADERS, Benchmark, EvalItem, format_options
+from vigos.eval.sources import BenchmarkDataError
 
 BUILTIN = sorted(FIXTURE_WRITERS)
 N = 4
@@ -46,7 +39,18 @@ def _drop_column(path: Path, column: str) -> None:
 
 
 def test_every_paper_suite_is_registered_with_a_fixture_writer():
-    expected = {"mmvet", "mmmu", "mmmu-pro", "mathverse", "mathvista", "mmsi", "realworldqa", "cvbench", "vilp-f", "vilp-p"}
+    expected = {
+        "mmvet",
+        "mmmu",
+        "mmmu-pro",
+        "mathverse",
+        "mathvista",
+        "mmsi",
+        "realworldqa",
+        "cvbench",
+        "vilp-f",
+        "vilp-p",
+    }
     assert expected <= set(BENCHMARKS)
     assert set(FIXTURE_WRITERS) == expected
 
@@ -166,14 +170,31 @@ def test_mmvet_category_joins_capabilities(tmp_path):
 
 
 def test_mmvet_lmms_lab_parquet_layout_loads(tmp_path):
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
-    features = Features({"question_id": Value("string"), "image": ImageFeature(), "question": Value("string"),
-                         "answer": Value("string"), "image_source": Value("string"), "capability": Value("string")})
-    data = {"question_id": ["v1_0"], "image": [Image.new("RGB", (8, 8), "red")], "question": ["Colour?"],
-            "answer": ["red"], "image_source": ["x"], "capability": ["rec,ocr"]}
+    features = Features(
+        {
+            "question_id": Value("string"),
+            "image": ImageFeature(),
+            "question": Value("string"),
+            "answer": Value("string"),
+            "image_source": Value("string"),
+            "capability": Value("string"),
+        }
+    )
+    data = {
+        "question_id": ["v1_0"],
+        "image": [Image.new("RGB", (8, 8), "red")],
+        "question": ["Colour?"],
+        "answer": ["red"],
+        "image_source": ["x"],
+        "capability": ["rec,ocr"],
+    }
     (tmp_path / "mmvet" / "data").mkdir(parents=True)
-    Dataset.from_dict(data, features=features).to_parquet(str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet"))
+    Dataset.from_dict(data, features=features).to_parquet(
+        str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet")
+    )
     [item] = load_benchmark("mmvet", tmp_path)
     assert (item.id, item.category, item.answer) == ("v1_0", "ocr,rec", "red")
 
@@ -326,8 +347,17 @@ def _write_yaml_benchmark(tmp_path: Path, answer_format: str = "auto") -> Path:
     for i, (shape, color) in enumerate([("circle", "red"), ("square", "blue"), ("circle", "green")]):
         Image.new("RGB", (10, 10), color).save(data / "img" / f"{i}.png")
         gold = {"auto": shape, "text": shape, "index": SHAPES.index(shape), "letter": "ABCD"[SHAPES.index(shape)]}
-        rows.append({"qid": f"q{i}", "text": f"Which shape is drawn in {color}?", "gold": gold[answer_format],
-                     "picture": f"img/{i}.png", "choices": list(SHAPES), "kind": color, "hint": "look closely"})
+        rows.append(
+            {
+                "qid": f"q{i}",
+                "text": f"Which shape is drawn in {color}?",
+                "gold": gold[answer_format],
+                "picture": f"img/{i}.png",
+                "choices": list(SHAPES),
+                "kind": color,
+                "hint": "look closely",
+            }
+        )
     (data / "questions.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     spec = tmp_path / "shapes.yaml"
     spec.write_text(YAML_SPEC.replace("ANSWER_FORMAT", answer_format))
@@ -408,8 +438,10 @@ def test_yaml_file_glob_must_stay_under_the_benchmark_folder_unless_allowed(tmp_
         spec.write_text(text.replace("file: questions.jsonl", f"file: {pattern}"))
         with pytest.raises(BenchmarkDataError) as error:
             benchmark_from_yaml(spec)
-        assert str(error.value) == (f"{spec}: 'file' {pattern!r} leads outside data_dir/shapes-qa/; name a file under "
-                                    "it, or set allow_paths_outside: true to read it where it is")
+        assert str(error.value) == (
+            f"{spec}: 'file' {pattern!r} leads outside data_dir/shapes-qa/; name a file under "
+            "it, or set allow_paths_outside: true to read it where it is"
+        )
         spec.write_text(text.replace("file: questions.jsonl", f"file: {pattern}") + "allow_paths_outside: true\n")
         items = load_benchmark(str(spec), tmp_path / "data")
         assert [item.id for item in items] == ["q0", "q1", "q2"] and items[1].image.getpixel((5, 5)) == (0, 0, 255)
@@ -430,7 +462,8 @@ def test_yaml_row_image_paths_must_stay_under_the_benchmark_folder_unless_allowe
     assert str(error.value) == (
         f"shapes-qa: questions.jsonl line 2: image path '../../outside.png' (field 'picture') resolves to "
         f"{tmp_path / 'outside.png'}, outside the benchmark folder {data}; keep the images under it (a benchmark "
-        "YAML may set allow_paths_outside: true).")
+        "YAML may set allow_paths_outside: true)."
+    )
     spec.write_text(spec.read_text() + "allow_paths_outside: true\n")
     assert load_benchmark(str(spec), tmp_path / "data")[1].image.getpixel((5, 5)) == (255, 0, 0)
 
@@ -444,15 +477,24 @@ def test_a_decompression_bomb_stops_the_benchmark_naming_its_row(tmp_path, monke
     # A saved dataset: iterating it decoded the images inside datasets, where a bomb raised naming no row.
     Dataset.from_parquet([str(p) for p in shards]).save_to_disk(str(tmp_path / "saved" / "mmmu"))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # the shapes are 10x10: over twice the limit
-    with pytest.raises(BenchmarkDataError, match=r"^shapes-qa: questions\.jsonl line 1: .*img/0\.png \(field "
-                                                 r"'picture'\) is not a readable image \(.*DecompressionBombError"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^shapes-qa: questions\.jsonl line 1: .*img/0\.png \(field "
+        r"'picture'\) is not a readable image \(.*DecompressionBombError",
+    ):
         load_benchmark(str(spec), tmp_path / "data")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(BenchmarkDataError, match=r"^mmmu: mmmu row 0: image field 'image_1' holds bytes that are not "
-                                                 r"an image Pillow can decode \(.*DecompressionBombError"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^mmmu: mmmu row 0: image field 'image_1' holds bytes that are not "
+        r"an image Pillow can decode \(.*DecompressionBombError",
+    ):
         load_benchmark("mmmu", tmp_path / "saved")
-    with pytest.raises(BenchmarkDataError, match=r"^mmmu: validation-00000-of-00001\.parquet row 0: image field "
-                                                 r"'image_1' .*DecompressionBombError"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^mmmu: validation-00000-of-00001\.parquet row 0: image field "
+        r"'image_1' .*DecompressionBombError",
+    ):
         load_benchmark("mmmu", tmp_path / "parquet")
 
 

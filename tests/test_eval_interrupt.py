@@ -28,9 +28,11 @@ def _command(argv: list[str]) -> list[str]:
     commands = next(action for action in parser._actions if action.dest == "command")
     if "eval" in commands.choices:
         return [sys.executable, "-m", "vigos.cli", "eval", *argv]
-    script = ("import argparse, sys; from vigos.eval.runner import add_eval_arguments, eval_command; "
-              "p = argparse.ArgumentParser(); add_eval_arguments(p); "
-              "sys.exit(eval_command(p.parse_args(sys.argv[1:])))")
+    script = (
+        "import argparse, sys; from vigos.eval.runner import add_eval_arguments, eval_command; "
+        "p = argparse.ArgumentParser(); add_eval_arguments(p); "
+        "sys.exit(eval_command(p.parse_args(sys.argv[1:])))"
+    )
     return [sys.executable, "-c", script, *argv]
 
 
@@ -40,9 +42,25 @@ def test_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp_p
     write_fixture("vilp-f", data, n=2)  # 6 items, one per batch: the kill lands mid-benchmark
     write_fixture("cvbench", data, n=2)
     out = tmp_path / "run"
-    argv = ["--model", str(tiny_model_dir), "--benchmarks", "vilp-f,cvbench", "--data-dir", str(data),
-            "--out-dir", str(out), "--k", "2", "--max-new-tokens", "24", "--batch-size", "1", "--engine", "hf",
-            "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        "vilp-f,cvbench",
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "1",
+        "--engine",
+        "hf",
+        "--no-progress",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     first = out / "responses" / "vilp-f.jsonl"
 
@@ -85,8 +103,25 @@ def test_interrupted_run_says_where_the_results_are_and_how_to_resume(tiny_model
     data = tmp_path / "data"
     write_fixture("vilp-f", data, n=2)  # 6 items, one per batch: the interrupt lands mid-benchmark
     out = tmp_path / "run"
-    argv = ["--model", str(tiny_model_dir), "--benchmarks", "vilp-f", "--data-dir", str(data), "--out-dir", str(out),
-            "--k", "2", "--max-new-tokens", "24", "--batch-size", "1", "--engine", "hf", "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        "vilp-f",
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "1",
+        "--engine",
+        "hf",
+        "--no-progress",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     first = out / "responses" / "vilp-f.jsonl"
     process = subprocess.Popen(_command(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,8 +142,9 @@ def test_interrupted_run_says_where_the_results_are_and_how_to_resume(tiny_model
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     said = [line for line in err.splitlines() if "resume" in line]
     assert len(said) == 1, err
-    assert said[0].startswith(f"vigos eval: interrupted; the finished items are kept in {out}; to resume, run: "
-                              "vigos eval --model ")
+    assert said[0].startswith(
+        f"vigos eval: interrupted; the finished items are kept in {out}; to resume, run: vigos eval --model "
+    )
     assert not (out / "summary.json").exists()
 
     # The command it names, run as it is, finishes the run.

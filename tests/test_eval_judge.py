@@ -147,7 +147,10 @@ class FakeJudge:
 
 def completion(text: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "judge-model",
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "judge-model",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
@@ -165,8 +168,14 @@ def config_for(monkeypatch) -> Callable[..., JudgeConfig]:
     monkeypatch.delenv(KEY_ENV, raising=False)
 
     def make(base_url: str, **overrides: Any) -> JudgeConfig:
-        settings = {"model": "judge-model", "api_key_env": KEY_ENV, "timeout_s": 2.0, "max_retries": 2,
-                    "backoff_s": 0.01, "concurrency": 2}
+        settings = {
+            "model": "judge-model",
+            "api_key_env": KEY_ENV,
+            "timeout_s": 2.0,
+            "max_retries": 2,
+            "backoff_s": 0.01,
+            "concurrency": 2,
+        }
         settings.update(overrides)
         return JudgeConfig(base_url=base_url, **settings)
 
@@ -181,6 +190,7 @@ def free_port() -> int:
 
 
 # --- verdicts and the request --------------------------------------------------------------------
+
 
 def test_yes_and_no_verdicts(server, config_for):
     with JudgeClient(config_for(server.base_url)) as client:
@@ -212,10 +222,18 @@ def test_no_authorization_header_without_a_key(server, config_for):
     assert "Authorization" not in server.requests[0]["headers"]
 
 
-@pytest.mark.parametrize(("reply", "verdict"), [
-    ("yes", True), ("Yes.", True), ("**No**", False), ("NO", False), ("The answer is yes", True),
-    ("<think>yes or no? it differs</think>No", False), ("No, they differ; yes would be wrong", False),
-])
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("yes", True),
+        ("Yes.", True),
+        ("**No**", False),
+        ("NO", False),
+        ("The answer is yes", True),
+        ("<think>yes or no? it differs</think>No", False),
+        ("No, they differ; yes would be wrong", False),
+    ],
+)
 def test_parse_verdict_cases(reply, verdict):
     assert parse_verdict(reply) is verdict
 
@@ -225,13 +243,17 @@ def test_parse_verdict_none(reply):
     assert parse_verdict(reply) is None
 
 
-@given(st.text(alphabet="abcdefghijklmopqrstuvwxz .,!:*\n", max_size=30), st.sampled_from(["yes", "no", "Yes", "NO"]),
-       st.text(max_size=30))
+@given(
+    st.text(alphabet="abcdefghijklmopqrstuvwxz .,!:*\n", max_size=30),
+    st.sampled_from(["yes", "no", "Yes", "NO"]),
+    st.text(max_size=30),
+)
 def test_parse_verdict_first_word_wins(before, word, after):
     assert parse_verdict(f"{before} {word} {after}") is (word.lower() == "yes")
 
 
 # --- the cache ------------------------------------------------------------------------------------
+
 
 def test_cache_answers_without_a_request(server, config_for, tmp_path):
     cache = tmp_path / "cache" / "judge.sqlite"
@@ -277,6 +299,7 @@ def test_concurrency_limit_is_respected(server, config_for):
 
 # --- failures -------------------------------------------------------------------------------------
 
+
 def test_server_errors_are_retried(server, config_for):
     server.script = [("status", 500), ("status", 503)]
     with JudgeClient(config_for(server.base_url, max_retries=2)) as client:
@@ -293,8 +316,10 @@ def test_rate_limit_is_retried(server, config_for):
 
 def test_persistent_server_errors_end_in_judge_error(server, config_for):
     server.script = [("status", 500)] * 3
-    with JudgeClient(config_for(server.base_url, max_retries=2)) as client, \
-            pytest.raises(JudgeError, match=r"failed 3 times; last failure: HTTP 500"):
+    with (
+        JudgeClient(config_for(server.base_url, max_retries=2)) as client,
+        pytest.raises(JudgeError, match=r"failed 3 times; last failure: HTTP 500"),
+    ):
         client.judge("q", "a", "b")
     assert server.count == 3
 
@@ -302,8 +327,10 @@ def test_persistent_server_errors_end_in_judge_error(server, config_for):
 def test_timeout_is_retried_then_judge_error(server, config_for):
     server.script = [("sleep", MAX_HOLD_S)] * 3
     start = time.monotonic()
-    with JudgeClient(config_for(server.base_url, timeout_s=0.2, max_retries=2)) as client, \
-            pytest.raises(JudgeError) as failure:
+    with (
+        JudgeClient(config_for(server.base_url, timeout_s=0.2, max_retries=2)) as client,
+        pytest.raises(JudgeError) as failure,
+    ):
         client.judge("q", "a", "b")
     assert time.monotonic() - start < 3.0
     assert server.count == 3
@@ -315,8 +342,10 @@ def test_a_trickling_judge_is_cut_at_the_deadline(server, config_for):
     """Every byte comes well within the timeout of a single read; the deadline bounds the request as a whole."""
     server.script = [("trickle", 0.5)] * 2
     start = time.monotonic()
-    with JudgeClient(config_for(server.base_url, timeout_s=1.0, max_retries=1)) as client, \
-            pytest.raises(JudgeError, match=r"failed 2 times; last failure: no complete answer within 1 s, the dead"):
+    with (
+        JudgeClient(config_for(server.base_url, timeout_s=1.0, max_retries=1)) as client,
+        pytest.raises(JudgeError, match=r"failed 2 times; last failure: no complete answer within 1 s, the dead"),
+    ):
         client.judge("q", "a", MATCH)
     assert time.monotonic() - start < 2 * 1.0 + 1.0
     assert server.count == 2
@@ -341,8 +370,10 @@ def test_a_redirect_is_not_followed_with_the_key(server, config_for, monkeypatch
 
 def test_an_oversized_answer_is_refused(server, config_for, tmp_path):
     server.script = [("endless", None)]
-    with JudgeClient(config_for(server.base_url, cache_path=str(tmp_path / "c.sqlite"))) as client, \
-            pytest.raises(JudgeError, match=r"larger than the 4 MiB cap.*--judge-url names a chat-completions"):
+    with (
+        JudgeClient(config_for(server.base_url, cache_path=str(tmp_path / "c.sqlite"))) as client,
+        pytest.raises(JudgeError, match=r"larger than the 4 MiB cap.*--judge-url names a chat-completions"),
+    ):
         client.judge("q", "a", MATCH)
     assert server.count == 1, "a server that sends megabytes for a verdict would do it again"
 
@@ -365,8 +396,10 @@ def test_timeout_then_answer_succeeds(server, config_for):
 
 def test_malformed_json_is_a_judge_error(server, config_for):
     server.script = [("raw", b'{"choices": [{"message": ')] * 3
-    with JudgeClient(config_for(server.base_url, max_retries=2)) as client, \
-            pytest.raises(JudgeError, match="malformed JSON") as failure:
+    with (
+        JudgeClient(config_for(server.base_url, max_retries=2)) as client,
+        pytest.raises(JudgeError, match="malformed JSON") as failure,
+    ):
         client.judge("q", "a", "b")
     assert server.base_url in str(failure.value)
     assert server.count == 3
@@ -378,11 +411,14 @@ def test_malformed_json_once_then_answer_succeeds(server, config_for):
         assert client.judge("q", "a", MATCH) is True
 
 
-@pytest.mark.parametrize(("payload", "match"), [
-    (b'{"error": {"message": "overloaded"}}', "no 'choices'"),
-    (b'{"choices": []}', "no 'choices'"),
-    (b'{"choices": [{"message": {"role": "assistant", "content": null}}]}', "content is not text"),
-])
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (b'{"error": {"message": "overloaded"}}', "no 'choices'"),
+        (b'{"choices": []}', "no 'choices'"),
+        (b'{"choices": [{"message": {"role": "assistant", "content": null}}]}', "content is not text"),
+    ],
+)
 def test_missing_choices_is_a_judge_error(server, config_for, payload, match):
     server.script = [("raw", payload)] * 2
     with JudgeClient(config_for(server.base_url, max_retries=1)) as client, pytest.raises(JudgeError, match=match):
@@ -392,15 +428,16 @@ def test_missing_choices_is_a_judge_error(server, config_for, payload, match):
 
 def test_reply_without_a_verdict_is_a_judge_error(server, config_for):
     server.script = [("reply", "I cannot tell.")] * 2
-    with JudgeClient(config_for(server.base_url, max_retries=1)) as client, \
-            pytest.raises(JudgeError, match="neither yes nor no"):
+    with (
+        JudgeClient(config_for(server.base_url, max_retries=1)) as client,
+        pytest.raises(JudgeError, match="neither yes nor no"),
+    ):
         client.judge("q", "a", "b")
 
 
 def test_unauthorized_is_not_retried_and_names_the_key_variable(server, config_for):
     server.script = [("status", 401)]
-    with JudgeClient(config_for(server.base_url, max_retries=3)) as client, \
-            pytest.raises(JudgeError, match=KEY_ENV):
+    with JudgeClient(config_for(server.base_url, max_retries=3)) as client, pytest.raises(JudgeError, match=KEY_ENV):
         client.judge("q", "a", "b")
     assert server.count == 1
 
@@ -424,20 +461,25 @@ def test_unreachable_endpoint(config_for):
 def test_judge_many_stops_on_the_first_failure(config_for):
     url = f"http://127.0.0.1:{free_port()}/v1"
     start = time.monotonic()
-    with JudgeClient(config_for(url, max_retries=1, concurrency=2)) as client, \
-            pytest.raises(JudgeError, match="could not reach"):
+    with (
+        JudgeClient(config_for(url, max_retries=1, concurrency=2)) as client,
+        pytest.raises(JudgeError, match="could not reach"),
+    ):
         client.judge_many([("q", "a", f"r{i}") for i in range(200)])
     assert time.monotonic() - start < 5.0
     assert client.stats["requests"] < 20
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    ({"base_url": "127.0.0.1:8000/v1"}, "http://"),
-    ({"model": ""}, "model"),
-    ({"timeout_s": 0}, "timeout_s"),
-    ({"max_retries": -1}, "max_retries"),
-    ({"concurrency": 0}, "concurrency"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"base_url": "127.0.0.1:8000/v1"}, "http://"),
+        ({"model": ""}, "model"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"concurrency": 0}, "concurrency"),
+    ],
+)
 def test_config_rejects_bad_settings(overrides, match):
     settings = {"base_url": "http://127.0.0.1:8000/v1", "model": "m"} | overrides
     with pytest.raises(ValueError, match=match):

@@ -22,20 +22,20 @@ from vigos.eval.metrics import (
     vilp_scores,
 )
 
-
 # --- pass@k -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("n", "c", "k", "expected"),
     [
-        (5, 1, 1, 0.2),                      # one right of five, one draw
+        (5, 1, 1, 0.2),  # one right of five, one draw
         (5, 0, 5, 0.0),
         (5, 5, 1, 1.0),
-        (5, 2, 5, 1.0),                      # n == k: any correct sample solves the item
-        (10, 3, 5, 1 - 21 / 252),            # 1 - C(7,5)/C(10,5) = 11/12
-        (10, 1, 5, 0.5),                     # 1 - C(9,5)/C(10,5) = 1 - 126/252
-        (4, 2, 2, 1 - 1 / 6),                # 1 - C(2,2)/C(4,2)
-        (6, 4, 3, 1.0),                      # only two wrong samples: every 3-subset holds a right one
+        (5, 2, 5, 1.0),  # n == k: any correct sample solves the item
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5) = 11/12
+        (10, 1, 5, 0.5),  # 1 - C(9,5)/C(10,5) = 1 - 126/252
+        (4, 2, 2, 1 - 1 / 6),  # 1 - C(2,2)/C(4,2)
+        (6, 4, 3, 1.0),  # only two wrong samples: every 3-subset holds a right one
     ],
 )
 def test_pass_at_k_hand_worked(n, c, k, expected):
@@ -92,12 +92,10 @@ def test_pass_at_k_monotone_in_c_and_k(nck):
     assert pass_at_k(n, c, 1) == pytest.approx(c / n)
 
 
-@pytest.mark.parametrize(("n", "c", "k", "match"), [
-    (3, 1, 5, "at least k=5 samples"),
-    (5, 6, 1, "c=6"),
-    (5, -1, 1, "c=-1"),
-    (5, 1, 0, "k must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "match"),
+    [(3, 1, 5, "at least k=5 samples"), (5, 6, 1, "c=6"), (5, -1, 1, "c=-1"), (5, 1, 0, "k must be at least 1")],
+)
 def test_pass_at_k_rejects_bad_counts(n, c, k, match):
     with pytest.raises(ValueError, match=match):
         pass_at_k(n, c, k)
@@ -109,6 +107,7 @@ def test_pass_at_k_rejects_non_integers():
 
 
 # --- avg@k and item scores ------------------------------------------------------------------------
+
 
 def test_avg_at_k():
     assert avg_at_k([True, False, False, True, False]) == pytest.approx(0.4)
@@ -137,6 +136,7 @@ def test_item_scores_with_more_samples_than_k():
 
 
 # --- bootstrap ------------------------------------------------------------------------------------
+
 
 @given(st.lists(st.sampled_from([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]), min_size=1, max_size=60), st.integers(0, 2**16))
 @settings(max_examples=50, deadline=None)
@@ -174,11 +174,14 @@ def test_bootstrap_ci_wider_at_higher_confidence():
     assert low99 <= low90 and high90 <= high99 and (high99 - low99) > (high90 - low90)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"values": []}, "non-empty"),
-    ({"values": [1.0], "confidence": 1.0}, "confidence"),
-    ({"values": [1.0], "n_resamples": 0}, "n_resamples"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"values": []}, "non-empty"),
+        ({"values": [1.0], "confidence": 1.0}, "confidence"),
+        ({"values": [1.0], "n_resamples": 0}, "n_resamples"),
+    ],
+)
 def test_bootstrap_ci_rejects_bad_input(kwargs, match):
     values = kwargs.pop("values")
     with pytest.raises(ValueError, match=match):
@@ -229,7 +232,7 @@ def test_summarize_known_answers():
 
     mean = summary["mean"]
     assert mean["n_benchmarks"] == 2
-    assert mean["pass@2"]["mean"] == pytest.approx((0.75 + 0.25) / 2)   # unweighted over benchmarks
+    assert mean["pass@2"]["mean"] == pytest.approx((0.75 + 0.25) / 2)  # unweighted over benchmarks
     assert mean["avg@2"]["mean"] == pytest.approx((0.5 + 0.125) / 2)
     assert mean["pass@2"]["n"] == 6
     assert mean["pass@2"]["low"] <= mean["pass@2"]["mean"] <= mean["pass@2"]["high"]
@@ -257,20 +260,24 @@ def test_summarize_group_by_several_fields():
     assert summary["mean"]["pass@2"]["mean"] == pytest.approx((0.5 + 1.0) / 2)
 
 
-@pytest.mark.parametrize(("records", "kwargs", "match"), [
-    ([{"benchmark": "a", "correct": [T]}], {}, r"record 0 \(a, id \?\) has 1 samples, fewer than k=2"),
-    ([{"benchmark": "a"}], {}, "no 'correct' field"),
-    ([{"correct": [T, T]}], {}, "no 'benchmark' field"),
-    ([{"benchmark": "a", "correct": [T, "x"]}], {}, r"'correct'\[1\] is 'x'"),
-    ([], {}, "no records"),
-    ([{"benchmark": "a", "correct": [T, T]}], {"group_by": "benchmark"}, "group_by"),
-])
+@pytest.mark.parametrize(
+    ("records", "kwargs", "match"),
+    [
+        ([{"benchmark": "a", "correct": [T]}], {}, r"record 0 \(a, id \?\) has 1 samples, fewer than k=2"),
+        ([{"benchmark": "a"}], {}, "no 'correct' field"),
+        ([{"correct": [T, T]}], {}, "no 'benchmark' field"),
+        ([{"benchmark": "a", "correct": [T, "x"]}], {}, r"'correct'\[1\] is 'x'"),
+        ([], {}, "no records"),
+        ([{"benchmark": "a", "correct": [T, T]}], {"group_by": "benchmark"}, "group_by"),
+    ],
+)
 def test_summarize_rejects_bad_records(records, kwargs, match):
     with pytest.raises(ValueError, match=match):
         summarize(records, 2, **kwargs)
 
 
 # --- ViLP ------------------------------------------------------------------------------------------
+
 
 def test_vilp_scores_split_conflict_and_prior():
     records = [

@@ -13,15 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vigos.eval.compare import compare_runs
 from vigos.eval.metrics import summarize, vilp_scores
-from vigos.eval.report import (
-    CHROMIUM_HINT,
-    MISSING,
-    compare_runs,
-    results_table_markdown,
-    screenshot_html,
-    write_report,
-)
+from vigos.eval.report import results_table_markdown, write_report
+from vigos.eval.report_plots import MISSING
+from vigos.eval.screenshot import CHROMIUM_HINT, screenshot_html
 
 K = 5
 RESAMPLES = 200
@@ -37,14 +33,19 @@ def bench(name: str, counts: list[int], **fields) -> list[dict]:
 
 
 def vilp(name: str, conflicting: list[int], agreeing: list[int]) -> list[dict]:
-    return ([{**r, "conflict": True, "split": "conflict"} for r in bench(name, conflicting)]
-            + [{**r, "id": f"a{r['id']}", "conflict": False, "split": "agree"} for r in bench(name, agreeing)])
+    return [{**r, "conflict": True, "split": "conflict"} for r in bench(name, conflicting)] + [
+        {**r, "id": f"a{r['id']}", "conflict": False, "split": "agree"} for r in bench(name, agreeing)
+    ]
 
 
 def make_summary(records: list[dict], run_name: str = "vigos", k: int = K) -> dict:
     has_vilp = any("conflict" in record for record in records)
     return {
-        "run_name": run_name, "model": "Qwen/Qwen2.5-VL-3B-Instruct", "k": k, "n_samples": k, "seed": 0,
+        "run_name": run_name,
+        "model": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "k": k,
+        "n_samples": k,
+        "seed": 0,
         "sampling": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "max_new_tokens": 4096},
         "versions": {"vigos": "0.1.0", "torch": "2.14.1", "transformers": "5.23.0"},
         "metrics": summarize(records, k, n_resamples=RESAMPLES),
@@ -59,9 +60,11 @@ def main_records() -> list[dict]:
     # vilp-f:    all 4 items Pass@5 75.00, Avg@5 (1+0+4+5)/20 = 50.00;
     #            Score (conflicting) Pass@5 50.00, Avg@5 10.00; Prior (agreeing) Pass@5 100.00, Avg@5 90.00
     # mean over the three: Pass@5 200/3 = 66.67, Avg@5 110/3 = 36.67
-    return (bench("mathvista", [1, 0, 5, 2])
-            + [{**r, "category": cat} for r, cat in zip(bench("mmmu", [2, 0]), ["Art", "Math"], strict=True)]
-            + vilp("vilp-f", [1, 0], [4, 5]))
+    return (
+        bench("mathvista", [1, 0, 5, 2])
+        + [{**r, "category": cat} for r, cat in zip(bench("mmmu", [2, 0]), ["Art", "Math"], strict=True)]
+        + vilp("vilp-f", [1, 0], [4, 5])
+    )
 
 
 def write_run(folder: Path, records: list[dict], run_name: str, k: int = K) -> Path:
@@ -100,6 +103,7 @@ def referenced_files(html_path: Path) -> list[Path]:
 
 # --- write_report --------------------------------------------------------------------------------
 
+
 def test_write_report_writes_every_file(tmp_path):
     run_dir = write_run(tmp_path / "vigos", main_records(), "vigos")
     (run_dir / "responses").mkdir()
@@ -128,14 +132,26 @@ def test_markdown_table_holds_the_summary_numbers(tmp_path):
     table = results_table_markdown(summary)
     benchmarks, mean = summary["metrics"]["benchmarks"], summary["metrics"]["mean"]
 
-    assert cells(table, "MathVista") == ["MathVista", "4", f"75.00 {ci(benchmarks['mathvista']['pass@5'])}",
-                                         f"40.00 {ci(benchmarks['mathvista']['avg@5'])}"]
-    assert cells(table, "MMMU")[1:] == ["2", f"50.00 {ci(benchmarks['mmmu']['pass@5'])}",
-                                        f"20.00 {ci(benchmarks['mmmu']['avg@5'])}"]
-    assert cells(table, "ViLP-F", "4")[2:] == [f"75.00 {ci(benchmarks['vilp-f']['pass@5'])}",
-                                               f"50.00 {ci(benchmarks['vilp-f']['avg@5'])}"]
-    assert cells(table, "Mean of 3 benchmarks")[1:] == ["10", f"66.67 {ci(mean['pass@5'])}",
-                                                        f"36.67 {ci(mean['avg@5'])}"]
+    assert cells(table, "MathVista") == [
+        "MathVista",
+        "4",
+        f"75.00 {ci(benchmarks['mathvista']['pass@5'])}",
+        f"40.00 {ci(benchmarks['mathvista']['avg@5'])}",
+    ]
+    assert cells(table, "MMMU")[1:] == [
+        "2",
+        f"50.00 {ci(benchmarks['mmmu']['pass@5'])}",
+        f"20.00 {ci(benchmarks['mmmu']['avg@5'])}",
+    ]
+    assert cells(table, "ViLP-F", "4")[2:] == [
+        f"75.00 {ci(benchmarks['vilp-f']['pass@5'])}",
+        f"50.00 {ci(benchmarks['vilp-f']['avg@5'])}",
+    ]
+    assert cells(table, "Mean of 3 benchmarks")[1:] == [
+        "10",
+        f"66.67 {ci(mean['pass@5'])}",
+        f"36.67 {ci(mean['avg@5'])}",
+    ]
     assert "Pass@5 [95% CI]" in table and "Avg@5 [95% CI]" in table
     score = cells(table, "ViLP-F", "Score (prior-conflicting images)")
     prior = cells(table, "ViLP-F", "Prior (agreeing images)")
@@ -147,13 +163,23 @@ def test_markdown_table_holds_the_summary_numbers(tmp_path):
     report = Path(write_report(tmp_path, summary)["md"]).read_text(encoding="utf-8")
     for part in table.split("\n\n")[:2]:
         assert part in report
-    assert cells(report, "MMMU", "category: Art") == ["MMMU", "category: Art", "1", "100.00 [100.0, 100.0]",
-                                                      "40.00 [40.0, 40.0]"]
+    assert cells(report, "MMMU", "category: Art") == [
+        "MMMU",
+        "category: Art",
+        "1",
+        "100.00 [100.0, 100.0]",
+        "40.00 [40.0, 40.0]",
+    ]
     assert "ViLP-F: Score (prior-conflicting images): Pass@5 50.00 [" in report
     assert "Prior (agreeing): Pass@5 100.00 [100.0, 100.0], Avg@5 90.00 [" in report
     assert "Avg@5 is 80.00 points lower where the image contradicts the text prior" in report
-    for header in ("Qwen/Qwen2.5-VL-3B-Instruct", "temperature 1.0, top_p 0.9, top_k 50, max_new_tokens 4096",
-                   "vigos 0.1.0, torch 2.14.1", "2026-11-24T10:00:00Z", "5 (n samples 5, seed 0)"):
+    for header in (
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "temperature 1.0, top_p 0.9, top_k 50, max_new_tokens 4096",
+        "vigos 0.1.0, torch 2.14.1",
+        "2026-11-24T10:00:00Z",
+        "5 (n samples 5, seed 0)",
+    ):
         assert header in report
 
 
@@ -234,6 +260,7 @@ def test_any_benchmark_name_keeps_the_markdown_table_shape(names):
 
 # --- compare_runs --------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def three_runs(tmp_path) -> list[Path]:
     # mathvista Pass@5 / Avg@5: base 50/15, opsd 75/30, vigos 100/45; mmmu: base 50/10, opsd none, vigos 100/30.
@@ -241,8 +268,10 @@ def three_runs(tmp_path) -> list[Path]:
     base = bench("mathvista", [0, 1, 0, 2]) + bench("mmmu", [1, 0]) + vilp("vilp-f", [0, 0], [5, 4])
     opsd = bench("mathvista", [1, 2, 0, 3]) + vilp("vilp-f", [1, 0], [5, 5])
     vigos = bench("mathvista", [2, 1, 3, 3]) + bench("mmmu", [2, 1]) + vilp("vilp-f", [2, 1], [5, 4])
-    return [write_run(tmp_path / name, records, name)
-            for name, records in (("base", base), ("opsd", opsd), ("vigos", vigos))]
+    return [
+        write_run(tmp_path / name, records, name)
+        for name, records in (("base", base), ("opsd", opsd), ("vigos", vigos))
+    ]
 
 
 def test_compare_runs_marks_missing_and_bolds_the_best(tmp_path, three_runs):
@@ -294,8 +323,10 @@ def test_compare_runs_names_and_their_errors(tmp_path, three_runs):
 
 
 def test_compare_runs_tells_apart_runs_with_the_same_name(tmp_path):
-    runs = [write_run(tmp_path / "a", bench("mathvista", [1, 0]) + bench("cvbench", [2]), "vigos"),
-            write_run(tmp_path / "b", bench("mathvista", [1, 5]), "vigos")]
+    runs = [
+        write_run(tmp_path / "a", bench("mathvista", [1, 0]) + bench("cvbench", [2]), "vigos"),
+        write_run(tmp_path / "b", bench("mathvista", [1, 5]), "vigos"),
+    ]
     markdown = compare_runs(runs, tmp_path / "cmp")["md"].read_text(encoding="utf-8")
     assert "| vigos (a) | vigos (b) |" in markdown
     assert cells(markdown, "MathVista", "Avg@5")[2:] == ["10.00 [0.0, 20.0]", "**60.00 [20.0, 100.0]**"]
@@ -305,6 +336,7 @@ def test_compare_runs_tells_apart_runs_with_the_same_name(tmp_path):
 
 
 # --- screenshots ---------------------------------------------------------------------------------
+
 
 def test_screenshot_errors_name_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no HTML page"):
@@ -325,8 +357,10 @@ def test_screenshot_errors_name_what_is_missing(tmp_path):
         screenshot_html(page, tmp_path / "shot.png", chromium=fake, timeout=0.5)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="needs Debian's chromium (apt-get install -y chromium, or scripts/screenshot_report.sh)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="needs Debian's chromium (apt-get install -y chromium, or scripts/screenshot_report.sh)",
+)
 def test_report_renders_in_headless_chromium(tmp_path):
     out = write_report(tmp_path, make_summary(main_records()))
     shot = screenshot_html(out["html"], tmp_path / "shot.png", width=1000, height=1400)

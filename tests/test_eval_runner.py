@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from vigos.eval.benchmarks import load_benchmark
+from vigos.eval.command import add_eval_arguments, eval_command
 from vigos.eval.engines import resolve_engine
 from vigos.eval.fixtures import write_fixture
-from vigos.eval.run_folder import read_responses
-from vigos.eval.runner import EvalConfig, EvalError, add_eval_arguments, eval_command, run_eval
-from vigos.grading import extract_answer
+from vigos.eval.options import EvalConfig
+from vigos.eval.run_folder import EvalError, read_responses
+from vigos.eval.runner import run_eval
+from vigos.grading.answers import extract_answer
 
 BENCHMARKS = ["vilp-f", "mathvista", "cvbench"]
 HAS_REPORT = importlib.util.find_spec("vigos.eval.report") is not None
@@ -47,15 +49,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir) -> dict[str, Any]:
     """The tiny model and processor, loaded once, for runs given a model object rather than a path."""
-    from vigos.recipe import load_model_and_processor
+    from vigos.models.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
     return {"model": model.eval(), "processor": processor}
 
 
 def make_config(model: Any, data_dir: Path, out_dir: Path, **overrides: Any) -> EvalConfig:
-    options: dict[str, Any] = dict(model=str(model), benchmarks=list(BENCHMARKS), data_dir=str(data_dir),
-                                   out_dir=str(out_dir), k=2, max_new_tokens=12, batch_size=2, engine="hf")
+    options: dict[str, Any] = dict(
+        model=str(model),
+        benchmarks=list(BENCHMARKS),
+        data_dir=str(data_dir),
+        out_dir=str(out_dir),
+        k=2,
+        max_new_tokens=12,
+        batch_size=2,
+        engine="hf",
+    )
     options.update(overrides)
     return EvalConfig(**options)
 
@@ -123,7 +133,7 @@ def test_run_writes_responses_summary_and_resumes_without_resampling(tiny_model_
     path = out / "responses" / "vilp-f.jsonl"
     complete = path.read_bytes()
     two_lines = complete[: complete.index(b"\n", complete.index(b"\n") + 1) + 1]
-    path.write_bytes(two_lines + complete[len(two_lines): len(two_lines) + 40])
+    path.write_bytes(two_lines + complete[len(two_lines) : len(two_lines) + 40])
     run_eval(config, progress=False, report=False)
     assert [r["id"] for r in lines_of(path)] == ["0-1", "0-2", "0-3"]
     assert path.read_bytes() == complete
@@ -147,8 +157,11 @@ def test_run_folder_with_other_sampling_settings_is_refused(tiny_model_dir, load
     first = make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["cvbench"], limit=1)
     run_eval(first, progress=False, report=False, **loaded)
     with pytest.raises(EvalError, match=r"other settings \(temperature: 1\.0 -> 0\.7\)"):
-        run_eval(make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["cvbench"], temperature=0.7),
-                 progress=False, report=False)
+        run_eval(
+            make_config(tiny_model_dir, data_dir, tmp_path, benchmarks=["cvbench"], temperature=0.7),
+            progress=False,
+            report=False,
+        )
 
 
 def test_truncated_last_line_is_dropped_and_bad_lines_are_named(tmp_path):
@@ -179,19 +192,23 @@ def test_truncated_last_line_is_dropped_and_bad_lines_are_named(tmp_path):
 def test_adapter_directory_loads_base_plus_adapter(tiny_model_dir, data_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from vigos.recipe import language_lora_targets, load_model_and_processor
+    from vigos.models.loading import load_model_and_processor
+    from vigos.training.recipe import language_lora_targets
 
     model, _ = load_model_and_processor(str(tiny_model_dir))
-    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                      target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"]))
+    lora = LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"])
+    )
     adapter_dir = tmp_path / "adapter"
     get_peft_model(model, lora).save_pretrained(adapter_dir)
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
-    base = run_eval(make_config(tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"]),
-                    progress=False, report=False)
-    tuned = run_eval(make_config(adapter_dir, data_dir, tmp_path / "tuned", benchmarks=["mathvista"]),
-                     progress=False, report=False)
+    base = run_eval(
+        make_config(tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"]), progress=False, report=False
+    )
+    tuned = run_eval(
+        make_config(adapter_dir, data_dir, tmp_path / "tuned", benchmarks=["mathvista"]), progress=False, report=False
+    )
     assert tuned["model_source"] == {"base": str(tiny_model_dir), "adapter": str(adapter_dir)}
     assert base["model_source"]["adapter"] is None
     # Same seeds, same batches: only the adapter's weights can make the samples differ.
@@ -251,8 +268,9 @@ def yes_judge() -> Iterator[YesJudge]:
 
 def test_judge_graded_items_take_the_judges_verdicts(tiny_model_dir, loaded, data_dir, tmp_path, yes_judge):
     out = tmp_path / "judged"
-    config = make_config(tiny_model_dir, data_dir, out, benchmarks=["mmvet"], judge_url=yes_judge.base_url,
-                         judge_model="judge-model")
+    config = make_config(
+        tiny_model_dir, data_dir, out, benchmarks=["mmvet"], judge_url=yes_judge.base_url, judge_model="judge-model"
+    )
     summary = run_eval(config, progress=False, report=False, **loaded)
     records = lines_of(out / "responses" / "mmvet.jsonl")
     asked = {(r["question"], r["answer"], s["text"]) for r in records for s in r["samples"]}
@@ -274,17 +292,31 @@ def test_judge_graded_items_take_the_judges_verdicts(tiny_model_dir, loaded, dat
 def test_summary_records_the_judge_url_without_credentials(tiny_model_dir, loaded, data_dir, tmp_path, yes_judge):
     # A key in the query (as some hosted APIs take it) reaches the judge but not summary.json.
     url = yes_judge.base_url + "?api_key=sk-secret-9&api-version=2024-02"
-    config = make_config(tiny_model_dir, data_dir, tmp_path / "query", benchmarks=["mmvet"], limit=1,
-                         judge_url=url, judge_model="judge-model")
+    config = make_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path / "query",
+        benchmarks=["mmvet"],
+        limit=1,
+        judge_url=url,
+        judge_model="judge-model",
+    )
     summary = run_eval(config, progress=False, report=False, **loaded)
     assert summary["judge"]["used"] is True and yes_judge.requests
     kept = yes_judge.base_url + "?api-version=2024-02"
     assert summary["judge"]["url"] == summary["config"]["judge_url"] == kept
     assert "sk-secret-9" not in (tmp_path / "query" / "summary.json").read_text()
     # user:pass@ in a URL, the judge's or the server's, is dropped too (cvbench needs no judge: none is asked).
-    config = make_config(tiny_model_dir, data_dir, tmp_path / "userinfo", benchmarks=["cvbench"], limit=1,
-                         judge_url="http://judge-user:hunter2@127.0.0.1:1/v1", judge_model="judge-model",
-                         server_url="https://srv:pw-7@10.0.0.5:8000?token=t")
+    config = make_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path / "userinfo",
+        benchmarks=["cvbench"],
+        limit=1,
+        judge_url="http://judge-user:hunter2@127.0.0.1:1/v1",
+        judge_model="judge-model",
+        server_url="https://srv:pw-7@10.0.0.5:8000?token=t",
+    )
     summary = run_eval(config, progress=False, report=False, **loaded)
     assert summary["config"]["judge_url"] == "http://127.0.0.1:1/v1"
     assert summary["config"]["server_url"] == "https://10.0.0.5:8000"
@@ -308,18 +340,33 @@ def test_without_a_judge_the_summary_says_rule_verdicts_stood_in(tiny_model_dir,
 @pytest.mark.parametrize(
     ("override", "option"),
     [
-        ({"k": 0}, "k"), ({"n_samples": 1}, "n_samples"), ({"temperature": 0.0}, "temperature"),
-        ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
-        ({"batch_size": 0}, "batch_size"), ({"limit": 0}, "limit"), ({"engine": "tpu"}, "engine"),
-        ({"seed": 1.5}, "seed"), ({"benchmarks": [" ", ""]}, "benchmarks"), ({"model": ""}, "model"),
+        ({"k": 0}, "k"),
+        ({"n_samples": 1}, "n_samples"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"limit": 0}, "limit"),
+        ({"engine": "tpu"}, "engine"),
+        ({"seed": 1.5}, "seed"),
+        ({"benchmarks": [" ", ""]}, "benchmarks"),
+        ({"model": ""}, "model"),
         ({"student_prompt": "no placeholder"}, "student_prompt"),
         ({"student_prompt": "{question} the answer is {answer}"}, "student_prompt"),
-        ({"judge_url": "127.0.0.1:8000"}, "judge_url"), ({"judge_url": "http://127.0.0.1:1/v1"}, "judge_model"),
+        ({"judge_url": "127.0.0.1:8000"}, "judge_url"),
+        ({"judge_url": "http://127.0.0.1:1/v1"}, "judge_model"),
     ],
 )
 def test_bad_option_values_name_the_option(override, option, tmp_path):
-    options = {"model": "tiny:qwen2_5_vl", "benchmarks": ["cvbench"], "data_dir": str(tmp_path),
-               "out_dir": str(tmp_path / "out"), "k": 2, **override}
+    options = {
+        "model": "tiny:qwen2_5_vl",
+        "benchmarks": ["cvbench"],
+        "data_dir": str(tmp_path),
+        "out_dir": str(tmp_path / "out"),
+        "k": 2,
+        **override,
+    }
     with pytest.raises(ValueError, match=rf"^{option}\b"):
         EvalConfig(**options)
 
@@ -348,16 +395,34 @@ def parse(argv: list[str]) -> Any:
 )
 def test_eval_command_reports_data_problems_in_one_message(benchmarks, data, message, data_dir, tmp_path, capsys):
     data_path = data_dir if data == "DATA" else tmp_path / "missing"
-    args = parse(["--model", "unused-model", "--benchmarks", benchmarks, "--data-dir", str(data_path),
-                  "--out-dir", str(tmp_path / "out")])
+    args = parse(
+        [
+            "--model",
+            "unused-model",
+            "--benchmarks",
+            benchmarks,
+            "--data-dir",
+            str(data_path),
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert eval_command(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vigos eval: {message}") and "Traceback" not in err
 
 
 def test_eval_command_rejects_bad_options_and_missing_vllm(data_dir, tmp_path, capsys):
-    common = ["--model", "unused-model", "--benchmarks", "cvbench", "--data-dir", str(data_dir),
-              "--out-dir", str(tmp_path / "out")]
+    common = [
+        "--model",
+        "unused-model",
+        "--benchmarks",
+        "cvbench",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
     assert eval_command(parse(common + ["--k", "3", "--n-samples", "2"])) == 2
     assert capsys.readouterr().err.startswith("vigos eval: n_samples (2) must be at least k (3)")
     assert eval_command(parse(common + ["--student-prompt", "@" + str(tmp_path / "absent.txt")])) == 2
@@ -368,8 +433,21 @@ def test_eval_command_rejects_bad_options_and_missing_vllm(data_dir, tmp_path, c
 
 
 def test_eval_command_reports_a_model_that_does_not_load(data_dir, tmp_path, capsys):
-    args = parse(["--model", str(tmp_path / "no-model"), "--benchmarks", "cvbench", "--data-dir", str(data_dir),
-                  "--out-dir", str(tmp_path / "out"), "--engine", "hf", "--no-progress"])
+    args = parse(
+        [
+            "--model",
+            str(tmp_path / "no-model"),
+            "--benchmarks",
+            "cvbench",
+            "--data-dir",
+            str(data_dir),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--engine",
+            "hf",
+            "--no-progress",
+        ]
+    )
     assert eval_command(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("vigos eval: could not load the model") and "Traceback" not in err
@@ -385,9 +463,27 @@ def test_engine_choice():
 
 
 def test_eval_command_runs_and_prints_the_table(tiny_model_dir, data_dir, tmp_path, capsys):
-    args = parse(["--model", str(tiny_model_dir), "--benchmarks", "cvbench", "--data-dir", str(data_dir),
-                  "--out-dir", str(tmp_path), "--k", "2", "--max-new-tokens", "8", "--no-progress",
-                  "--engine", "hf", "--student-prompt", "Q: {question}\nAnswer in \\boxed{}."])
+    args = parse(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--benchmarks",
+            "cvbench",
+            "--data-dir",
+            str(data_dir),
+            "--out-dir",
+            str(tmp_path),
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--no-progress",
+            "--engine",
+            "hf",
+            "--student-prompt",
+            "Q: {question}\nAnswer in \\boxed{}.",
+        ]
+    )
     assert eval_command(args) == 0
     out = capsys.readouterr().out
     assert "pass@2" in out.lower() and "| 2 |" in out  # the table: two items
@@ -399,49 +495,78 @@ def test_eval_command_runs_and_prints_the_table(tiny_model_dir, data_dir, tmp_pa
 # --- the server engine, against vigos's own OpenAI-compatible server --------------------------------
 
 
-def test_server_engine_samples_each_item_with_its_seed_and_hot_loads_an_adapter(tiny_model_dir, loaded, data_dir,
-                                                                                tmp_path):
+def test_server_engine_samples_each_item_with_its_seed_and_hot_loads_an_adapter(
+    tiny_model_dir, loaded, data_dir, tmp_path
+):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from vigos.data import Example
+    from vigos.data.rows import Example
     from vigos.eval.engines import item_seed
-    from vigos.recipe import language_lora_targets, load_model_and_processor
-    from vigos.rollout import HFGenerateRollout, SamplingParams
-    from vigos.serve import PolicyServer, running
+    from vigos.models.loading import load_model_and_processor
+    from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+    from vigos.serve.server import PolicyServer, running
+    from vigos.training.recipe import language_lora_targets
 
     server_model, server_processor = load_model_and_processor(str(tiny_model_dir))
     with running(PolicyServer(server_model.eval(), server_processor, model_name="tiny")) as url:
-        config = make_config(tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"], engine="server",
-                             server_url=url)
+        config = make_config(
+            tiny_model_dir, data_dir, tmp_path / "base", benchmarks=["mathvista"], engine="server", server_url=url
+        )
         summary = run_eval(config, progress=False, report=False)
         assert summary["engine"] == "server"
         served = texts_by_id(tmp_path / "base", "mathvista")
         # Each item is one request with its own seed: what the in-process model samples with that seed.
-        params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                max_new_tokens=config.max_new_tokens, num_samples=config.k)
+        params = SamplingParams(
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            max_new_tokens=config.max_new_tokens,
+            num_samples=config.k,
+        )
         rollout = HFGenerateRollout(loaded["processor"], params)
         tokenizer = loaded["processor"].tokenizer
         for item in load_benchmark("mathvista", data_dir):
             torch.manual_seed(item_seed(config.seed, "mathvista", item.id) % 2**31)
             example = Example(question=item.prompt_question(), answer=item.answer, image=item.image, row=0, meta={})
             completions = rollout(loaded["model"], [example])
-            assert served[item.id] == ["<description>" + t for t in tokenizer.batch_decode(completions,
-                                                                                       skip_special_tokens=True)]
+            assert served[item.id] == [
+                "<description>" + t for t in tokenizer.batch_decode(completions, skip_special_tokens=True)
+            ]
 
         model, _ = load_model_and_processor(str(tiny_model_dir))
-        lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                          target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"]))
+        lora = LoraConfig(
+            r=4,
+            lora_alpha=8,
+            init_lora_weights=False,
+            target_modules=language_lora_targets(["q_proj", "v_proj", "o_proj"]),
+        )
         get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
-        run_eval(make_config(tmp_path / "adapter", data_dir, tmp_path / "tuned", benchmarks=["mathvista"],
-                             engine="server", server_url=url), progress=False, report=False)
+        run_eval(
+            make_config(
+                tmp_path / "adapter",
+                data_dir,
+                tmp_path / "tuned",
+                benchmarks=["mathvista"],
+                engine="server",
+                server_url=url,
+            ),
+            progress=False,
+            report=False,
+        )
         assert texts_by_id(tmp_path / "tuned", "mathvista") != served
 
 
 def test_server_engine_needs_a_reachable_url(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(ValueError, match="--server-url"):
         make_config(tiny_model_dir, data_dir, tmp_path / "x", engine="server")
-    config = make_config(tiny_model_dir, data_dir, tmp_path / "y", benchmarks=["mathvista"], engine="server",
-                         server_url="http://127.0.0.1:9")
+    config = make_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path / "y",
+        benchmarks=["mathvista"],
+        engine="server",
+        server_url="http://127.0.0.1:9",
+    )
     with pytest.raises(EvalError, match="127.0.0.1:9"):
         run_eval(config, progress=False, report=False)

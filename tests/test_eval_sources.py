@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
-
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,7 +81,9 @@ def test_find_files_tries_patterns_in_order(tmp_path):
     (tmp_path / "notes.txt").touch()
     found = find_files(tmp_path, ("test.parquet", "data/test-*.parquet"), what="x", layout="L")
     assert [p.name for p in found] == ["test-0.parquet", "test-1.parquet"]
-    with pytest.raises(BenchmarkDataError, match=r"(?s)no file matching 'a\.parquet' .*data/, notes\.txt.*Expected layout: L"):
+    with pytest.raises(
+        BenchmarkDataError, match=r"(?s)no file matching 'a\.parquet' .*data/, notes\.txt.*Expected layout: L"
+    ):
         find_files(tmp_path, ("a.parquet",), what="x", layout="L")
 
 
@@ -90,7 +91,12 @@ def test_read_rows_json_mapping_and_jsonl(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"v1_0": {"q": 1}, "v1_1": {"q": 2}}))
     (tmp_path / "r.jsonl").write_text('{"q": 3}\n\n{"q": 4}\n')
     rows = list(read_rows([tmp_path / "m.json", tmp_path / "r.jsonl"], split="test", layout="L"))
-    assert [where for where, _ in rows] == ["m.json entry v1_0", "m.json entry v1_1", "r.jsonl line 1", "r.jsonl line 3"]
+    assert [where for where, _ in rows] == [
+        "m.json entry v1_0",
+        "m.json entry v1_1",
+        "r.jsonl line 1",
+        "r.jsonl line 3",
+    ]
     assert rows[1][1] == {"__key__": "v1_1", "q": 2}
     (tmp_path / "bad.jsonl").write_text('{"q": 1}\n{oops\n')
     with pytest.raises(BenchmarkDataError, match=r"bad\.jsonl line 2: invalid JSON"):
@@ -148,7 +154,9 @@ def test_bare_letter():
     assert [bare_letter(a) for a in ("(B)", "b", " C. ", "12", "yes")] == ["B", "B", "C", "12", "yes"]
 
 
-options_lists = st.lists(st.text(min_size=1, max_size=8).map(str.strip).filter(bool), min_size=1, max_size=10, unique=True)
+options_lists = st.lists(
+    st.text(min_size=1, max_size=8).map(str.strip).filter(bool), min_size=1, max_size=10, unique=True
+)
 
 
 @given(options=options_lists, data=st.data())
@@ -193,11 +201,17 @@ def test_a_decompression_bomb_names_the_row_and_field(tmp_path, monkeypatch):
     Image.new("RGB", (100, 100), "red").save(buffer, format="PNG")
     (tmp_path / "big.png").write_bytes(buffer.getvalue())
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: over twice the limit
-    with pytest.raises(BenchmarkDataError, match=r"^t\.parquet row 7: image field 'image' holds bytes that are not an "
-                                                 r"image Pillow can decode \(.*DecompressionBombError"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^t\.parquet row 7: image field 'image' holds bytes that are not an "
+        r"image Pillow can decode \(.*DecompressionBombError",
+    ):
         to_image(buffer.getvalue(), base_dir=tmp_path, where="t.parquet row 7", field="image")
-    with pytest.raises(BenchmarkDataError, match=r"^t\.jsonl line 2: .*big\.png \(field 'image'\) is not a readable "
-                                                 r"image \(.*DecompressionBombError"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^t\.jsonl line 2: .*big\.png \(field 'image'\) is not a readable "
+        r"image \(.*DecompressionBombError",
+    ):
         to_image("big.png", base_dir=tmp_path, where="t.jsonl line 2", field="image")
 
 
@@ -210,13 +224,20 @@ def test_image_paths_must_stay_inside_the_folder_unless_allowed(tmp_path):
     data, root = tmp_path / "bench" / "data", tmp_path / "bench"
     # Relative to the data file's folder, inside the benchmark's folder: read.
     assert to_image("../img/in.png", base_dir=data, root=root, where="r", field="f").getpixel((0, 0)) == (0, 0, 255)
-    for value in ("../../secret.png", str(tmp_path / "secret.png"), "../img/link.png", {"bytes": None, "path": "../../secret.png"}):
+    for value in (
+        "../../secret.png",
+        str(tmp_path / "secret.png"),
+        "../img/link.png",
+        {"bytes": None, "path": "../../secret.png"},
+    ):
         shown = value["path"] if isinstance(value, dict) else value
         with pytest.raises(BenchmarkDataError) as error:
             to_image(value, base_dir=data, root=root, where="q.jsonl line 3", field="picture")
         assert str(error.value) == (
             f"q.jsonl line 3: image path {shown!r} (field 'picture') resolves to {tmp_path / 'secret.png'}, outside "
-            f"the benchmark folder {root}; keep the images under it (a benchmark YAML may set allow_paths_outside: true).")
+            f"the benchmark folder {root}; keep the images under it "
+            "(a benchmark YAML may set allow_paths_outside: true)."
+        )
         image = to_image(value, base_dir=data, root=root, where="r", field="f", allow_outside=True)
         assert image.getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(BenchmarkDataError, match="outside the benchmark folder"):
@@ -228,17 +249,25 @@ def test_text_that_is_not_utf8_names_the_line_or_field(tmp_path):
     import pyarrow.parquet as pq
 
     (tmp_path / "r.jsonl").write_bytes(b'{"q": "fine"}\n{"q": "caf\xe9"}\n')
-    with pytest.raises(BenchmarkDataError, match=r"^r\.jsonl line 2: bytes that are not UTF-8 \(b'.*caf\\xe9.*'\); "
-                                                 r"save the file as UTF-8\.$"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^r\.jsonl line 2: bytes that are not UTF-8 \(b'.*caf\\xe9.*'\); "
+        r"save the file as UTF-8\.$",
+    ):
         list(read_rows([tmp_path / "r.jsonl"], split="test", layout="L"))
     (tmp_path / "m.json").write_bytes(b'{\n"a": {"q": "fine"},\n"b": {"q": "caf\xe9"}}')
     with pytest.raises(BenchmarkDataError, match=r"^m\.json line 3: bytes that are not UTF-8"):
         list(read_rows([tmp_path / "m.json"], split="test", layout="L"))
     table = pa.table({"q": pa.array([b"fine", b"caf\xe9"], type=pa.binary()).view(pa.string())})
     pq.write_table(table, tmp_path / "t.parquet")
-    rows = [Row(where, data, base_dir=tmp_path, benchmark="bench", layout="L")
-            for where, data in read_rows([tmp_path / "t.parquet"], split="test", layout="L")]
+    rows = [
+        Row(where, data, base_dir=tmp_path, benchmark="bench", layout="L")
+        for where, data in read_rows([tmp_path / "t.parquet"], split="test", layout="L")
+    ]
     assert rows[0].text("q") == "fine"
-    with pytest.raises(BenchmarkDataError, match=r"^bench: t\.parquet row 1 has field 'q' holding bytes that are not "
-                                                 r"UTF-8 \(b'caf\\xe9'\)"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"^bench: t\.parquet row 1 has field 'q' holding bytes that are not "
+        r"UTF-8 \(b'caf\\xe9'\)",
+    ):
         rows[1].text("q")

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vigos.export import add_export_arguments, export_command
-from vigos.recipe import language_lora_targets
+from vigos.training.recipe import language_lora_targets
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -24,9 +24,14 @@ def save_random_adapter(base_dir, out_dir):
     """A LoRA adapter with random non-zero weights (so merging it changes the model), saved as a run saves it."""
     model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32)
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                      target_modules=language_lora_targets(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                            "up_proj", "down_proj"]))
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=False,
+        target_modules=language_lora_targets(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        ),
+    )
     get_peft_model(model, lora).save_pretrained(out_dir)
     AutoProcessor.from_pretrained(base_dir).save_pretrained(out_dir)
 
@@ -57,7 +62,9 @@ def test_exported_model_equals_base_plus_adapter(request, tmp_path, fixture_name
     with_adapter = PeftModel.from_pretrained(base, tmp_path / "adapter")
     expected = logits(with_adapter, processor)
 
-    assert (expected - base_logits).abs().max() > 1e-2, "the adapter does not change the model; the test would be vacuous"
+    assert (expected - base_logits).abs().max() > 1e-2, (
+        "the adapter does not change the model; the test would be vacuous"
+    )
     torch.testing.assert_close(logits(merged, processor), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -66,8 +73,16 @@ def test_base_override_and_dtype(tiny_model_dir, tmp_path):
     config = tmp_path / "adapter" / "adapter_config.json"
     # The adapter names a base that is not on this machine; --base points at a local copy.
     config.write_text(config.read_text().replace(str(tiny_model_dir), "/nowhere/base-model"))
-    args = parse("--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"), "--base",
-                 str(tiny_model_dir), "--dtype", "bfloat16")
+    args = parse(
+        "--adapter",
+        str(tmp_path / "adapter"),
+        "--out",
+        str(tmp_path / "merged"),
+        "--base",
+        str(tiny_model_dir),
+        "--dtype",
+        "bfloat16",
+    )
     assert export_command(args) == 0
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
     assert next(merged.parameters()).dtype == torch.bfloat16

@@ -20,15 +20,13 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import clipped, kl, plain_logits
-
 from vigos import prompts
-from vigos.config import ViGOSConfig
-from vigos.data import Example
-from vigos.modeling import encode_image
-from vigos.recipe import apply_lora
-from vigos.scoring import score_completions
-from vigos.teachers import make_teacher_policy
-from vigos.tiny import ARCHS
+from vigos.data.rows import Example
+from vigos.method.teachers import make_teacher_policy
+from vigos.models.modeling import encode_image
+from vigos.models.tiny import ARCHS
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora, score_completions
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +51,15 @@ def example(colour=(200, 30, 30)) -> Example:
     return Example(question="What colour is the square?", answer="red", image=Image.new("RGB", (112, 112), colour))
 
 
-def completion_text(gaps: list[str], description: str = "A red square", reasoning: str = "It is red",
-                    answer: str = "red") -> str:
+def completion_text(
+    gaps: list[str], description: str = "A red square", reasoning: str = "It is red", answer: str = "red"
+) -> str:
     """A valid completion with ``gaps[i]`` written around each tag and inside the box."""
     g = gaps
-    return (f"{g[0]}{description}{g[1]}</description>{g[2]}<think>{g[3]}{reasoning}{g[4]}</think>{g[5]}"
-            f"\\boxed{{{g[6]}{answer}{g[7]}}}")
+    return (
+        f"{g[0]}{description}{g[1]}</description>{g[2]}<think>{g[3]}{reasoning}{g[4]}</think>{g[5]}"
+        f"\\boxed{{{g[6]}{answer}{g[7]}}}"
+    )
 
 
 def student_ids(processor, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -96,8 +97,9 @@ def test_ids_in_the_padded_embedding_rows_stand_for_no_text(family):
 
 def rendered(processor, user_text: str, prefill: str, image_tokens: int) -> str:
     content = [{"type": "image"}] + ([{"type": "text", "text": user_text}] if user_text else [])
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     return text.replace(processor.image_token, processor.image_token * image_tokens) + prefill
 
 
@@ -121,15 +123,21 @@ def test_each_teacher_reads_its_prompt_then_exactly_the_students_text(family, ga
     image = encode_image(processor, example().image)
     jobs = scorer.teacher_contexts([example()], [ids], [image], spans)
     question = example().question
-    user_texts = {"perception": cfg.perception_prompt,
-                  "reasoning": prompts.render_template(cfg.reasoning_prompt, question=question, answer="red")}
+    user_texts = {
+        "perception": cfg.perception_prompt,
+        "reasoning": prompts.render_template(cfg.reasoning_prompt, question=question, answer="red"),
+    }
     for name in ("perception", "reasoning"):
         (job,) = jobs[name]
         reads, first, end = expected[name]
-        decoded = processor.tokenizer.decode(job.context.prompt_ids + job.context.appended_ids,
-                                             skip_special_tokens=False)
-        assert decoded == rendered(processor, user_texts[name], "", image.num_tokens) + text[offsets[reads][0]:
-                                                                                              offsets[end - 1][1]]
+        decoded = processor.tokenizer.decode(
+            job.context.prompt_ids + job.context.appended_ids, skip_special_tokens=False
+        )
+        assert (
+            decoded
+            == rendered(processor, user_texts[name], "", image.num_tokens)
+            + text[offsets[reads][0] : offsets[end - 1][1]]
+        )
         assert job.context.appended_ids == ids[reads:end]
         # The position arithmetic: position `first` of the teacher's sequence predicts the first supervised token.
         sequence = job.context.prompt_ids + job.context.appended_ids
@@ -157,7 +165,7 @@ def test_real_bpe_merges_across_our_tags(family):
     # in the Qwen2 families `>\n` carries the tag's last character and the newline together.
     assert reasoning.startswith("\nIt is red" if arch == "qwen3_vl" else "It is red")
     assert reasoning.endswith("\\boxed{red}")
-    assert text[offsets[spans.think_token][0]:].startswith("<think>")
+    assert text[offsets[spans.think_token][0] :].startswith("<think>")
 
 
 COMPLETIONS = [
@@ -192,12 +200,16 @@ def plain_loss(model, processor, rows, texts, cfg):
         think, r0, r1 = reads["reasoning"]
         with model.disable_adapter(), torch.no_grad():
             perception = plain_logits(model, processor, row.image, "", "", ids[:d1])
-            reasoning = plain_logits(model, processor, row.image, reasoning_text, "", ids[think:r1])[r0 - think:]
-        sums["perception"] = sums["perception"] + clipped(kl(perception, student[:d1]), cfg.token_loss_clip, -1,
-                                                          cfg.description_end_clip).sum()
+            reasoning = plain_logits(model, processor, row.image, reasoning_text, "", ids[think:r1])[r0 - think :]
+        sums["perception"] = (
+            sums["perception"]
+            + clipped(kl(perception, student[:d1]), cfg.token_loss_clip, -1, cfg.description_end_clip).sum()
+        )
         counts["perception"] += d1
-        sums["reasoning"] = sums["reasoning"] + clipped(kl(reasoning, student[r0:r1]), cfg.token_loss_clip, 0,
-                                                        cfg.reasoning_start_clip).sum()
+        sums["reasoning"] = (
+            sums["reasoning"]
+            + clipped(kl(reasoning, student[r0:r1]), cfg.token_loss_clip, 0, cfg.reasoning_start_clip).sum()
+        )
         counts["reasoning"] += r1 - r0
     terms = {name: sums[name] / counts[name] for name in sums}
     return terms["perception"] + terms["reasoning"] + 2.0 * terms["reference"], terms
@@ -212,13 +224,20 @@ def test_loss_and_lora_gradients_equal_a_plain_per_row_computation_in_float64(fa
     texts = [completion_text(g) for g in COMPLETIONS] + [INVALID]
     rows = [example(), example((30, 200, 30)), example((30, 30, 200)), example()]
     # Clips above most tokens' values and below some: both sides of the min are exercised.
-    cfg = ViGOSConfig(output_dir="unused", report_to="none", loss_chunk_size=7, token_loss_clip=3.0,
-                      description_end_clip=0.5, reasoning_start_clip=5.0)
+    cfg = ViGOSConfig(
+        output_dir="unused",
+        report_to="none",
+        loss_chunk_size=7,
+        token_loss_clip=3.0,
+        description_end_clip=0.5,
+        reasoning_start_clip=5.0,
+    )
     model.train()
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     completions = [student_ids(processor, text)[0] + [eos] for text in texts]
-    out = score_completions(model, processor, rows, completions, teacher=make_teacher_policy("fixed", model),
-                            config=cfg)
+    out = score_completions(
+        model, processor, rows, completions, teacher=make_teacher_policy("fixed", model), config=cfg
+    )
     assert [s.valid for s in out.spans] == [True, True, True, False]
     ours = torch.autograd.grad(out.loss, list(lora.values()))
     expected_loss, expected_terms = plain_loss(model, processor, rows, texts, cfg)

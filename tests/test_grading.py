@@ -1,4 +1,4 @@
-"""Tests for vigos.grading: answer extraction, normalization, option letters, correctness."""
+"""Tests for vigos.grading.answers: answer extraction, normalization, option letters, correctness."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigos import grading, mathverify
-from vigos.grading import (
+from vigos.grading import answers as grading
+from vigos.grading import mathverify
+from vigos.grading.answers import (
     GRADERS,
     extract_answer,
     extract_boxed,
@@ -131,30 +132,34 @@ CASES = [
     ("unicode-root", r"\boxed{√2}", r"\sqrt{2}", None, True),
     ("accented-word", r"\boxed{café}", "Café", None, True),
     # whole completions in the ViGOS format
-    (
-        "whole-mc",
-        whole("A grey cat sits on a red mat.", "The animal is a cat, option A.", "A"),
-        "A", ANIMALS, True,
-    ),
+    ("whole-mc", whole("A grey cat sits on a red mat.", "The animal is a cat, option A.", "A"), "A", ANIMALS, True),
     (
         "whole-math",
         whole("A right triangle with legs 3 and 4.", r"By Pythagoras c = \sqrt{9+16} = 5.", r"5\text{ cm}"),
-        "5", None, True,
+        "5",
+        None,
+        True,
     ),
     (
         "whole-colour-prior",
         whole("A banana coloured blue.", "The text prior says yellow but the image shows blue.", r"\text{Blue}"),
-        "blue", None, True,
+        "blue",
+        None,
+        True,
     ),
     (
         "whole-wrong",
         whole("Two apples and one pear.", r"Counting apples and pears: \boxed{2} fruits? No, 3.", "3"),
-        "2", None, False,
+        "2",
+        None,
+        False,
     ),
     (
         "whole-nested-frac",
         whole("A pie chart with one half shaded.", r"The shaded part is \frac{1}{2}.", r"\frac{1}{2}"),
-        "50%", None, True,
+        "50%",
+        None,
+        True,
     ),
 ]
 
@@ -164,8 +169,9 @@ def test_case_table_is_large_and_unique() -> None:
     assert len({case[0] for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("response", "reference", "options", "expected"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("response", "reference", "options", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_grading_table(response: str, reference: str, options: list[str] | None, expected: bool) -> None:
     prediction = extract_answer(response, options)
     assert is_correct(prediction, reference, options=options) is expected
@@ -291,7 +297,7 @@ def test_unknown_kind_and_grader_name_the_valid_ones() -> None:
 
 
 def test_registry_serves_every_grader_benchmarks_name() -> None:
-    from vigos.eval.benchmarks import DEFAULT_GRADERS
+    from vigos.eval.items import DEFAULT_GRADERS
 
     assert set(DEFAULT_GRADERS) <= set(GRADERS)
     assert get_grader("multiple_choice")("dog", "B", ANIMALS)
@@ -354,9 +360,7 @@ def test_forked_process_grades_with_its_own_worker() -> None:
 _PLAIN = st.text(alphabet=st.characters(blacklist_characters="{}\\"), max_size=6)
 _ATOM = _PLAIN | st.sampled_from([r"\frac", r"\{", r"\}", "\\\\", r"\boxed", r"\text", "é", "∑", "🙂", " "])
 _PAYLOAD = st.recursive(
-    _ATOM,
-    lambda inner: st.lists(inner | inner.map(lambda s: "{" + s + "}"), max_size=4).map("".join),
-    max_leaves=12,
+    _ATOM, lambda inner: st.lists(inner | inner.map(lambda s: "{" + s + "}"), max_size=4).map("".join), max_leaves=12
 )
 
 
@@ -377,8 +381,7 @@ def test_extract_boxed_returns_the_last_payload(
 
 
 _BOXY_TEXT = st.lists(
-    st.text(max_size=5) | st.sampled_from([r"\boxed{", r"\fbox{", "{", "}", "\\", r"\{", r"\}", "\n"]),
-    max_size=20,
+    st.text(max_size=5) | st.sampled_from([r"\boxed{", r"\fbox{", "{", "}", "\\", r"\{", r"\}", "\n"]), max_size=20
 ).map("".join)
 
 
@@ -403,9 +406,7 @@ _ANSWERISH = st.text(max_size=20) | st.sampled_from(
     options=st.none() | st.lists(_ANSWERISH, max_size=5),
     kind=st.sampled_from(grading.KINDS),
 )
-def test_is_correct_never_raises(
-    prediction: str | None, reference: str, options: list[str] | None, kind: str
-) -> None:
+def test_is_correct_never_raises(prediction: str | None, reference: str, options: list[str] | None, kind: str) -> None:
     assert isinstance(is_correct(prediction, reference, options=options, kind=kind), bool)
 
 

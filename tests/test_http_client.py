@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from vigos.http_client import DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url, request
 from http_stub import serving as run_server
+from vigos.http_client import DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url, request
 
 Respond = Callable[[BaseHTTPRequestHandler, threading.Event], None]
 
@@ -80,8 +80,9 @@ def ok(handler: BaseHTTPRequestHandler, stop: threading.Event) -> None:
 
 def test_an_answer_comes_back_whole_with_its_status():
     with serving(ok) as (url, seen):
-        answer = request(url + "/v1/x", method="POST", data=b"{}", headers={"Authorization": "Bearer k"},
-                         deadline_s=5, max_bytes=100)
+        answer = request(
+            url + "/v1/x", method="POST", data=b"{}", headers={"Authorization": "Bearer k"}, deadline_s=5, max_bytes=100
+        )
     assert (answer.status, answer.body) == (200, b'{"ok": true}')
     assert seen[0]["Authorization"] == "Bearer k"
     with serving(lambda handler, stop: send(handler, 503, b"busy")) as (url, _):
@@ -91,11 +92,19 @@ def test_an_answer_comes_back_whole_with_its_status():
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_is_refused_and_the_credentials_stay_home(status):
-    with serving(ok) as (elsewhere, reached), serving(
-            lambda handler, stop: send(handler, status, b"", Location=elsewhere + "/steal?token=abc")) as (url, _), \
-            pytest.raises(RedirectRefused) as refused:
-        request(url + "/v1/chat/completions", method="POST", data=b"{}",
-                headers={"Authorization": "Bearer sk-secret"}, deadline_s=5, max_bytes=1000)
+    with (
+        serving(ok) as (elsewhere, reached),
+        serving(lambda handler, stop: send(handler, status, b"", Location=elsewhere + "/steal?token=abc")) as (url, _),
+        pytest.raises(RedirectRefused) as refused,
+    ):
+        request(
+            url + "/v1/chat/completions",
+            method="POST",
+            data=b"{}",
+            headers={"Authorization": "Bearer sk-secret"},
+            deadline_s=5,
+            max_bytes=1000,
+        )
     assert reached == [], "the redirect target got no request, so no Authorization header"
     message = str(refused.value)
     assert f"HTTP {status}, a redirect to {elsewhere}/steal" in message and "not followed" in message
@@ -104,8 +113,10 @@ def test_a_redirect_is_refused_and_the_credentials_stay_home(status):
 
 
 def test_a_relative_redirect_names_the_absolute_target():
-    with serving(lambda handler, stop: send(handler, 302, b"", Location="/other")) as (url, _), \
-            pytest.raises(RedirectRefused, match=f"a redirect to {url}/other;"):
+    with (
+        serving(lambda handler, stop: send(handler, 302, b"", Location="/other")) as (url, _),
+        pytest.raises(RedirectRefused, match=f"a redirect to {url}/other;"),
+    ):
         request(url + "/v1/x", deadline_s=5, max_bytes=100)
 
 
@@ -130,8 +141,10 @@ def test_a_silent_server_is_cut_at_the_deadline():
 
 
 def test_a_body_over_the_cap_is_refused_by_its_declared_length():
-    with serving(lambda handler, stop: send(handler, 200, b"x" * 5000)) as (url, _), \
-            pytest.raises(ResponseTooLarge, match=f"from {url} is larger than the 4096 byte cap"):
+    with (
+        serving(lambda handler, stop: send(handler, 200, b"x" * 5000)) as (url, _),
+        pytest.raises(ResponseTooLarge, match=f"from {url} is larger than the 4096 byte cap"),
+    ):
         request(url, deadline_s=5, max_bytes=4096)
 
 
@@ -176,12 +189,18 @@ def test_only_http_urls():
         request("file:///etc/passwd", deadline_s=1, max_bytes=100)
 
 
-@pytest.mark.parametrize(("url", "kept"), [
-    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
-    ("https://user:pa%3Ass@judge.example.com:8443/v1/", "https://judge.example.com:8443/v1/"),
-    ("https://tok@judge.example.com/v1", "https://judge.example.com/v1"),
-    ("https://h/v1?api_key=sk-1&api-version=2024-02&access_token=t&sig=s#token=f", "https://h/v1?api-version=2024-02"),
-    ("http://h:9/v1?KEY=1&X-Amz-Credential=c&password=p&model=m", "http://h:9/v1?model=m"),
-])
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("https://user:pa%3Ass@judge.example.com:8443/v1/", "https://judge.example.com:8443/v1/"),
+        ("https://tok@judge.example.com/v1", "https://judge.example.com/v1"),
+        (
+            "https://h/v1?api_key=sk-1&api-version=2024-02&access_token=t&sig=s#token=f",
+            "https://h/v1?api-version=2024-02",
+        ),
+        ("http://h:9/v1?KEY=1&X-Amz-Credential=c&password=p&model=m", "http://h:9/v1?model=m"),
+    ],
+)
 def test_redact_url_keeps_the_address_and_drops_credentials(url, kept):
     assert redact_url(url) == kept

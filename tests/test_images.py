@@ -1,4 +1,4 @@
-"""vigos.images: 16-bit images scaled to 8 bits, decompression bombs refused, image paths kept inside their folder."""
+"""vigos.data.images: 16-bit images scaled to 8 bits, decompression bombs refused, paths kept inside their folder."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vigos.data import BadRowError, load_examples
-from vigos.images import (
+from vigos.data.examples import load_examples
+from vigos.data.images import (
     ImagePathOutsideError,
     MissingImageError,
     UnreadableImageError,
     decode_image_bytes,
     resolve_image,
 )
+from vigos.data.rows import BadRowError
 
 
 def gradient_16_bit() -> Image.Image:
@@ -70,8 +71,11 @@ def test_a_decompression_bomb_is_an_unreadable_image_and_a_bad_row(tmp_path, mon
     (tmp_path / "data.jsonl").write_text(json.dumps({"question": "q", "answer": "a", "image": "big.png"}) + "\n")
     examples, report = load_examples(str(tmp_path / "data.jsonl"))
     assert examples == [] and report.skipped == {"unreadable image": 1}
-    with pytest.raises(BadRowError, match=r"^row 0 \(field 'image'\): unreadable image file 'big.png' "
-                                          r"\(DecompressionBombError"):
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 0 \(field 'image'\): unreadable image file 'big.png' "
+        r"\(DecompressionBombError",
+    ):
         load_examples(str(tmp_path / "data.jsonl"), bad_rows="error")
 
 
@@ -99,8 +103,9 @@ def test_a_path_out_of_the_folder_is_refused_unless_allowed(folders, value):
     with pytest.raises(ImagePathOutsideError) as caught:
         resolve_image(value, base_dir=folders)
     message = str(caught.value)
-    assert message.startswith(f"image path {value!r} resolves to {folders.parent / 'secret.png'}, outside the "
-                              f"dataset folder {folders}")
+    assert message.startswith(
+        f"image path {value!r} resolves to {folders.parent / 'secret.png'}, outside the dataset folder {folders}"
+    )
     assert message.endswith("set allow_image_paths_outside: true to allow it")
     assert isinstance(caught.value, UnreadableImageError)  # callers that catch unreadable images catch it too
     image = resolve_image(value, base_dir=folders, allow_image_paths_outside=True)
@@ -108,7 +113,12 @@ def test_a_path_out_of_the_folder_is_refused_unless_allowed(folders, value):
 
 
 def test_paths_inside_the_folder_read_as_before(folders):
-    for value in ("pics/in.png", "./pics/../pics/in.png", str(folders / "pics" / "in.png"), folders / "pics" / "in.png"):
+    for value in (
+        "pics/in.png",
+        "./pics/../pics/in.png",
+        str(folders / "pics" / "in.png"),
+        folders / "pics" / "in.png",
+    ):
         assert resolve_image(value, base_dir=folders).getpixel((0, 0)) == (1, 2, 3)
     with pytest.raises(MissingImageError, match="not found"):
         resolve_image("pics/gone.png", base_dir=folders)

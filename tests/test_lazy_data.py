@@ -16,23 +16,22 @@ import pytest
 import torch
 from PIL import Image
 
-from vigos import validation
-from vigos.data import (
-    BadRowError,
-    DataError,
-    DataReport,
-    LazyExamples,
-    load_examples,
-    load_rows,
-    prepare_examples,
-    prepare_lazy_examples,
-)
-from vigos.validation import RowChecks, cache_key, cache_settings, validate_rows
+from vigos.data import validation
+from vigos.data.examples import LazyExamples, load_examples, prepare_examples, prepare_lazy_examples
+from vigos.data.rows import BadRowError, DataReport, load_rows
+from vigos.data.validation import RowChecks, cache_key, cache_settings, validate_rows
+from vigos.errors import DataError
 
 datasets.disable_progress_bars()
 
-FEATURES = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string"),
-                              "images": datasets.List(datasets.Image()), "source": datasets.Value("string")})
+FEATURES = datasets.Features(
+    {
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "images": datasets.List(datasets.Image()),
+        "source": datasets.Value("string"),
+    }
+)
 FIELDS = dict(question_field="question", image_field="images", answer_field="answer")
 
 
@@ -48,8 +47,13 @@ def image(data: bytes) -> dict:
 
 def row(i: int, images: list | None = None, **fields) -> dict:
     """Row ``i``: question Q<i>, answer a<i>, one image of colour (i, 0, 0) unless ``images`` says otherwise."""
-    return {"question": f"Q{i}", "answer": f"a{i}", "images": [image(png((i, 0, 0)))] if images is None else images,
-            "source": f"s{i}", **fields}
+    return {
+        "question": f"Q{i}",
+        "answer": f"a{i}",
+        "images": [image(png((i, 0, 0)))] if images is None else images,
+        "source": f"s{i}",
+        **fields,
+    }
 
 
 def write(tmp_path, rows: list[dict], name: str = "data.parquet") -> datasets.Dataset:
@@ -91,8 +95,10 @@ def expected(rows: list[dict]) -> list[tuple]:
 
 
 def seen(examples) -> list[tuple]:
-    return [(e.row, e.question, e.answer, e.meta, [im.getpixel((5, 5)) for im in e.images])
-            for e in (examples[i] for i in range(len(examples)))]
+    return [
+        (e.row, e.question, e.answer, e.meta, [im.getpixel((5, 5)) for im in e.images])
+        for e in (examples[i] for i in range(len(examples)))
+    ]
 
 
 CAPPED = dict(max_images_per_row=2, **FIELDS)
@@ -139,13 +145,17 @@ def test_an_image_that_changed_after_validation_names_the_row(tmp_path):
     for i in range(3):
         Image.new("RGB", (32, 32), (i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps({"question": f"Q{i}", "answer": "a", "image": f"img/{i}.png"})
-                              for i in range(3)))
+    path.write_text(
+        "\n".join(json.dumps({"question": f"Q{i}", "answer": "a", "image": f"img/{i}.png"}) for i in range(3))
+    )
     lazy, _ = load_examples(str(path), lazy=True)
     assert isinstance(lazy, LazyExamples) and lazy[2].image.getpixel((0, 0)) == (2, 0, 0)
     (tmp_path / "img" / "1.png").unlink()
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'image'\): image file 'img/1.png' not found .*"
-                                          r"passed validation, so the image changed since") as caught:
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'image'\): image file 'img/1.png' not found .*"
+        r"passed validation, so the image changed since",
+    ) as caught:
         lazy[1]
     assert caught.value.row == 1
 
@@ -154,12 +164,20 @@ def test_an_image_that_changed_after_validation_names_the_row(tmp_path):
 
 
 def test_every_image_of_a_row_is_checked_and_the_bad_one_named(tmp_path):
-    rows = [row(0, [image(png()), image(png())]), row(1, [image(png()), image(b"junk")]),
-            row(2, [image(png()), image(png(size=(10, 10)))]), row(3, [image(png()), None])]
+    rows = [
+        row(0, [image(png()), image(png())]),
+        row(1, [image(png()), image(b"junk")]),
+        row(2, [image(png()), image(png(size=(10, 10)))]),
+        row(3, [image(png()), None]),
+    ]
     dataset = write(tmp_path, rows)
     lengths = []
-    examples, report = prepare_examples(dataset, max_prompt_length=100, **FIELDS,
-                                        prompt_length=lambda question, images: lengths.append(len(images)) or 1)
+    examples, report = prepare_examples(
+        dataset,
+        max_prompt_length=100,
+        **FIELDS,
+        prompt_length=lambda question, images: lengths.append(len(images)) or 1,
+    )
     assert [e.row for e in examples] == [0] and len(examples[0].images) == 2 and lengths == [2]
     assert report.examples_of_skips == [
         "row 1 (field 'images'): image 2 of 2: unreadable image bytes (UnidentifiedImageError: cannot identify "
@@ -167,8 +185,11 @@ def test_every_image_of_a_row_is_checked_and_the_bad_one_named(tmp_path):
         "row 2 (field 'images'): image 2 of 2: the image is 10x10, under min_image_side=28",
         "row 3 (field 'images'): image 2 of 2: no image",
     ]
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'images'\): image 2 of 2: unreadable image bytes .* — "
-                                          r"fix the row or set bad_rows: skip$"):
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'images'\): image 2 of 2: unreadable image bytes .* — "
+        r"fix the row or set bad_rows: skip$",
+    ):
         prepare_examples(dataset, bad_rows="error", **FIELDS)
 
 
@@ -178,9 +199,12 @@ def test_a_row_over_the_image_cap_is_skipped_or_stops_the_run(tmp_path):
     assert [e.row for e in examples] == [0]
     assert report.skipped == {"too many images": 1, "missing image": 1}
     assert report.examples_of_skips[0] == "row 1 (field 'images'): the row has 3 images, over max_images_per_row=2"
-    with pytest.raises(BadRowError, match=r"^row 1 \(field 'images'\): the row has 3 images, over "
-                                          r"max_images_per_row=2 — fix the row, raise max_images_per_row, set "
-                                          r"images_per_row: first or set bad_rows: skip$") as caught:
+    with pytest.raises(
+        BadRowError,
+        match=r"^row 1 \(field 'images'\): the row has 3 images, over "
+        r"max_images_per_row=2 — fix the row, raise max_images_per_row, set "
+        r"images_per_row: first or set bad_rows: skip$",
+    ) as caught:
         prepare_examples(dataset, bad_rows="error", **CAPPED)
     assert caught.value.reason == "too many images"
     examples, report = prepare_examples(dataset, max_images_per_row=None, **FIELDS)
@@ -240,8 +264,14 @@ def test_error_mode_names_the_first_bad_row_also_in_parallel(tmp_path, small_chu
 
     for num_proc in (1, 2):
         with pytest.raises(BadRowError, match=r"^row 4 \(field 'images'\): unreadable image bytes") as caught:
-            validate_rows(dataset, bad_rows="error", num_proc=num_proc, max_prompt_length=10,
-                          prompt_length=prompt_length, **FIELDS)
+            validate_rows(
+                dataset,
+                bad_rows="error",
+                num_proc=num_proc,
+                max_prompt_length=10,
+                prompt_length=prompt_length,
+                **FIELDS,
+            )
         assert caught.value.row == 4
     kept, report = validate_rows(dataset, bad_rows="error", limit=4, num_proc=2, **FIELDS)  # stops before row 4
     assert list(kept) == [0, 1, 2, 3] and report.total == 4
@@ -250,7 +280,7 @@ def test_error_mode_names_the_first_bad_row_also_in_parallel(tmp_path, small_chu
 def test_progress_is_logged_with_rows_per_second(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(validation, "_PROGRESS_EVERY", 10)
     monkeypatch.setattr(validation, "_CHUNK_ROWS", 5)
-    caplog.set_level(logging.INFO, logger="vigos.data")
+    caplog.set_level(logging.INFO, logger="vigos.data.rows")
     validate_rows(write(tmp_path, [row(i) for i in range(20)]), **FIELDS)
     assert "checked 10 of 20 rows (10 kept)" in caplog.text and "rows/s" in caplog.text
     assert "checked 20 rows in" in caplog.text and "20 of 20 rows kept" in caplog.text
@@ -263,8 +293,13 @@ def test_a_cached_validation_decodes_nothing(tmp_path, monkeypatch, caplog):
     dataset = write(tmp_path, mixed_rows())
     cache = tmp_path / "cache"
     calls = []
-    options = dict(max_prompt_length=50, prompt_length=lambda q, images: calls.append(q) or 1,
-                   prompt_length_key="words-v1", cache_dir=cache, **CAPPED)
+    options = dict(
+        max_prompt_length=50,
+        prompt_length=lambda q, images: calls.append(q) or 1,
+        prompt_length_key="words-v1",
+        cache_dir=cache,
+        **CAPPED,
+    )
     kept, report = validate_rows(dataset, **options)
     files = list(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".json" and calls  # one whole file, no temporary left
@@ -275,7 +310,7 @@ def test_a_cached_validation_decodes_nothing(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(validation, "resolve_image", no_decoding)
     monkeypatch.setattr(Image, "open", no_decoding)
     calls.clear()
-    caplog.set_level(logging.INFO, logger="vigos.data")
+    caplog.set_level(logging.INFO, logger="vigos.data.rows")
     again = validate_rows(load_rows(str(tmp_path / "data.parquet")), **options)
     assert np.array_equal(again[0], kept) and again[1] == report and calls == []
     assert "checked before:" in caplog.text and str(files[0]) in caplog.text
@@ -332,8 +367,8 @@ def test_the_cache_key_changes_with_every_setting(tmp_path):
 def test_student_prompt_length_counts_every_image_and_its_key_follows_the_prompt(tiny_model_dir):
     from transformers import AutoProcessor
 
-    from vigos.config import ViGOSConfig
-    from vigos.recipe import student_prompt_key, student_prompt_length
+    from vigos.training.config import ViGOSConfig
+    from vigos.training.recipe import student_prompt_key, student_prompt_length
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     config = ViGOSConfig(output_dir="unused", report_to="none")
@@ -344,8 +379,9 @@ def test_student_prompt_length_counts_every_image_and_its_key_follows_the_prompt
     assert ab - aa == b - a == 4  # 112x56 is 8 merged patches, 56x56 is 4
     key = student_prompt_key(processor, config)
     assert key == student_prompt_key(processor, config) and len(key) == 64
-    assert key != student_prompt_key(processor, ViGOSConfig(output_dir="unused", report_to="none",
-                                                            student_prompt="Look. {question}"))
+    assert key != student_prompt_key(
+        processor, ViGOSConfig(output_dir="unused", report_to="none", student_prompt="Look. {question}")
+    )
 
 
 # --- training on lazy rows ----------------------------------------------------------------------------------
@@ -356,16 +392,23 @@ def test_training_on_lazy_rows_gives_the_losses_of_examples_held_in_memory(tiny_
     """The same rows, order and losses as the path that held every decoded example in a list."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
-    from vigos.config import ViGOSConfig
-    from vigos.data import Example, ExampleDataset
-    from vigos.recipe import apply_lora
-    from vigos.trainer import ViGOSTrainer
+    from vigos.data.examples import ExampleDataset
+    from vigos.data.rows import Example
+    from vigos.training.config import ViGOSConfig
+    from vigos.training.recipe import apply_lora
+    from vigos.training.trainer import ViGOSTrainer
 
     colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 30), (200, 0, 200), (0, 200, 200)]
-    rows = [row(i, [image(png(rgb, size=(56, 56)))], question=f"What colour is square {i}?")
-            for i, rgb in enumerate(colours)]
-    in_memory = ExampleDataset([Example(r["question"], r["answer"], Image.new("RGB", (56, 56), rgb), row=i,
-                                        meta={"source": r["source"]}) for i, (r, rgb) in enumerate(zip(rows, colours))])
+    rows = [
+        row(i, [image(png(rgb, size=(56, 56)))], question=f"What colour is square {i}?")
+        for i, rgb in enumerate(colours)
+    ]
+    in_memory = ExampleDataset(
+        [
+            Example(r["question"], r["answer"], Image.new("RGB", (56, 56), rgb), row=i, meta={"source": r["source"]})
+            for i, (r, rgb) in enumerate(zip(rows, colours))
+        ]
+    )
     lazy, _ = prepare_lazy_examples(write(tmp_path, rows), **FIELDS)
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
 
@@ -373,10 +416,25 @@ def test_training_on_lazy_rows_gives_the_losses_of_examples_held_in_memory(tiny_
         set_seed(0)
         model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
         args = ViGOSConfig(
-            output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=5e-3,
-            max_completion_length=12, num_generations=1, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-            token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None, logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=True, log_completions_steps=0, seed=0)
+            output_dir=str(tmp_path / "out"),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            learning_rate=5e-3,
+            max_completion_length=12,
+            num_generations=1,
+            lora_r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            token_loss_clip=None,
+            description_end_clip=None,
+            reasoning_start_clip=None,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            log_completions_steps=0,
+            seed=0,
+        )
         trainer = ViGOSTrainer(apply_lora(model, args), args, dataset, processor)
         trainer.train()
         return [h["loss"] for h in trainer.state.log_history if "loss" in h]

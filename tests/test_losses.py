@@ -1,4 +1,4 @@
-"""Tests for vigos.losses: divergences, clipping, masked global means, chunked path."""
+"""Tests for vigos.method.losses: divergences, clipping, masked global means, chunked path."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigos.losses import (
+from vigos.method.losses import (
     DIVERGENCES,
     aggregate,
     clip_token_values,
-    coarse_log_probs,
-    divergence_from_hidden,
-    divergence_from_logits,
-    divergence_from_top_k,
     forward_kl,
     generalized_jsd,
     get_divergence,
     reverse_kl,
+)
+from vigos.method.state_losses import (
+    coarse_log_probs,
+    divergence_from_hidden,
+    divergence_from_logits,
+    divergence_from_top_k,
     top_k_teacher,
 )
 
@@ -271,9 +273,7 @@ def test_clip_scalar_and_none() -> None:
 def test_clip_per_token_tensor_with_inf_means_no_clip() -> None:
     values = torch.tensor([0.3, 0.3, 0.3, 5.0], dtype=torch.float64)
     clip = torch.tensor([0.1, math.inf, 0.3, math.inf], dtype=torch.float64)
-    torch.testing.assert_close(
-        clip_token_values(values, clip), torch.tensor([0.1, 0.3, 0.3, 5.0], dtype=torch.float64)
-    )
+    torch.testing.assert_close(clip_token_values(values, clip), torch.tensor([0.1, 0.3, 0.3, 5.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="per-token clip"):
         clip_token_values(values, torch.ones(3, dtype=torch.float64))
 
@@ -499,12 +499,7 @@ def test_hidden_path_rejects_bad_shapes_and_chunk_size() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    n=st.integers(1, 6),
-    v=st.integers(1, 12),
-    data=st.data(),
-    temperature=st.sampled_from([0.5, 1.0, 2.0]),
-)
+@given(n=st.integers(1, 6), v=st.integers(1, 12), data=st.data(), temperature=st.sampled_from([0.5, 1.0, 2.0]))
 def test_forward_kl_is_nonnegative_and_finite_for_any_logits(n, v, data, temperature) -> None:
     numbers = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
     student = torch.tensor(data.draw(st.lists(numbers, min_size=n * v, max_size=n * v))).reshape(n, v)
@@ -595,11 +590,7 @@ def test_top_k_teacher_from_hidden_chunks_equals_one_pass() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    v=st.integers(2, 12),
-    data=st.data(),
-    temperature=st.sampled_from([0.5, 1.0, 2.0]),
-)
+@given(v=st.integers(2, 12), data=st.data(), temperature=st.sampled_from([0.5, 1.0, 2.0]))
 def test_top_k_kl_is_at_most_the_full_kl(v, data, temperature) -> None:
     """Coarsening merges outcomes, so neither KL can grow (data processing inequality)."""
     k = data.draw(st.integers(1, v))
@@ -619,7 +610,9 @@ def test_top_k_rejects_mismatched_or_unregistered_divergences_and_bad_k() -> Non
     student_hidden, teacher_hidden, student_head, teacher_head = _hidden_case(torch.float64)
     teacher = top_k_teacher(teacher_hidden, teacher_head, k=3, temperature=1.0)
     with pytest.raises(ValueError, match="temperature 2.0 differs"):
-        divergence_from_top_k(student_hidden, student_head, teacher, get_divergence("forward_kl", temperature=2.0), MASK)
+        divergence_from_top_k(
+            student_hidden, student_head, teacher, get_divergence("forward_kl", temperature=2.0), MASK
+        )
     with pytest.raises(ValueError, match="'forward_kl', 'reverse_kl', 'jsd'"):
         divergence_from_top_k(student_hidden, student_head, teacher, lambda s, t: (s - t).sum(-1), MASK)
     with pytest.raises(ValueError, match=r"k must be an int in \[1, V = 11\]"):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vigos.modeling import (
+from vigos.models.modeling import (
     Context,
     collate_contexts,
     encode_image,
@@ -36,8 +36,13 @@ def test_encoding_matches_processor_and_hidden_states_give_logits(request, fixtu
     enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
     assert ours == enc["input_ids"][0].tolist()
     appended = processor.tokenizer(" a green box", add_special_tokens=False)["input_ids"]
-    contexts = [Context(ours, appended, encode_image(processor, image)), Context(ours, [], encode_image(processor, image))]
-    batch = collate_contexts(contexts, pad_token_id=processor.tokenizer.pad_token_id, image_token=image_token_id(processor))
+    contexts = [
+        Context(ours, appended, encode_image(processor, image)),
+        Context(ours, [], encode_image(processor, image)),
+    ]
+    batch = collate_contexts(
+        contexts, pad_token_id=processor.tokenizer.pad_token_id, image_token=image_token_id(processor)
+    )
     assert torch.equal(batch["pixel_values"], torch.cat([enc["pixel_values"]] * 2))
     with torch.no_grad():
         hidden = final_hidden_states(model, batch)

@@ -20,10 +20,11 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vigos.config import ViGOSConfig
-from vigos.data import Example
-from vigos.losses import divergence_from_hidden, divergence_from_logits, get_divergence
-from vigos.modeling import (
+from vigos.data.rows import Example
+from vigos.method.losses import get_divergence
+from vigos.method.state_losses import divergence_from_hidden, divergence_from_logits
+from vigos.method.teachers import make_teacher_policy
+from vigos.models.modeling import (
     Context,
     collate_contexts,
     encode_image,
@@ -35,10 +36,9 @@ from vigos.modeling import (
     unwrap,
 )
 from vigos.prompts import render_prompt
-from vigos.recipe import language_lora_targets
-from vigos.rollout import HFGenerateRollout, SamplingParams, merged_lora
-from vigos.scoring import score_completions
-from vigos.teachers import make_teacher_policy
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams, merged_lora
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import language_lora_targets, score_completions
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,12 @@ def setup(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     # Random LoRA weights: the student differs from the adapter-off teacher.
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
+        init_lora_weights=False,
+    )
     model = get_peft_model(model, lora)
     model.eval()
     red = Image.new("RGB", (112, 112), (200, 30, 30))
@@ -69,12 +73,14 @@ COMPLETIONS = [
 
 
 def _score(model, processor, examples, naive: bool, **options):
-    config = ViGOSConfig(output_dir="unused", report_to="none", naive_loss=naive, loss_chunk_size=5,
-                         teacher_batch_size=2, **options)
+    config = ViGOSConfig(
+        output_dir="unused", report_to="none", naive_loss=naive, loss_chunk_size=5, teacher_batch_size=2, **options
+    )
     rows = [examples[i % 2] for i in range(len(COMPLETIONS))]
     model.zero_grad()
-    out = score_completions(model, processor, rows, COMPLETIONS, teacher=make_teacher_policy("fixed", model),
-                            config=config)
+    out = score_completions(
+        model, processor, rows, COMPLETIONS, teacher=make_teacher_policy("fixed", model), config=config
+    )
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     return out, grads
@@ -84,10 +90,22 @@ def _score(model, processor, examples, naive: bool, **options):
     "options",
     [
         dict(token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None),
-        dict(token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None, reasoning_sees_description=True,
-             distill_temperature=1.7, reference_divergence="jsd", jsd_beta=0.3),
-        dict(method="opsd", token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None,
-             opsd_divergence="reverse_kl"),
+        dict(
+            token_loss_clip=None,
+            description_end_clip=None,
+            reasoning_start_clip=None,
+            reasoning_sees_description=True,
+            distill_temperature=1.7,
+            reference_divergence="jsd",
+            jsd_beta=0.3,
+        ),
+        dict(
+            method="opsd",
+            token_loss_clip=None,
+            description_end_clip=None,
+            reasoning_start_clip=None,
+            opsd_divergence="reverse_kl",
+        ),
         # The release's clips: some tokens are clipped (no gradient), others not.
         dict(token_loss_clip=0.05, description_end_clip=0.01, reasoning_start_clip=0.02),
     ],
@@ -166,7 +184,9 @@ def test_chunked_loss_matches_naive_when_teacher_logits_are_minus_infinity(kind)
     teacher_logits = teacher_hidden @ teacher_head.T
     assert torch.isinf(teacher_logits[:, 2]).all()
     expected = divergence_from_logits(student_hidden @ head.T, teacher_logits, divergence, mask, clip)
-    got = divergence_from_hidden(student_hidden, teacher_hidden, head, teacher_head, divergence, mask, clip, chunk_size=2)
+    got = divergence_from_hidden(
+        student_hidden, teacher_hidden, head, teacher_head, divergence, mask, clip, chunk_size=2
+    )
     assert torch.isfinite(expected)
     torch.testing.assert_close(got, expected)
     if kind == "reverse_kl":
@@ -256,7 +276,9 @@ def _vision_model(model_dir):
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets(["q_proj", "v_proj"]), init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=language_lora_targets(["q_proj", "v_proj"]), init_lora_weights=False
+    )
     return get_peft_model(model, lora), processor
 
 
@@ -264,12 +286,18 @@ def _vision_model(model_dir):
 def test_shared_image_features_give_the_hidden_states_of_separate_encodes(request, fixture_name):
     model, processor = _vision_model(request.getfixturevalue(fixture_name))
     model.eval()
-    red, blue = (encode_image(processor, Image.new("RGB", size, colour))
-                 for size, colour in (((112, 112), (200, 30, 30)), ((84, 112), (20, 40, 220))))
+    red, blue = (
+        encode_image(processor, Image.new("RGB", size, colour))
+        for size, colour in (((112, 112), (200, 30, 30)), ((84, 112), (20, 40, 220)))
+    )
     prompt = tokenize_prompt(processor, render_prompt(processor, "What colour?", "<description>"), red)
     other = tokenize_prompt(processor, render_prompt(processor, "Which shape is it?", ""), blue)
     # The same image in two contexts of one batch, and another image: three encodes done separately, two shared.
-    contexts = [Context(prompt, [100, 101, 102], red), Context(other, [103], blue), Context(prompt[:-1], [104, 104], red)]
+    contexts = [
+        Context(prompt, [100, 101, 102], red),
+        Context(other, [103], blue),
+        Context(prompt[:-1], [104, 104], red),
+    ]
     pad, token = processor.tokenizer.pad_token_id, image_token_id(processor)
     assert image_features_reusable(model)
     features = encode_image_features(model, [red, blue])
@@ -285,8 +313,13 @@ def test_scoring_with_shared_image_features_matches_separate_encodes(setup):
     model, processor, examples = setup
     results = {}
     for reuse in (True, False):
-        config = ViGOSConfig(output_dir="unused", report_to="none", token_loss_clip=None, description_end_clip=None,
-                             reasoning_start_clip=None)
+        config = ViGOSConfig(
+            output_dir="unused",
+            report_to="none",
+            token_loss_clip=None,
+            description_end_clip=None,
+            reasoning_start_clip=None,
+        )
         scorer = config.build_scorer(processor, teacher=make_teacher_policy("fixed", model))
         scorer.options.reuse_image_features = reuse
         model.zero_grad()

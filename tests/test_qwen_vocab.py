@@ -16,10 +16,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import AutoProcessor
 
-from vigos import qwen_vocab
 from vigos.cli import main
-from vigos.qwen_vocab import NUM_RANKS, PADDED_VOCAB_SIZE, added_tokens, chat_template, parse_ranks, parse_specials
-from vigos.tiny import make_tiny
+from vigos.models import qwen_vocab
+from vigos.models.qwen_vocab import (
+    NUM_RANKS,
+    PADDED_VOCAB_SIZE,
+    added_tokens,
+    chat_template,
+    parse_ranks,
+    parse_specials,
+)
+from vigos.models.tiny import make_tiny
 
 LAST_ID = {"qwen2_vl": 151656, "qwen2_5_vl": 151664, "qwen3_vl": 151668}
 TAGS = ("<description>", "</description>", "<think>", "</think>", "\\boxed{")
@@ -36,11 +43,15 @@ CORPUS = [
     "1234567890 3.14159 1e-10 0x1F 1,000,000 -42 +7",
     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
     "<|vision_start|><|image_pad|><|vision_end|>What colour?",
-    "<tool_call>{\"name\": \"f\"}</tool_call> <|fim_prefix|>x<|fim_suffix|>",
+    '<tool_call>{"name": "f"}</tool_call> <|fim_prefix|>x<|fim_suffix|>',
     "<description> A red circle. </description>\n<think> The circle is red. </think>\n\\boxed{red}",
     "prefix<think>inside</think>suffix",
-] + [f"{left}{tag}{right}" for tag in TAGS for left in ("", " ", "\n", "x", "  ", ".\n") for right in
-     ("", " ", "\n", "\n\n", " A", "}", "x")]
+] + [
+    f"{left}{tag}{right}"
+    for tag in TAGS
+    for left in ("", " ", "\n", "x", "  ", ".\n")
+    for right in ("", " ", "\n", "\n\n", " A", "}", "x")
+]
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +168,12 @@ def test_ids_equal_quicktok_on_random_text(family_tokenizer, encoding, text):
 
 
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(st.one_of(st.sampled_from(TAGS + ("<|im_end|>", "<|image_pad|>", " ", "\n", "\n\n")),
-                                st.text(max_size=8)), max_size=8))
+@given(
+    parts=st.lists(
+        st.one_of(st.sampled_from(TAGS + ("<|im_end|>", "<|image_pad|>", " ", "\n", "\n\n")), st.text(max_size=8)),
+        max_size=8,
+    )
+)
 def test_ids_equal_quicktok_around_tags_and_added_tokens(family_tokenizer, encoding, parts):
     _, tok = family_tokenizer
     text = "".join(parts)
@@ -209,17 +224,22 @@ def test_chat_templates_in_the_real_layout(family):
 
     only_image = [{"role": "user", "content": [{"type": "image"}]}]
     assert render(only_image, add_generation_prompt=True) == (
-        f"{system}<|im_start|>user\n{image}<|im_end|>\n<|im_start|>assistant\n")
+        f"{system}<|im_start|>user\n{image}<|im_end|>\n<|im_start|>assistant\n"
+    )
     question = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]
-    two_images = [{"role": "user", "content": question},
-                  {"role": "assistant", "content": [{"type": "text", "text": "No."}]}]
+    two_images = [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
+    ]
     assert render(two_images) == (
-        f"{system}<|im_start|>user\n{image}{image}Same?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>\n")
+        f"{system}<|im_start|>user\n{image}{image}Same?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>\n"
+    )
     assert render(two_images[:1], add_vision_id=True).count("Picture 2: ") == 1
     # A system message of its own replaces the default one.
     own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert render(own, add_generation_prompt=True) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert processor.tokenizer.chat_template == chat_template(arch)
 
 
@@ -259,7 +279,7 @@ def test_make_tiny_command_with_the_real_vocabulary(qwen_vocab_root, capsys):
 
 
 def test_importing_vigos_leaves_quicktok_alone():
-    script = "import sys, vigos.cli, vigos.qwen_vocab, vigos.tiny; sys.exit('quicktok' in sys.modules)"
+    script = "import sys, vigos.cli, vigos.models.qwen_vocab, vigos.models.tiny; sys.exit('quicktok' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 0, "vigos imported quicktok"
 
 

@@ -18,18 +18,19 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from vigos.data import Example
-from vigos.modeling import collate_contexts, image_token_id
-from vigos.recipe import language_lora_targets
-from vigos.rollout import HFGenerateRollout, SamplingParams, student_contexts
-from vigos.sampler import LeanDecoder, SamplingFilters, filter_scores
-from vigos.tiny import make_tiny
+from vigos.data.rows import Example
+from vigos.models.modeling import collate_contexts, image_token_id
+from vigos.models.tiny import make_tiny
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams, student_contexts
+from vigos.rollout.sampler import LeanDecoder, SamplingFilters, filter_scores
+from vigos.training.recipe import language_lora_targets
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
-@pytest.fixture(scope="module", params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
-                ids=lambda p: "-".join(p))
+@pytest.fixture(
+    scope="module", params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS], ids=lambda p: "-".join(p)
+)
 def arch_model(request, tmp_path_factory):
     """Each family on our trained vocabulary and on Qwen's real one (151,936 embedding rows)."""
     arch, vocab = request.param
@@ -45,14 +46,28 @@ def arch_model(request, tmp_path_factory):
 def _examples() -> list[Example]:
     # Different question lengths and image sizes: the prompt batch is left-padded.
     return [
-        Example(question="What colour is the square?", answer="red",
-                image=Image.new("RGB", (112, 112), (200, 30, 30)), row=0, meta={}),
-        Example(question="Leaves are green. What colour is the leaf shown in this picture?", answer="blue",
-                image=Image.new("RGB", (56, 84), (20, 40, 220)), row=1, meta={}),
+        Example(
+            question="What colour is the square?",
+            answer="red",
+            image=Image.new("RGB", (112, 112), (200, 30, 30)),
+            row=0,
+            meta={},
+        ),
+        Example(
+            question="Leaves are green. What colour is the leaf shown in this picture?",
+            answer="blue",
+            image=Image.new("RGB", (56, 84), (20, 40, 220)),
+            row=1,
+            meta={},
+        ),
         # A row with two images: both go into its prompt, in order.
-        Example(question="Which of the two pictures is green?", answer="the second",
-                image=[Image.new("RGB", (112, 56), (200, 30, 30)), Image.new("RGB", (56, 56), (30, 200, 30))],
-                row=2, meta={}),
+        Example(
+            question="Which of the two pictures is green?",
+            answer="the second",
+            image=[Image.new("RGB", (112, 56), (200, 30, 30)), Image.new("RGB", (56, 56), (30, 200, 30))],
+            row=2,
+            meta={},
+        ),
     ]
 
 
@@ -61,11 +76,14 @@ def _sample(model, processor, params: SamplingParams, sampler: str, seed: int) -
     return HFGenerateRollout(processor, params, sampler=sampler)(model, _examples())
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=24, num_samples=2),
-    SamplingParams(temperature=0.7, top_p=0.8, top_k=0, max_new_tokens=16, min_new_tokens=16, num_samples=3),
-    SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=20, num_samples=1),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=24, num_samples=2),
+        SamplingParams(temperature=0.7, top_p=0.8, top_k=0, max_new_tokens=16, min_new_tokens=16, num_samples=3),
+        SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=20, num_samples=1),
+    ],
+)
 def test_lean_sampler_draws_the_tokens_generate_draws(arch_model, params):
     model, processor = arch_model
     for seed in (0, 1):
@@ -111,8 +129,14 @@ def test_greedy_lean_decoding_follows_the_full_forward_pass(arch_model):
 def test_lean_sampler_with_lora_matches_generate_on_the_adapted_model(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=language_lora_targets(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.1,
+        target_modules=language_lora_targets(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        ),
+    )
     model = get_peft_model(model, lora)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -173,10 +197,9 @@ def test_filters_equal_generates_logits_processors(seed, temperature, top_k, top
     if ties:  # equal scores at the top-k and top-p boundaries
         scores = scores.round()
     filters = SamplingFilters(temperature, top_k, top_p, min_new_tokens=3, eos_token_ids=(2, 0), suppressed_ids=(5, 7))
-    processors = LogitsProcessorList([
-        MinNewTokensLengthLogitsProcessor(10, 3, [2, 0]),
-        SuppressTokensLogitsProcessor([5, 7]),
-    ])
+    processors = LogitsProcessorList(
+        [MinNewTokensLengthLogitsProcessor(10, 3, [2, 0]), SuppressTokensLogitsProcessor([5, 7])]
+    )
     if temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
     if top_k:
@@ -201,7 +224,7 @@ def test_norm_folded_into_the_next_product_equals_norm_then_product(tiny_model_d
     """The decode loop's RMSNorm (weight and sqrt(H) folded into the next product) against the model's
     own norm and projection: equal to float32 rounding in float32; in bfloat16 no further from the
     float32 result than the model's own bfloat16 computation is (up to a factor for rounding order)."""
-    from vigos.sampler import _fused, _root_eps, _unit_rms
+    from vigos.rollout.sampler import _fused, _root_eps, _unit_rms
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     block = model.model.language_model.layers[0]

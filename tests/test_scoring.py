@@ -15,13 +15,11 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import clipped, kl, pieces_to_ids, plain_logits
-
 from vigos import prompts
-from vigos.config import ViGOSConfig
-from vigos.data import Example
-from vigos.recipe import language_lora_targets
-from vigos.scoring import score_completions
-from vigos.teachers import make_teacher_policy
+from vigos.data.rows import Example
+from vigos.method.teachers import make_teacher_policy
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import language_lora_targets, score_completions
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +28,12 @@ def setup(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     # Random (non-zero) LoRA weights, so the student differs from the adapter-off teacher.
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
+        init_lora_weights=False,
+    )
     model = get_peft_model(model, lora)
     model.eval()
     image = Image.new("RGB", (112, 112), (200, 30, 30))
@@ -50,8 +52,14 @@ INVALID = {
 
 
 def config(**kw):
-    base = dict(output_dir="unused", report_to="none", token_loss_clip=None, description_end_clip=None,
-                reasoning_start_clip=None, loss_chunk_size=3)
+    base = dict(
+        output_dir="unused",
+        report_to="none",
+        token_loss_clip=None,
+        description_end_clip=None,
+        reasoning_start_clip=None,
+        loss_chunk_size=3,
+    )
     return ViGOSConfig(**{**base, **kw})
 
 
@@ -65,9 +73,14 @@ def expected_vigos(model, processor, example, cfg, completions):
             student = plain_logits(model, processor, example.image, student_text, "<description>", ids)
         if spans is None:  # invalid: reference teacher, every token, reverse KL
             with model.disable_adapter(), torch.no_grad():
-                teacher = plain_logits(model, processor, example.image,
-                                       prompts.render_template(cfg.reference_prompt, question=example.question, answer="red"),
-                                       "<description>", ids)
+                teacher = plain_logits(
+                    model,
+                    processor,
+                    example.image,
+                    prompts.render_template(cfg.reference_prompt, question=example.question, answer="red"),
+                    "<description>",
+                    ids,
+                )
             sums["reference"] += kl(student, teacher).sum().item()
             counts["reference"] += len(ids)
             continue
@@ -75,17 +88,24 @@ def expected_vigos(model, processor, example, cfg, completions):
         reasoning_text = prompts.render_template(cfg.reasoning_prompt, question=example.question, answer="red")
         with model.disable_adapter(), torch.no_grad():
             # The image alone (the default perception prompt and pre-fill are empty), then the description.
-            perception = plain_logits(model, processor, example.image, cfg.perception_prompt, cfg.perception_prefill,
-                                      ids[d0:d1])
+            perception = plain_logits(
+                model, processor, example.image, cfg.perception_prompt, cfg.perception_prefill, ids[d0:d1]
+            )
             if cfg.reasoning_sees_description:
-                reasoning = plain_logits(model, processor, example.image, reasoning_text, "<description>", ids[:r1])[r0:]
+                reasoning = plain_logits(model, processor, example.image, reasoning_text, "<description>", ids[:r1])[
+                    r0:
+                ]
             else:  # the student's own tokens from the one that opens <think>
-                reasoning = plain_logits(model, processor, example.image, reasoning_text, "", ids[think:r1])[r0 - think:]
-        sums["perception"] += clipped(kl(perception, student[d0:d1]), cfg.token_loss_clip, -1,
-                                      cfg.description_end_clip).sum().item()
+                reasoning = plain_logits(model, processor, example.image, reasoning_text, "", ids[think:r1])[
+                    r0 - think :
+                ]
+        sums["perception"] += (
+            clipped(kl(perception, student[d0:d1]), cfg.token_loss_clip, -1, cfg.description_end_clip).sum().item()
+        )
         counts["perception"] += d1 - d0
-        sums["reasoning"] += clipped(kl(reasoning, student[r0:r1]), cfg.token_loss_clip, 0,
-                                     cfg.reasoning_start_clip).sum().item()
+        sums["reasoning"] += (
+            clipped(kl(reasoning, student[r0:r1]), cfg.token_loss_clip, 0, cfg.reasoning_start_clip).sum().item()
+        )
         counts["reasoning"] += r1 - r0
     return {k: sums[k] / max(counts[k], 1) for k in sums}, counts
 
@@ -103,8 +123,9 @@ def test_vigos_terms_match_plain_computation(setup, sees_description):
     cfg = config(reasoning_sees_description=sees_description)
     completions = hand_made(processor)
     teacher = make_teacher_policy("fixed", model)
-    out = score_completions(model, processor, [example] * len(completions), [ids for ids, _ in completions],
-                            teacher=teacher, config=cfg)
+    out = score_completions(
+        model, processor, [example] * len(completions), [ids for ids, _ in completions], teacher=teacher, config=cfg
+    )
     expected, counts = expected_vigos(model, processor, example, cfg, completions)
     assert [s.valid for s in out.spans] == [True, False, False, False, False]
     assert [s.tagless for s in out.spans] == [False, False, True, False, False]
@@ -116,7 +137,9 @@ def test_vigos_terms_match_plain_computation(setup, sees_description):
     for name, value in expected.items():
         assert out.terms[name].item() == pytest.approx(value, rel=1e-4, abs=1e-7), name
         assert out.metrics[f"tokens_{name}"] == pytest.approx(counts[name] / len(completions))
-    assert out.loss.item() == pytest.approx(expected["perception"] + expected["reasoning"] + 2 * expected["reference"], rel=1e-4)
+    assert out.loss.item() == pytest.approx(
+        expected["perception"] + expected["reasoning"] + 2 * expected["reference"], rel=1e-4
+    )
     assert out.metrics["valid_rate"] == pytest.approx(0.2) and out.metrics["fallback_rate"] == pytest.approx(0.8)
 
 
@@ -126,7 +149,9 @@ def test_clips_and_boundary_clips(setup, clips):
     model, processor, example = setup
     cfg = config(token_loss_clip=clips[0], description_end_clip=clips[1], reasoning_start_clip=clips[2])
     completions = hand_made(processor)[:1]
-    out = score_completions(model, processor, [example], [completions[0][0]], teacher=make_teacher_policy("fixed", model), config=cfg)
+    out = score_completions(
+        model, processor, [example], [completions[0][0]], teacher=make_teacher_policy("fixed", model), config=cfg
+    )
     expected, _ = expected_vigos(model, processor, example, cfg, completions)
     for name in ("perception", "reasoning"):
         assert out.terms[name].item() == pytest.approx(expected[name], rel=1e-4, abs=1e-7)
@@ -136,8 +161,14 @@ def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
     model, processor, example = setup
     cfg = config(method="opsd")
     completions = hand_made(processor)
-    out = score_completions(model, processor, [example] * len(completions), [ids for ids, _ in completions],
-                            teacher=make_teacher_policy("fixed", model), config=cfg)
+    out = score_completions(
+        model,
+        processor,
+        [example] * len(completions),
+        [ids for ids, _ in completions],
+        teacher=make_teacher_policy("fixed", model),
+        config=cfg,
+    )
     student_text = prompts.render_template(cfg.student_prompt, question=example.question)
     teacher_text = prompts.render_template(cfg.reference_prompt, question=example.question, answer="red")
     total, count = 0.0, 0
@@ -155,8 +186,14 @@ def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
 def test_empty_terms_are_exact_zero_and_backward_works(setup):
     model, processor, example = setup
     only_invalid = [ids for ids, _ in hand_made(processor)[1:]]
-    out = score_completions(model, processor, [example] * len(only_invalid), only_invalid,
-                            teacher=make_teacher_policy("fixed", model), config=config())
+    out = score_completions(
+        model,
+        processor,
+        [example] * len(only_invalid),
+        only_invalid,
+        teacher=make_teacher_policy("fixed", model),
+        config=config(),
+    )
     assert out.terms["perception"].item() == 0.0 and out.terms["reasoning"].item() == 0.0
     assert torch.isfinite(out.loss)
     model.zero_grad()
@@ -168,7 +205,9 @@ def test_empty_terms_are_exact_zero_and_backward_works(setup):
 def test_text_completions_and_length_mismatch(setup):
     model, processor, example = setup
     text = "".join(VALID)
-    out = score_completions(model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config())
+    out = score_completions(
+        model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config()
+    )
     assert out.spans[0].valid and out.spans[0].answer == "red" and out.metrics["answer_accuracy"] == 1.0
     with pytest.raises(ValueError, match="one example per completion"):
         score_completions(model, processor, [example, example], [text], config=config())
@@ -184,8 +223,14 @@ def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pa
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     results = []
     for batch_size in (1, 3, len(completions)):
-        out = score_completions(model, processor, [example] * len(completions), completions, teacher=teacher,
-                                config=config(teacher_batch_size=batch_size))
+        out = score_completions(
+            model,
+            processor,
+            [example] * len(completions),
+            completions,
+            teacher=teacher,
+            config=config(teacher_batch_size=batch_size),
+        )
         grads = torch.autograd.grad(out.loss, lora)
         results.append(({k: v.item() for k, v in out.terms.items()}, grads))
     for terms, grads in results[1:]:
@@ -198,12 +243,23 @@ def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(se
     """A row with two images: the student and each teacher that sees the image (all three) are shown both,
     in order; the terms equal the plain computation with both images in the prompt."""
     model, processor, example = setup
-    two = Example(question="Which square is red?", answer="red",
-                  image=[example.image, Image.new("RGB", (84, 112), (20, 40, 220))], row=0, meta={})
+    two = Example(
+        question="Which square is red?",
+        answer="red",
+        image=[example.image, Image.new("RGB", (84, 112), (20, 40, 220))],
+        row=0,
+        meta={},
+    )
     cfg = config()
     completions = hand_made(processor)
-    out = score_completions(model, processor, [two] * len(completions), [ids for ids, _ in completions],
-                            teacher=make_teacher_policy("fixed", model), config=cfg)
+    out = score_completions(
+        model,
+        processor,
+        [two] * len(completions),
+        [ids for ids, _ in completions],
+        teacher=make_teacher_policy("fixed", model),
+        config=cfg,
+    )
     expected, _ = expected_vigos(model, processor, two, cfg, completions)
     for name, value in expected.items():
         assert out.terms[name].item() == pytest.approx(value, rel=1e-4, abs=1e-7), name

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -29,13 +28,13 @@ import torch
 from PIL import Image
 
 from vigos.cli import build_parser
-from vigos.config import ConfigError
-from vigos.data import Example
+from vigos.data.rows import Example
+from vigos.errors import ConfigError
+from vigos.models.loading import load_model_and_processor
 from vigos.prompts import DESCRIPTION_OPEN, PromptSpec
-from vigos.recipe import load_model_and_processor
-from vigos.rollout import HFGenerateRollout, SamplingParams
-from vigos.serve import PolicyServer, make_server, running
-from vigos.vllm_rollout import chat_request, sampling_fields
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+from vigos.rollout.vllm_server import chat_request, sampling_fields
+from vigos.serve.server import PolicyServer, make_server, running
 
 CHAT = "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}
@@ -56,13 +55,19 @@ def url(policy):
 def body(image: Image.Image | None = None, **fields) -> dict:
     """A well-formed chat completion request (2 tokens, 1 sample) with ``fields`` set."""
     params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=2, num_samples=1)
-    request = chat_request("tiny", "Q?", DESCRIPTION_OPEN, image or Image.new("RGB", (56, 56), (200, 30, 30)),
-                           sampling_fields(params, seed=1, stop_ids=[], bad_words=[]))
+    request = chat_request(
+        "tiny",
+        "Q?",
+        DESCRIPTION_OPEN,
+        image or Image.new("RGB", (56, 56), (200, 30, 30)),
+        sampling_fields(params, seed=1, stop_ids=[], bad_words=[]),
+    )
     return {**request, **fields}
 
 
-def send(base: str, method: str, path: str, data: bytes | None = None, headers: dict | None = None,
-         length: bool = True) -> tuple[int, object, http.client.HTTPResponse]:
+def send(
+    base: str, method: str, path: str, data: bytes | None = None, headers: dict | None = None, length: bool = True
+) -> tuple[int, object, http.client.HTTPResponse]:
     """One raw request; (status, parsed answer, response). ``length=False`` sends no Content-Length."""
     where = urlsplit(base)
     connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
@@ -96,8 +101,10 @@ def png(image: Image.Image) -> str:
 
 
 def with_image_url(request: dict, image_url: object) -> dict:
-    user = {**request["messages"][0], "content": [{"type": "image_url", "image_url": image_url},
-                                                  request["messages"][0]["content"][1]]}
+    user = {
+        **request["messages"][0],
+        "content": [{"type": "image_url", "image_url": image_url}, request["messages"][0]["content"][1]],
+    }
     return {**request, "messages": [user, request["messages"][1]]}
 
 
@@ -111,8 +118,9 @@ def test_a_well_formed_request_is_answered(url):
 # --- item 3: content type, origin, API key ---
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
 def test_a_post_that_is_not_json_is_refused(url, content_type):
     # A web page may POST these cross-origin without a preflight; application/json it may not.
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -121,17 +129,25 @@ def test_a_post_that_is_not_json_is_refused(url, content_type):
     assert "Content-Type must be application/json" in answer["error"]["message"]
 
 
-@pytest.mark.parametrize("headers", [
-    {"Origin": "http://evil.example"},
-    {"Origin": "null"},  # a sandboxed frame or a file:// page
-    {"Origin": "http://localhost:1"},  # same site, another port: another origin
-    {"Sec-Fetch-Site": "cross-site"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame or a file:// page
+        {"Origin": "http://localhost:1"},  # same site, another port: another origin
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
 def test_a_cross_origin_browser_request_is_refused(url, policy, tmp_path, headers):
     status, message = post(url, body(), headers)
     assert status == 403 and "cross-origin request refused" in message
-    status, answer, _ = send(url, "POST", "/v1/load_lora_adapter",
-                             json.dumps({"lora_name": "x", "lora_path": str(tmp_path)}).encode(), {**JSON, **headers})
+    status, answer, _ = send(
+        url,
+        "POST",
+        "/v1/load_lora_adapter",
+        json.dumps({"lora_name": "x", "lora_path": str(tmp_path)}).encode(),
+        {**JSON, **headers},
+    )
     assert status == 403 and policy.adapters == {}
     assert send(url, "GET", "/v1/models", headers=headers)[0] == 403
 
@@ -146,13 +162,23 @@ def test_an_api_key_is_required_on_every_route_but_health(policy, tmp_path):
     with running(policy, api_key="s3cret-key") as base:
         status, message = post(base, body())
         assert status == 401 and "Authorization: Bearer" in message
-        for wrong in ("Bearer s3cret-kex", "Bearer s3cret-key-longer", "s3cret-key", "Basic s3cret-key",
-                      "Bearer ключ".encode()):
+        for wrong in (
+            "Bearer s3cret-kex",
+            "Bearer s3cret-key-longer",
+            "s3cret-key",
+            "Basic s3cret-key",
+            "Bearer ключ".encode(),
+        ):
             assert post(base, body(), {"Authorization": wrong})[0] == 401, wrong
         status, answer, response = send(base, "GET", "/v1/models")
         assert status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
-        status, _, _ = send(base, "POST", "/v1/load_lora_adapter",
-                            json.dumps({"lora_name": "x", "lora_path": str(tmp_path)}).encode(), JSON)
+        status, _, _ = send(
+            base,
+            "POST",
+            "/v1/load_lora_adapter",
+            json.dumps({"lora_name": "x", "lora_path": str(tmp_path)}).encode(),
+            JSON,
+        )
         assert status == 401 and policy.adapters == {}
         assert send(base, "GET", "/health")[0] == 200, "a health check needs no key"
         key = {"Authorization": "Bearer s3cret-key"}
@@ -174,8 +200,24 @@ def test_bad_server_options_are_config_errors(policy):
 def test_the_cli_takes_the_key_from_the_environment(tiny_model_dir):
     """`vigos serve` end to end: the key from VIGOS_SERVE_API_KEY, the caps from the options."""
     env = {**os.environ, "VIGOS_SERVE_API_KEY": "from-env", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "vigos.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
-               "--max-body-mb", "0.01", "--max-n", "2", "--max-model-len", "100", "--served-model-name", "tiny"]
+    command = [
+        sys.executable,
+        "-m",
+        "vigos.cli",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        "--max-body-mb",
+        "0.01",
+        "--max-n",
+        "2",
+        "--max-model-len",
+        "100",
+        "--served-model-name",
+        "tiny",
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 300)
@@ -206,27 +248,35 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(policy):
         where = urlsplit(base)
         with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
             # Announces 600 MB and sends none of it: the answer must come without the server waiting for it.
-            sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {600 * 2**20}\r\n\r\n".encode())
+            sock.sendall(
+                f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {600 * 2**20}\r\n\r\n".encode()
+            )
             response = http.client.HTTPResponse(sock)
             response.begin()
             answer = json.loads(response.read())
         assert response.status == 413 and response.headers["Connection"] == "close"
-        assert f"the body is {600 * 2**20} bytes (Content-Length), over this server's cap of {2**20}" in \
-            answer["error"]["message"]
+        assert (
+            f"the body is {600 * 2**20} bytes (Content-Length), over this server's cap of {2**20}"
+            in answer["error"]["message"]
+        )
         # A client waiting for "100 Continue" (curl, for large bodies) gets the refusal instead.
-        status, answer, _ = send(base, "POST", CHAT, None, {**JSON, "Content-Length": str(2**21),
-                                                            "Expect": "100-continue"})
+        status, answer, _ = send(
+            base, "POST", CHAT, None, {**JSON, "Content-Length": str(2**21), "Expect": "100-continue"}
+        )
         assert status == 413 and "--max-body-mb" in answer["error"]["message"]
         assert post(base, body())[0] == 200, "a body under the cap is taken"
 
 
-@pytest.mark.parametrize("length, status, message", [
-    (None, 411, "Content-Length is required"),
-    ("abc", 400, "Content-Length must be a whole number of bytes, got 'abc'"),
-    ("-5", 400, "Content-Length must be a whole number of bytes, got '-5'"),
-    ("1e3", 400, "Content-Length must be a whole number of bytes"),
-])
+@pytest.mark.parametrize(
+    "length, status, message",
+    [
+        (None, 411, "Content-Length is required"),
+        ("abc", 400, "Content-Length must be a whole number of bytes, got 'abc'"),
+        ("-5", 400, "Content-Length must be a whole number of bytes, got '-5'"),
+        ("1e3", 400, "Content-Length must be a whole number of bytes"),
+    ],
+)
 def test_a_bad_content_length_is_a_400_or_411(url, length, status, message):
     headers = {**JSON, **({} if length is None else {"Content-Length": length})}
     got, answer, _ = send(url, "POST", CHAT, b"{}", headers, length=False)
@@ -235,8 +285,9 @@ def test_a_bad_content_length_is_a_400_or_411(url, length, status, message):
 
 
 def test_a_chunked_body_is_refused(url):
-    got, answer, _ = send(url, "POST", CHAT, b"2\r\n{}\r\n0\r\n\r\n", {**JSON, "Transfer-Encoding": "chunked"},
-                          length=False)
+    got, answer, _ = send(
+        url, "POST", CHAT, b"2\r\n{}\r\n0\r\n\r\n", {**JSON, "Transfer-Encoding": "chunked"}, length=False
+    )
     assert got == 411 and "send the body with a Content-Length" in answer["error"]["message"]
 
 
@@ -245,92 +296,115 @@ def test_a_chunked_body_is_refused(url):
 
 def bomb() -> str:
     """A PNG whose header claims 20000 x 20000 pixels (four times Pillow's bomb limit) in a few bytes."""
-    raw = base64.b64decode(png(Image.new("L", (8, 8)))[len("data:image/png;base64,"):])
+    raw = base64.b64decode(png(Image.new("L", (8, 8)))[len("data:image/png;base64,") :])
     header = raw[12:16] + struct.pack(">II", 20000, 20000) + raw[24:29]
     patched = raw[:16] + struct.pack(">II", 20000, 20000) + raw[24:29] + struct.pack(">I", zlib.crc32(header))
     return "data:image/png;base64," + base64.b64encode(patched + raw[33:]).decode()
 
 
-@pytest.mark.parametrize("payload, message", [
-    ([1, 2], "the body must be a JSON object, got a JSON array"),
-    ("hello", "the body must be a JSON object, got a JSON string"),
-    ({"messages": "hi", "max_tokens": 2}, "messages must be a non-empty list of message objects, got string"),
-    ({"messages": [], "max_tokens": 2}, "messages must be a non-empty list"),
-    ({"messages": ["hi"], "max_tokens": 2}, "messages[0] must be an object with role and content, got string"),
-    ({"messages": [{"role": "user"}], "max_tokens": 2}, "messages[0].content is missing"),
-    ({"messages": [{"role": "user", "content": 5}], "max_tokens": 2},
-     "messages[0].content must be a string or a list of parts, got number"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}], "max_tokens": 2},
-     "messages[0].content[0].text must be a string, got number"),
-    ({"messages": [{"role": "user", "content": [{"type": "audio"}]}], "max_tokens": 2},
-     "messages[0].content[0] must be an object whose type is 'text' or 'image_url'"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ([1, 2], "the body must be a JSON object, got a JSON array"),
+        ("hello", "the body must be a JSON object, got a JSON string"),
+        ({"messages": "hi", "max_tokens": 2}, "messages must be a non-empty list of message objects, got string"),
+        ({"messages": [], "max_tokens": 2}, "messages must be a non-empty list"),
+        ({"messages": ["hi"], "max_tokens": 2}, "messages[0] must be an object with role and content, got string"),
+        ({"messages": [{"role": "user"}], "max_tokens": 2}, "messages[0].content is missing"),
+        (
+            {"messages": [{"role": "user", "content": 5}], "max_tokens": 2},
+            "messages[0].content must be a string or a list of parts, got number",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}], "max_tokens": 2},
+            "messages[0].content[0].text must be a string, got number",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "audio"}]}], "max_tokens": 2},
+            "messages[0].content[0] must be an object whose type is 'text' or 'image_url'",
+        ),
+    ],
+)
 def test_a_malformed_body_is_a_400(url, payload, message):
     status, got = post(url, payload)
     assert status == 400 and message in got
 
 
-@pytest.mark.parametrize("image_url, message", [
-    ("data:image/png;base64,AAAA", 'messages[0].content[0].image_url must be an object {"url": '),
-    ({"link": "x"}, "messages[0].content[0].image_url must be an object"),
-    ({"url": "file:///etc/passwd"}, "messages[0].content[0].image_url.url must be a base64 data URL"),
-    ({"url": "http://127.0.0.1:1/x.png"}, "this server fetches nothing"),
-    ({"url": "data:image/png;base64,not base64!"}, "messages[0].content[0].image_url.url is not valid base64"),
-    ({"url": "data:image/png;base64," + base64.b64encode(b"no image").decode()},
-     "messages[0].content[0].image_url.url holds no readable image"),
-    ({"url": bomb()}, "holds no readable image (unreadable image bytes (DecompressionBombError"),
-])
+@pytest.mark.parametrize(
+    "image_url, message",
+    [
+        ("data:image/png;base64,AAAA", 'messages[0].content[0].image_url must be an object {"url": '),
+        ({"link": "x"}, "messages[0].content[0].image_url must be an object"),
+        ({"url": "file:///etc/passwd"}, "messages[0].content[0].image_url.url must be a base64 data URL"),
+        ({"url": "http://127.0.0.1:1/x.png"}, "this server fetches nothing"),
+        ({"url": "data:image/png;base64,not base64!"}, "messages[0].content[0].image_url.url is not valid base64"),
+        (
+            {"url": "data:image/png;base64," + base64.b64encode(b"no image").decode()},
+            "messages[0].content[0].image_url.url holds no readable image",
+        ),
+        ({"url": bomb()}, "holds no readable image (unreadable image bytes (DecompressionBombError"),
+    ],
+)
 def test_a_bad_image_is_a_400_naming_the_part(url, image_url, message):
     status, got = post(url, with_image_url(body(), image_url))
     assert status == 400 and message in got
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"{not json", "the body is not JSON (JSONDecodeError"),
-    (b'{"temperature": NaN}', "the body is not JSON (ValueError: NaN is not a JSON number)"),
-    (b"\xff\xfe\x00", "the body is not JSON"),
-    (b"[" * 100_000 + b"]" * 100_000, "the body is not JSON (RecursionError"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "the body is not JSON (JSONDecodeError"),
+        (b'{"temperature": NaN}', "the body is not JSON (ValueError: NaN is not a JSON number)"),
+        (b"\xff\xfe\x00", "the body is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "the body is not JSON (RecursionError"),
+    ],
+)
 def test_a_body_that_is_not_json_is_a_400(url, raw, message):
     status, answer, _ = send(url, "POST", CHAT, raw, JSON)
     assert status == 400 and message in answer["error"]["message"]
 
 
-@pytest.mark.parametrize("fields, message", [
-    # item 4: sizes that allocated before failing, or passed the context
-    ({"max_tokens": 10**9}, "max_tokens=1000000000 with the 24-token prompt passes the model's context of 32768 "
-                            "tokens: ask for at most 32744"),
-    ({"max_tokens": 40_000}, "passes the model's context of 32768 tokens"),
-    ({"max_completion_tokens": 40_000}, "max_completion_tokens=40000 with the 24-token prompt passes"),
-    ({"n": 10**6}, "n must be between 1 and 8 (this server's --max-n), got 1000000"),
-    # item 5: types and ranges
-    ({"n": 0}, "n must be between 1 and 8 (this server's --max-n), got 0"),
-    ({"n": 1.5}, "n must be an integer, got number 1.5"),
-    ({"n": True}, "n must be an integer, got boolean True"),
-    ({"max_tokens": -1}, "max_tokens must be at least 1, got -1"),
-    ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
-    ({"max_tokens": "12"}, "max_tokens must be an integer, got string '12'"),
-    ({"max_tokens": None}, "max_tokens is required by this server"),
-    ({"temperature": "hot"}, "temperature must be a finite number, got string 'hot'"),
-    ({"temperature": False}, "temperature must be a finite number, got boolean False"),
-    ({"temperature": 0}, "temperature must be > 0"),
-    ({"top_p": 0}, "top_p must be in (0, 1], got 0.0"),
-    ({"top_p": -0.5}, "top_p must be in (0, 1], got -0.5"),
-    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
-    ({"top_k": -2}, "top_k must be -1 or 0 (no top-k) or at least 1, got -2"),
-    ({"top_k": "20"}, "top_k must be an integer, got string '20'"),
-    ({"min_tokens": 3}, "min_tokens must be between 0 and max_tokens (2), got 3"),
-    ({"min_tokens": -1}, "min_tokens must be between 0 and max_tokens (2), got -1"),
-    ({"seed": "7"}, "seed must be an integer, got string '7'"),
-    ({"seed": 2**70}, "seed must be a 64-bit integer"),
-    ({"stop_token_ids": 5}, "stop_token_ids must be a list, got number 5"),
-    ({"stop_token_ids": ["a"]}, "stop_token_ids[0] must be an integer, got string 'a'"),
-    ({"bad_words": [1]}, "bad_words[0] must be a string, got number 1"),
-    ({"skip_special_tokens": "no"}, "skip_special_tokens must be true or false, got string 'no'"),
-    ({"continue_final_message": 1}, "continue_final_message must be true or false, got number 1"),
-    ({"model": ["tiny"]}, "model must be a string, got array"),
-    ({"logit_bias": {"5": -100}}, "logit_bias={'5': -100} is not supported by this server"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        # item 4: sizes that allocated before failing, or passed the context
+        (
+            {"max_tokens": 10**9},
+            "max_tokens=1000000000 with the 24-token prompt passes the model's context of 32768 "
+            "tokens: ask for at most 32744",
+        ),
+        ({"max_tokens": 40_000}, "passes the model's context of 32768 tokens"),
+        ({"max_completion_tokens": 40_000}, "max_completion_tokens=40000 with the 24-token prompt passes"),
+        ({"n": 10**6}, "n must be between 1 and 8 (this server's --max-n), got 1000000"),
+        # item 5: types and ranges
+        ({"n": 0}, "n must be between 1 and 8 (this server's --max-n), got 0"),
+        ({"n": 1.5}, "n must be an integer, got number 1.5"),
+        ({"n": True}, "n must be an integer, got boolean True"),
+        ({"max_tokens": -1}, "max_tokens must be at least 1, got -1"),
+        ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
+        ({"max_tokens": "12"}, "max_tokens must be an integer, got string '12'"),
+        ({"max_tokens": None}, "max_tokens is required by this server"),
+        ({"temperature": "hot"}, "temperature must be a finite number, got string 'hot'"),
+        ({"temperature": False}, "temperature must be a finite number, got boolean False"),
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"top_p": 0}, "top_p must be in (0, 1], got 0.0"),
+        ({"top_p": -0.5}, "top_p must be in (0, 1], got -0.5"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
+        ({"top_k": -2}, "top_k must be -1 or 0 (no top-k) or at least 1, got -2"),
+        ({"top_k": "20"}, "top_k must be an integer, got string '20'"),
+        ({"min_tokens": 3}, "min_tokens must be between 0 and max_tokens (2), got 3"),
+        ({"min_tokens": -1}, "min_tokens must be between 0 and max_tokens (2), got -1"),
+        ({"seed": "7"}, "seed must be an integer, got string '7'"),
+        ({"seed": 2**70}, "seed must be a 64-bit integer"),
+        ({"stop_token_ids": 5}, "stop_token_ids must be a list, got number 5"),
+        ({"stop_token_ids": ["a"]}, "stop_token_ids[0] must be an integer, got string 'a'"),
+        ({"bad_words": [1]}, "bad_words[0] must be a string, got number 1"),
+        ({"skip_special_tokens": "no"}, "skip_special_tokens must be true or false, got string 'no'"),
+        ({"continue_final_message": 1}, "continue_final_message must be true or false, got number 1"),
+        ({"model": ["tiny"]}, "model must be a string, got array"),
+        ({"logit_bias": {"5": -100}}, "logit_bias={'5': -100} is not supported by this server"),
+    ],
+)
 def test_each_sampling_field_is_checked(url, fields, message):
     status, got = post(url, body(**fields))
     assert status == 400, got
@@ -352,8 +426,11 @@ def test_the_context_caps_prompt_plus_max_tokens(policy):
         assert status == 200 and answer["usage"]["prompt_tokens"] == prompt_tokens
         assert len(answer["choices"][0]["token_ids"]) == 5
         status, message = post(base, body(max_tokens=6))
-        assert status == 400 and "max_tokens=6 with the 24-token prompt passes the model's context of 29 tokens: " \
-                                 "ask for at most 5" in message
+        assert (
+            status == 400
+            and "max_tokens=6 with the 24-token prompt passes the model's context of 29 tokens: ask for at most 5"
+            in message
+        )
         assert send(base, "GET", "/v1/models")[1]["data"][0]["max_model_len"] == prompt_tokens + 5
     tight = PolicyServer(policy.model, policy.processor, model_name="tiny", max_model_len=10)
     with running(tight) as base:
@@ -362,8 +439,10 @@ def test_the_context_caps_prompt_plus_max_tokens(policy):
 
 
 def test_adapter_fields_are_checked(url, policy):
-    for payload, message in [({"lora_name": 5, "lora_path": "/x"}, "lora_name must be a string, got number 5"),
-                             ({"lora_name": "a", "lora_path": ["/x"]}, "lora_path must be a string, got array")]:
+    for payload, message in [
+        ({"lora_name": 5, "lora_path": "/x"}, "lora_name must be a string, got number 5"),
+        ({"lora_name": "a", "lora_path": ["/x"]}, "lora_path must be a string, got array"),
+    ]:
         status, answer, _ = send(url, "POST", "/v1/load_lora_adapter", json.dumps(payload).encode(), JSON)
         assert status == 400 and message in answer["error"]["message"]
     status, answer, _ = send(url, "POST", "/v1/unload_lora_adapter", b"[]", JSON)
@@ -379,8 +458,9 @@ def test_a_burst_of_connections_queues_instead_of_being_dropped(policy):
     server = make_server(policy, "127.0.0.1", 0)
     address = server.server_address
     payload = json.dumps(body()).encode()
-    request = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    request = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
     sockets, thread = [], None
     try:
         for _ in range(50):  # with a listen backlog of 5 the seventh connect waits for an accept that never comes
@@ -450,8 +530,8 @@ def test_a_16_bit_png_is_scaled_not_clipped(url, policy):
 
 
 def test_the_rollout_client_sends_the_key_from_the_environment(policy, tmp_path, monkeypatch):
-    from vigos.rollout import SamplingParams
-    from vigos.vllm_rollout import RolloutEngineError, VLLMServerRollout
+    from vigos.rollout.hf import SamplingParams
+    from vigos.rollout.vllm_server import RolloutEngineError, VLLMServerRollout
 
     params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4, num_samples=1)
     with running(policy, api_key="s3cret-key") as base:

@@ -7,11 +7,10 @@ import unicodedata
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from transformers import AutoTokenizer
 
-from vigos.spans import SpanParser, span_mask
-from vigos.tiny import build_tokenizer
+from vigos.method.spans import SpanParser, span_mask
+from vigos.models.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module", params=["trained", "qwen2_5_vl", "qwen3_vl"])
@@ -149,7 +148,11 @@ def test_random_tag_placements_match_reference(tokenizer, parser, pieces):
 @given(
     description=TEXT.filter(lambda s: s != ""),
     reasoning=TEXT,
-    payload=st.recursive(TEXT.map(lambda s: s.replace("{", "").replace("}", "")), lambda inner: inner.map(lambda s: "{" + s + "}"), max_leaves=4),
+    payload=st.recursive(
+        TEXT.map(lambda s: s.replace("{", "").replace("}", "")),
+        lambda inner: inner.map(lambda s: "{" + s + "}"),
+        max_leaves=4,
+    ),
     between=st.sampled_from(["", "\n", " ok "]),
 )
 def test_well_formed_completions_are_valid(tokenizer, parser, description, reasoning, payload, between):

@@ -14,27 +14,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from vigos.synthetic import (
-    BACKGROUND,
-    COLOURS,
-    MAX_COUNT,
-    OBJECT_KINDS,
-    POSITIONS,
-    SIZES,
-    TEXT_COLOUR,
-    ObjectKind,
-    Scene,
+from vigos.data.synthetic import (
     make_any_colour_split,
     make_example,
     make_split,
     make_world,
     mentions_attribute,
     read_split,
-    register_object_kind,
-    render_scene,
     warmup_target,
     write_split,
 )
+from vigos.data.synthetic_kinds import (
+    BACKGROUND,
+    COLOURS,
+    MAX_COUNT,
+    OBJECT_KINDS,
+    TEXT_COLOUR,
+    ObjectKind,
+    register_object_kind,
+)
+from vigos.data.synthetic_render import POSITIONS, SIZES, Scene, render_scene
 
 KINDS = sorted(OBJECT_KINDS)
 COUNT_KINDS = [name for name in KINDS if OBJECT_KINDS[name].prior_count is not None]
@@ -117,8 +116,10 @@ def test_single_object_pixels(kind, size, position):
 @pytest.mark.parametrize("kind", KINDS)
 def test_large_objects_cover_more_than_small(kind):
     colour = OBJECT_KINDS[kind].prior_colour
-    area = {size: len(object_pixels(render_scene(Scene(kind, colour, 1, size, "center", None)), colour)) / 112**2
-            for size in SIZES}
+    area = {
+        size: len(object_pixels(render_scene(Scene(kind, colour, 1, size, "center", None)), colour)) / 112**2
+        for size in SIZES
+    }
     assert area["large"] > 2 * area["small"]
     assert area["large"] >= 0.15 and area["small"] >= 0.05, area
 
@@ -219,7 +220,7 @@ def test_warmup_target_is_a_short_valid_completion(mixed_split):
         b = target.find("\\boxed{", c)
         assert 0 < d < t < c < b, target
         assert target[:d].strip() == example.description
-        assert target[t + len("<think>"):c].strip()
+        assert target[t + len("<think>") : c].strip()
         assert target[b:] == f"\\boxed{{{example.answer}}}"
         assert len(target) < 160
         if example.conflict:
@@ -248,7 +249,11 @@ def test_a_fixed_colour_changes_only_the_asked_attribute():
     assert "pink" not in OBJECT_KINDS["leaf"].other_colours, "any palette colour, not only the kind's conflict ones"
     assert pink.answer == pink.scene.colour == "pink" and pink.conflict
     assert (pink.question, pink.scene.size, pink.scene.position, pink.scene.text) == (
-        plain.question, plain.scene.size, plain.scene.position, plain.scene.text)
+        plain.question,
+        plain.scene.size,
+        plain.scene.position,
+        plain.scene.text,
+    )
     green = make_example(random.Random(5), conflict=False, question_type="colour", kind="leaf", colour="green")
     assert not green.conflict
     with pytest.raises(ValueError, match="contradicts"):
@@ -294,10 +299,27 @@ def test_world_splits_are_balanced_paired_and_loadable(tmp_path):
     assert all(r["conflict"] for r in rows["eval_conflict"])
     for agree, conflict in zip(rows["eval_agree"], rows["eval_conflict"]):
         assert agree["question"] == conflict["question"] and agree["answer"] != conflict["answer"]
-        assert (agree["size"], agree["position"], agree["text"]) == (conflict["size"], conflict["position"],
-                                                                     conflict["text"])
-    fields = {"id", "image", "question", "answer", "prior_answer", "conflict", "kind", "colour", "count", "size",
-              "position", "text", "description", "question_type"}
+        assert (agree["size"], agree["position"], agree["text"]) == (
+            conflict["size"],
+            conflict["position"],
+            conflict["text"],
+        )
+    fields = {
+        "id",
+        "image",
+        "question",
+        "answer",
+        "prior_answer",
+        "conflict",
+        "kind",
+        "colour",
+        "count",
+        "size",
+        "position",
+        "text",
+        "description",
+        "question_type",
+    }
     for split, split_rows in rows.items():
         for row in split_rows:
             assert set(row) == fields
@@ -338,8 +360,16 @@ def draw_ball(draw: ImageDraw.ImageDraw, box, rgb) -> None:
 
 @pytest.fixture
 def ball():
-    kind = ObjectKind("ball", "orange", ("blue", "pink"), draw_ball, "Basketballs are orange.",
-                      noun="basketball", prior_count=1, count_statement="A game uses one ball.")
+    kind = ObjectKind(
+        "ball",
+        "orange",
+        ("blue", "pink"),
+        draw_ball,
+        "Basketballs are orange.",
+        noun="basketball",
+        prior_count=1,
+        count_statement="A game uses one ball.",
+    )
     register_object_kind(kind)
     try:
         yield kind
@@ -374,8 +404,9 @@ def test_registered_kind_is_usable(ball):
     ],
 )
 def test_object_kind_validation(fields, message):
-    base = dict(name="ball", prior_colour="orange", other_colours=("blue",), draw=draw_ball,
-                prior_statement="Balls are orange.")
+    base = dict(
+        name="ball", prior_colour="orange", other_colours=("blue",), draw=draw_ball, prior_statement="Balls are orange."
+    )
     with pytest.raises(ValueError, match=message):
         ObjectKind(**{**base, **fields})
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from vigos.config import ViGOSConfig
-from vigos.modeling import unwrap
-from vigos.recipe import apply_lora
-from vigos.teachers import AdapterOffTeacher, SnapshotTeacher, TeacherPolicy, TeacherTerm, make_teacher_policy
+from vigos.method.teachers import AdapterOffTeacher, SnapshotTeacher, TeacherPolicy, TeacherTerm, make_teacher_policy
+from vigos.models.modeling import unwrap
 from vigos.prompts import PromptSpec
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora
 
 
 def lora_model(path):
@@ -60,8 +60,17 @@ def test_terms_are_data():
     cfg = ViGOSConfig(output_dir="unused", report_to="none", reasoning_sees_description=True, reference_weight=3.0)
     perception, reasoning, reference = cfg.teacher_terms()
     assert (perception.span, perception.rows, perception.divergence) == ("description", "valid", "forward_kl")
-    assert (reasoning.span, reasoning.prompt.prefill, reasoning.reads_from) == ("reasoning", "<description>", "completion")
-    assert (reference.span, reference.rows, reference.divergence, reference.weight) == ("completion", "invalid", "reverse_kl", 3.0)
+    assert (reasoning.span, reasoning.prompt.prefill, reasoning.reads_from) == (
+        "reasoning",
+        "<description>",
+        "completion",
+    )
+    assert (reference.span, reference.rows, reference.divergence, reference.weight) == (
+        "completion",
+        "invalid",
+        "reverse_kl",
+        3.0,
+    )
     with pytest.raises(ValueError, match="span must be one of"):
         TeacherTerm("x", PromptSpec("", ""), "answer", "valid", "forward_kl", 1.0)
     with pytest.raises(ValueError, match="reads_from must be one of"):

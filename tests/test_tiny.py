@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from vigos.qwen_vocab import PADDED_VOCAB_SIZE
-from vigos.tiny import (
+from vigos.models.qwen_vocab import PADDED_VOCAB_SIZE
+from vigos.models.tiny import (
     ARCHS,
     DEFAULT_SIZE,
     ENDOFTEXT,
@@ -44,8 +44,11 @@ def tokenizer():
     return build_tokenizer()
 
 
-@pytest.fixture(scope="module", params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
-                ids=lambda param: "-".join(param))
+@pytest.fixture(
+    scope="module",
+    params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
+    ids=lambda param: "-".join(param),
+)
 def loaded(request, tmp_path_factory):
     """(arch, processor, model) of each arch and vocabulary, built once; the conftest's checkpoints are reused."""
     arch, vocab = request.param
@@ -82,12 +85,19 @@ def test_loads_back_as_the_real_family_classes(loaded):
         assert (config.image_token_id, tok.eos_token_id, tok.pad_token_id) == (151655, 151645, 151643)
     else:
         assert config.text_config.vocab_size == len(tok) == rows
-    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+    for name, token in (
+        ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"),
+    ):
         assert getattr(config, name) == tok.convert_tokens_to_ids(token), name
     text = config.text_config
-    assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (tok.pad_token_id, tok.eos_token_id,
-                                                                          tok.pad_token_id)
+    assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (
+        tok.pad_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
     generation = model.generation_config
@@ -97,8 +107,7 @@ def test_loads_back_as_the_real_family_classes(loaded):
 
 def test_one_image_chat_forward(loaded):
     _, processor, model = loaded
-    text = processor.apply_chat_template(chat("What colour is the circle?"), add_generation_prompt=True,
-                                         tokenize=False)
+    text = processor.apply_chat_template(chat("What colour is the circle?"), add_generation_prompt=True, tokenize=False)
     assert text.endswith("<|im_start|>assistant\n") and "<|vision_start|><|image_pad|><|vision_end|>" in text
     enc = processor(text=[text], images=[Image.new("RGB", (112, 112), (200, 0, 0))], return_tensors="pt")
     # The small pixel budget: 112x112 is a 4x4 grid of merged patches in every family.
@@ -212,8 +221,9 @@ def test_chat_template(tokenizer):
 def test_tokenizer_alone_loads_with_its_chat_template(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rendered = tok.apply_chat_template(chat("Hi"), tokenize=False, add_generation_prompt=True)
-    assert rendered == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n"
-                        "<|im_start|>assistant\n")
+    assert rendered == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_rebuild_with_same_args_is_a_noop(tmp_path):

@@ -9,18 +9,21 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vigos.config import ViGOSConfig
-from vigos.data import Example, ExampleDataset
-from vigos.modeling import unwrap
-from vigos.recipe import apply_lora
-from vigos.trainer import ViGOSTrainer
+from vigos.data.examples import ExampleDataset
+from vigos.data.rows import Example
+from vigos.models.modeling import unwrap
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora
+from vigos.training.trainer import ViGOSTrainer
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 
 def colour_examples():
     return [
-        Example(question="What colour is the square?", answer=name, image=Image.new("RGB", (112, 112), rgb), row=i, meta={})
+        Example(
+            question="What colour is the square?", answer=name, image=Image.new("RGB", (112, 112), rgb), row=i, meta={}
+        )
         for i, (name, rgb) in enumerate(COLOURS.items())
     ]
 
@@ -47,11 +50,26 @@ def test_lora_training_end_to_end(request, tmp_path, fixture_name, method):
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     args = ViGOSConfig(
-        output_dir=str(tmp_path / "out"), method=method, max_steps=3, per_device_train_batch_size=2,
-        learning_rate=5e-3, max_grad_norm=1.0, max_completion_length=24, num_generations=2, lora_r=4,
-        lora_alpha=8, lora_dropout=0.0, token_loss_clip=None, description_end_clip=None,
-        reasoning_start_clip=None, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        log_completions_steps=1, seed=0,
+        output_dir=str(tmp_path / "out"),
+        method=method,
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        max_grad_norm=1.0,
+        max_completion_length=24,
+        num_generations=2,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        token_loss_clip=None,
+        description_end_clip=None,
+        reasoning_start_clip=None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        log_completions_steps=1,
+        seed=0,
     )
     model = apply_lora(model, args)
     examples = colour_examples()
@@ -81,10 +99,23 @@ def test_ema_teacher_follows_the_weights(tiny_model_dir, tmp_path):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
     args = ViGOSConfig(
-        output_dir=str(tmp_path), teacher="ema", ema_decay=0.5, max_steps=2, per_device_train_batch_size=2,
-        learning_rate=5e-3, max_completion_length=16, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-        token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None, save_strategy="no",
-        report_to="none", use_cpu=True, log_completions_steps=0,
+        output_dir=str(tmp_path),
+        teacher="ema",
+        ema_decay=0.5,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        max_completion_length=16,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        token_loss_clip=None,
+        description_end_clip=None,
+        reasoning_start_clip=None,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        log_completions_steps=0,
     )
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(colour_examples()), processor)

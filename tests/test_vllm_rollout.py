@@ -1,6 +1,6 @@
 """vLLM rollouts: the server client against vigos's own OpenAI-compatible server serving a tiny model.
 
-The server (`vigos.serve`) renders the chat messages with the processor's chat
+The server (`vigos.serve.server`) renders the chat messages with the processor's chat
 template, as vLLM does, and samples with the Hugging Face rollout seeded by the
 request's seed, so the client's output can be compared token for token with
 sampling in-process. Failure handling runs against small stub servers.
@@ -23,14 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
+from http_stub import serving
 from vigos.cli import build_parser
-from vigos.config import ViGOSConfig
-from vigos.data import Example, ExampleDataset
+from vigos.data.examples import ExampleDataset
+from vigos.data.rows import Example
+from vigos.models.loading import load_model_and_processor
 from vigos.prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec
-from vigos.recipe import apply_lora, load_model_and_processor
-from vigos.rollout import HFGenerateRollout, SamplingParams, student_contexts, vision_token_ids
-from vigos.serve import PolicyServer, running, serve_command
-from vigos.vllm_rollout import (
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams, student_contexts, vision_token_ids
+from vigos.rollout.vllm_server import (
     RolloutEngineError,
     ServerRefused,
     VLLMServerRollout,
@@ -39,7 +39,10 @@ from vigos.vllm_rollout import (
     response_cap,
     sampling_fields,
 )
-from http_stub import serving
+from vigos.serve.command import serve_command
+from vigos.serve.server import PolicyServer, running
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora
 
 PARAMS = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=12, num_samples=2, min_new_tokens=2)
 STUDENT = PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
@@ -50,8 +53,12 @@ def examples() -> list[Example]:
         Example("What colour is the square?", "red", Image.new("RGB", (112, 84), (220, 30, 30)), row=0),
         Example("What colour is the disc?", "blue", Image.new("RGB", (84, 112), (30, 30, 220)), row=1),
         # Two images in one row: sent as two image parts, in order.
-        Example("Which picture is green?", "second", [Image.new("RGB", (56, 56), (220, 30, 30)),
-                                                       Image.new("RGB", (84, 56), (30, 200, 30))], row=2),
+        Example(
+            "Which picture is green?",
+            "second",
+            [Image.new("RGB", (56, 56), (220, 30, 30)), Image.new("RGB", (84, 56), (30, 200, 30))],
+            row=2,
+        ),
     ]
 
 
@@ -106,8 +113,13 @@ def test_served_prompt_is_the_student_prompt(server, model_and_processor):
     _, processor = model_and_processor
     rollout = VLLMServerRollout(processor, PARAMS, STUDENT, url=url, sync_dir="unused")
     example = examples()[0]
-    body = chat_request("tiny", STUDENT.text(example.question), STUDENT.prefill, example.image,
-                        sampling_fields(PARAMS, seed=0, stop_ids=rollout.stop_ids, bad_words=rollout.bad_words))
+    body = chat_request(
+        "tiny",
+        STUDENT.text(example.question),
+        STUDENT.prefill,
+        example.image,
+        sampling_fields(PARAMS, seed=0, stop_ids=rollout.stop_ids, bad_words=rollout.bad_words),
+    )
     response = rollout.client.post("/v1/chat/completions", body)
     assert response["prompt_token_ids"] == student_contexts(processor, [example], STUDENT)[0].prompt_ids
 
@@ -117,9 +129,19 @@ def test_request_maps_sampling_params_one_to_one(model_and_processor):
     params = SamplingParams(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=33, num_samples=3, min_new_tokens=5)
     fields = sampling_fields(params, seed=7, stop_ids=[1, 2], bad_words=["<|image_pad|>"])
     assert fields == {
-        "n": 3, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "max_tokens": 33, "min_tokens": 5, "seed": 7,
-        "stop_token_ids": [1, 2], "bad_words": ["<|image_pad|>"], "repetition_penalty": 1.0,
-        "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_p": 0.0,
+        "n": 3,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,
+        "max_tokens": 33,
+        "min_tokens": 5,
+        "seed": 7,
+        "stop_token_ids": [1, 2],
+        "bad_words": ["<|image_pad|>"],
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "min_p": 0.0,
     }
     image = Image.new("RGB", (30, 20), (1, 2, 3))
     body = chat_request("m", "Q?", DESCRIPTION_OPEN, image, fields)
@@ -171,8 +193,13 @@ def test_server_refuses_what_it_cannot_honour(server, model_and_processor, tmp_p
     _, processor = model_and_processor
     rollout = client(url, processor, tmp_path)
     example = examples()[0]
-    body = chat_request("tiny", "Q?", DESCRIPTION_OPEN, example.image,
-                        sampling_fields(PARAMS, seed=0, stop_ids=rollout.stop_ids, bad_words=[]))
+    body = chat_request(
+        "tiny",
+        "Q?",
+        DESCRIPTION_OPEN,
+        example.image,
+        sampling_fields(PARAMS, seed=0, stop_ids=rollout.stop_ids, bad_words=[]),
+    )
     with pytest.raises(ServerRefused, match="HTTP 400: logit_bias="):
         rollout.client.post("/v1/chat/completions", {**body, "logit_bias": {"5": -100}})
     with pytest.raises(ServerRefused, match="HTTP 404: The model `nope` does not exist"):
@@ -242,7 +269,9 @@ def test_a_4xx_is_not_retried_and_names_the_fix(model_and_processor, tmp_path):
     _, processor = model_and_processor
     with stub(lambda attempt, body: (404, {"detail": "Not Found"})) as (url, seen):
         rollout = client(url, processor, tmp_path, backoff=0.01)
-        with pytest.raises(ServerRefused, match="load_lora_adapter: HTTP 404: Not Found.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+        with pytest.raises(
+            ServerRefused, match="load_lora_adapter: HTTP 404: Not Found.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+        ):
             rollout.load_adapter("a", tmp_path)
     assert len(seen) == 1
 
@@ -256,8 +285,9 @@ def test_a_timeout_is_a_clear_error(model_and_processor, tmp_path):
 
     with stub(answer) as (url, seen):
         rollout = client(url, processor, tmp_path, served_model="m", timeout=0.3)
-        with pytest.raises(RolloutEngineError,
-                           match=r"chat/completions got no complete answer within 0.3 s.*vllm_request_timeout"):
+        with pytest.raises(
+            RolloutEngineError, match=r"chat/completions got no complete answer within 0.3 s.*vllm_request_timeout"
+        ):
             rollout(torch.nn.Linear(1, 1), examples()[:1])
     assert len(seen) == 1, "a timed-out generation is not sent again"
 
@@ -298,13 +328,16 @@ def test_a_redirect_is_not_followed(model_and_processor, tmp_path, status):
             handler.send_header("Location", target + "/v1/chat/completions")
             handler.send_header("Content-Length", "0")
             handler.end_headers()
+
         return respond
 
-    with raw_stub(lambda handler, stop: None) as (elsewhere, reached), \
-            raw_stub(redirect_to(elsewhere)) as (url, seen):
+    with raw_stub(lambda handler, stop: None) as (elsewhere, reached), raw_stub(redirect_to(elsewhere)) as (url, seen):
         rollout = client(url, processor, tmp_path, served_model="m", backoff=0.01)
-        with pytest.raises(RolloutEngineError, match=rf"HTTP {status}, a redirect to {elsewhere}/v1/chat/completions, "
-                           r"which is not followed.*vllm_server_url"):
+        with pytest.raises(
+            RolloutEngineError,
+            match=rf"HTTP {status}, a redirect to {elsewhere}/v1/chat/completions, "
+            r"which is not followed.*vllm_server_url",
+        ):
             rollout(torch.nn.Linear(1, 1), examples()[:1])
     assert reached == [] and len(seen) == 1
 
@@ -334,8 +367,9 @@ def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(model_and_processor
     eos = processor.tokenizer.eos_token_id
     # 17 MiB of valid answer: two samples with a long text, sent without a length (HTTP/1.0, ends at close).
     pad = "x" * (17 * 2**20)
-    body = json.dumps({"choices": [{"index": i, "token_ids": [5, eos], "message": {"content": pad}}
-                                   for i in range(2)]}).encode()
+    body = json.dumps(
+        {"choices": [{"index": i, "token_ids": [5, eos], "message": {"content": pad}} for i in range(2)]}
+    ).encode()
 
     def large(handler, stop):
         handler.send_response(200)
@@ -351,8 +385,10 @@ def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(model_and_processor
         with pytest.raises(RolloutEngineError, match=r"chat/completions: the answer is larger than the 16\.0 MiB"):
             rollout(torch.nn.Linear(1, 1), examples()[:1])
         assert len(seen) == 1, "an oversized answer is not asked for again"
-        assert client(url, processor, tmp_path, params=long, served_model="m").sample(examples()[:1], [0]) == \
-            [[5, eos], [5, eos]], "a long generation's answer fits its larger cap"
+        assert client(url, processor, tmp_path, params=long, served_model="m").sample(examples()[:1], [0]) == [
+            [5, eos],
+            [5, eos],
+        ], "a long generation's answer fits its larger cap"
 
 
 def test_an_unreachable_server_is_a_clear_error(model_and_processor, tmp_path):
@@ -370,7 +406,9 @@ def test_config_builds_the_named_engine(model_and_processor, tmp_path):
     _, processor = model_and_processor
     make = lambda **kw: ViGOSConfig(output_dir=str(tmp_path), report_to="none", **kw)  # noqa: E731
     assert isinstance(make().build_rollout(processor), HFGenerateRollout)
-    served = make(rollout_engine="vllm_server", vllm_server_url="http://h:1", vllm_request_timeout=9).build_rollout(processor)
+    served = make(rollout_engine="vllm_server", vllm_server_url="http://h:1", vllm_request_timeout=9).build_rollout(
+        processor
+    )
     assert isinstance(served, VLLMServerRollout)
     assert (served.client.url, served.client.timeout, served.sync_dir) == ("http://h:1", 9, tmp_path / "vllm-policy")
     with pytest.raises(RolloutEngineError, match=r"needs vLLM: install the vllm extra \(pip install 'vigos\[vllm\]'\)"):
@@ -387,17 +425,33 @@ def test_serve_subcommand():
 def test_trainer_syncs_the_adapter(tiny_model_dir, tmp_path, caplog, every, requested, last):
     from peft import get_peft_model_state_dict
 
-    from vigos.trainer import ViGOSTrainer
+    from vigos.training.trainer import ViGOSTrainer
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
     served_model, served_processor = load_model_and_processor(str(tiny_model_dir))
     policy = PolicyServer(served_model.eval(), served_processor, model_name="tiny")
     args = ViGOSConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=5e-3,
-        max_grad_norm=1.0, max_completion_length=12, num_generations=2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-        token_loss_clip=None, description_end_clip=None, reasoning_start_clip=None, logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=True, log_completions_steps=0, seed=0,
-        rollout_engine="vllm_server", vllm_sync_steps=every,
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        max_grad_norm=1.0,
+        max_completion_length=12,
+        num_generations=2,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        token_loss_clip=None,
+        description_end_clip=None,
+        reasoning_start_clip=None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        log_completions_steps=0,
+        seed=0,
+        rollout_engine="vllm_server",
+        vllm_sync_steps=every,
     )
     torch.manual_seed(0)
     model = apply_lora(model, args)
@@ -410,7 +464,7 @@ def test_trainer_syncs_the_adapter(tiny_model_dir, tmp_path, caplog, every, requ
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    seen = [r.args[0] for r in caplog.records if r.name == "vigos.serve" and r.msg.startswith("chat completion")]
+    seen = [r.args[0] for r in caplog.records if r.name == "vigos.serve.server" and r.msg.startswith("chat completion")]
     # One request per example per step. The first rollout syncs; then every `every` optimizer steps.
     assert seen == [f"vigos-policy-{n}" for n in requested]
     assert list(policy.adapters) == [f"vigos-policy-{last}"], "the older adapters are unloaded"

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vigos.data import Example
-from vigos.warmstart import _encode, check_abilities, supervised_loss, warm_start, warm_start_items
+from vigos.data.rows import Example
+from vigos.demo.warmstart import _encode, check_abilities, supervised_loss, warm_start, warm_start_items
 
 TARGET = " A red leaf. </description>\n<think> The leaf is red. </think>\n\\boxed{red}"
 
@@ -42,10 +42,14 @@ def test_loss_equals_the_models_own_cross_entropy_and_decreases(tiny_model_dir):
     ids = torch.tensor([context.prompt_ids + context.appended_ids])
     labels = ids.clone()
     labels[0, : len(context.prompt_ids)] = -100
-    theirs = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=context.image.pixel_values,
-                   image_grid_thw=context.image.image_grid_thw,
-                   mm_token_type_ids=(ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).long(),
-                   labels=labels).loss
+    theirs = model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=context.image.pixel_values,
+        image_grid_thw=context.image.image_grid_thw,
+        mm_token_type_ids=(ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).long(),
+        labels=labels,
+    ).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     losses = warm_start(model, processor, items, steps=15, batch_size=4, learning_rate=3e-3)
     assert losses[-1] < 0.7 * losses[0]

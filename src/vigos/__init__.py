@@ -12,19 +12,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ViGOSConfig": "vigos.config",
-    "ViGOSTrainer": "vigos.trainer",
-    "Scorer": "vigos.scoring",
-    "ScoreOutput": "vigos.scoring",
-    "score_completions": "vigos.scoring",
-    "make_teacher_policy": "vigos.teachers",
-    "TeacherTerm": "vigos.teachers",
-    "SpanParser": "vigos.spans",
-    "HFGenerateRollout": "vigos.rollout",
-    "SamplingParams": "vigos.rollout",
-    "Example": "vigos.data",
-    "load_examples": "vigos.data",
-    "make_tiny": "vigos.tiny",
+    "ViGOSConfig": "vigos.training.config",
+    "ViGOSTrainer": "vigos.training.trainer",
+    "Scorer": "vigos.method.scoring",
+    "ScoreOutput": "vigos.method.scoring",
+    "score_completions": "vigos.training.recipe",
+    "make_teacher_policy": "vigos.method.teachers",
+    "TeacherTerm": "vigos.method.teachers",
+    "SpanParser": "vigos.method.spans",
+    "HFGenerateRollout": "vigos.rollout.hf",
+    "SamplingParams": "vigos.rollout.hf",
+    "Example": "vigos.data.rows",
+    "load_examples": "vigos.data.examples",
+    "make_tiny": "vigos.models.tiny",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -29,11 +29,15 @@ def adapter_base(adapter: Path) -> str:
     """The base model an adapter directory names in its ``adapter_config.json``."""
     config_path = adapter / ADAPTER_CONFIG
     if not adapter.is_dir():
-        raise ExportError(f"--adapter {str(adapter)!r} is not a directory; name the output_dir of a LoRA run "
-                          "or one of its checkpoint-N directories")
+        raise ExportError(
+            f"--adapter {str(adapter)!r} is not a directory; name the output_dir of a LoRA run "
+            "or one of its checkpoint-N directories"
+        )
     if not config_path.is_file():
-        raise ExportError(f"--adapter {str(adapter)!r} holds no {ADAPTER_CONFIG}, so it is not a LoRA adapter "
-                          "(a run with use_lora: false already saved a full model; use it as is)")
+        raise ExportError(
+            f"--adapter {str(adapter)!r} holds no {ADAPTER_CONFIG}, so it is not a LoRA adapter "
+            "(a run with use_lora: false already saved a full model; use it as is)"
+        )
     try:
         base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except (json.JSONDecodeError, AttributeError) as error:
@@ -48,7 +52,7 @@ def merge_adapter(adapter: str | Path, *, base: str | None = None, dtype: str = 
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .recipe import resolve_model_path
+    from vigos.models.loading import resolve_model_path
 
     adapter = Path(adapter)
     named = adapter_base(adapter)
@@ -69,11 +73,17 @@ def merge_adapter(adapter: str | Path, *, base: str | None = None, dtype: str = 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``vigos export`` options to ``parser``."""
-    parser.add_argument("--adapter", required=True, help="LoRA adapter directory (a run's output_dir or a checkpoint-N)")
+    parser.add_argument(
+        "--adapter", required=True, help="LoRA adapter directory (a run's output_dir or a checkpoint-N)"
+    )
     parser.add_argument("--out", required=True, help="directory to write the merged model and processor to")
     parser.add_argument("--base", help="base model directory or hub id (default: the one adapter_config.json names)")
-    parser.add_argument("--dtype", default="auto", choices=list(DTYPES),
-                        help="dtype of the written weights (default: the base checkpoint's own)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=list(DTYPES),
+        help="dtype of the written weights (default: the base checkpoint's own)",
+    )
     parser.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
 
 

@@ -61,7 +61,9 @@ class RedirectRefused(HTTPRequestError):
         super().__init__(
             f"{redact_url(url)} answered HTTP {status}, a redirect to {target}; redirects are not followed, "
             "because the request carries credentials and a body meant for this address only: use the URL "
-            "that answers directly", redact_url(url))
+            "that answers directly",
+            redact_url(url),
+        )
         self.status = status
         self.location = target
 
@@ -70,8 +72,11 @@ class DeadlineExceeded(HTTPRequestError):
     """The whole request (connect, send, headers and body) took longer than its deadline."""
 
     def __init__(self, url: str, deadline_s: float):
-        super().__init__(f"{redact_url(url)} gave no complete answer within the {deadline_s:g} s deadline "
-                         "(connect, send and the whole answer together)", redact_url(url))
+        super().__init__(
+            f"{redact_url(url)} gave no complete answer within the {deadline_s:g} s deadline "
+            "(connect, send and the whole answer together)",
+            redact_url(url),
+        )
         self.deadline_s = deadline_s
 
 
@@ -79,8 +84,11 @@ class ResponseTooLarge(HTTPRequestError):
     """The answer's body is larger than the request's cap."""
 
     def __init__(self, url: str, max_bytes: int):
-        super().__init__(f"the answer from {redact_url(url)} is larger than the {_size(max_bytes)} cap "
-                         "on an answer; it was not read further", redact_url(url))
+        super().__init__(
+            f"the answer from {redact_url(url)} is larger than the {_size(max_bytes)} cap "
+            "on an answer; it was not read further",
+            redact_url(url),
+        )
         self.max_bytes = max_bytes
 
 
@@ -100,13 +108,23 @@ def redact_url(url: str) -> str:
     """
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
-    query = [(name, value) for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-             if not _SECRET_PARAM.search(name)]
+    query = [
+        (name, value)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if not _SECRET_PARAM.search(name)
+    ]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), ""))
 
 
-def request(url: str, *, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None,
-            deadline_s: float, max_bytes: int) -> Answer:
+def request(
+    url: str,
+    *,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    deadline_s: float,
+    max_bytes: int,
+) -> Answer:
     """Send one request to ``url`` and read the whole answer within ``deadline_s`` seconds.
 
     Raises :class:`RedirectRefused` for a 3xx answer, :class:`DeadlineExceeded`

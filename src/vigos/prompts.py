@@ -42,14 +42,16 @@ STUDENT_PROMPT = "{question}\n\n" + FORMAT_INSTRUCTION
 PERCEPTION_PROMPT = ""
 PERCEPTION_PREFILL = ""
 REASONING_PROMPT = (
-    "{question}" + REFERENCE_BLOCK
+    "{question}"
+    + REFERENCE_BLOCK
     + "Read the reference solution until you understand why it is right. Then solve the problem yourself, step by "
     "step, and reach the same final answer through your own reasoning; do not copy or reword the reference "
     "solution. Write your reasoning inside <think> </think>, then put the final answer, a single word or phrase, "
     "inside \\boxed{}."
 )
 REFERENCE_PROMPT = (
-    "{question}" + REFERENCE_BLOCK
+    "{question}"
+    + REFERENCE_BLOCK
     + "Read the reference solution until you understand why it is right, then answer the problem in your own "
     "words. Begin with the visual evidence: " + FORMAT_INSTRUCTION[0].lower() + FORMAT_INSTRUCTION[1:]
 )
@@ -107,6 +109,7 @@ def render_prompt(processor: Any, user_text: str, prefill: str, images: int = 1)
     Each image appears as the family's placeholder; the processor expands it
     to the image's token count when the string is encoded with the images.
     """
-    rendered = processor.apply_chat_template(chat_messages(user_text, images), tokenize=False,
-                                             add_generation_prompt=True)
+    rendered = processor.apply_chat_template(
+        chat_messages(user_text, images), tokenize=False, add_generation_prompt=True
+    )
     return rendered + prefill

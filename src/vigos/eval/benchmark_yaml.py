@@ -3,7 +3,7 @@
 The YAML names the data file (a glob under ``data_dir/<name>/``), which
 columns hold the question, answer and image, and how to prompt and grade;
 :func:`benchmark_from_yaml` checks it and returns a
-:class:`vigos.eval.benchmarks.Benchmark` to register or load. The data file
+:class:`vigos.eval.items.Benchmark` to register or load. The data file
 and the image paths in its rows must stay inside ``data_dir/<name>/`` unless
 the YAML sets ``allow_paths_outside: true``.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 # The built-in adapters' helpers: this adapter is one more of them, kept in its own module.
-from vigos.eval.benchmarks import (
+from vigos.eval.items import (
     _NAME,
     _TEMPLATE_FIELD,
     ANSWER_FORMATS,
@@ -34,8 +34,17 @@ from vigos.eval.benchmarks import (
 )
 from vigos.eval.sources import BenchmarkDataError, tile_images
 
-_YAML_KEYS = {"name", "description", "file", "split", "fields", "prompt", "grader", "answer_format",
-              "allow_paths_outside"}
+_YAML_KEYS = {
+    "name",
+    "description",
+    "file",
+    "split",
+    "fields",
+    "prompt",
+    "grader",
+    "answer_format",
+    "allow_paths_outside",
+}
 _YAML_FIELDS = {"id", "question", "answer", "image", "options", "category"}
 _YAML_REQUIRED_FIELDS = ("question", "answer", "image")
 
@@ -43,7 +52,7 @@ _YAML_REQUIRED_FIELDS = ("question", "answer", "image")
 def _known_graders() -> tuple[str, ...]:
     # Asked lazily: grading and the benchmark registry do not depend on each other at import.
     try:
-        from vigos.grading import GRADERS
+        from vigos.grading.answers import GRADERS
     except ImportError:
         return DEFAULT_GRADERS
     return tuple(GRADERS)
@@ -120,8 +129,10 @@ def benchmark_from_yaml(path: str | Path) -> Benchmark:
         raise bad(f"name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
     file = str(spec["file"])
     if not allow_outside and (PurePath(file).is_absolute() or ".." in PurePath(file).parts):
-        raise bad(f"'file' {file!r} leads outside data_dir/{name}/; name a file under it, or set "
-                  "allow_paths_outside: true to read it where it is")
+        raise bad(
+            f"'file' {file!r} leads outside data_dir/{name}/; name a file under it, or set "
+            "allow_paths_outside: true to read it where it is"
+        )
     columns = {key: str(column) for key, column in fields.items() if column}
     described = ", ".join(f"{key}={column!r}" for key, column in sorted(columns.items()))
     layout = (
@@ -139,8 +150,9 @@ def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator
     for source in _sources(benchmark, root, (spec.file,)):
         base_dir = source if source.is_dir() else source.parent
         # Image paths resolve against the data file's folder and must stay inside the benchmark's folder.
-        for row in _rows(benchmark, [source], split=spec.split, base_dir=base_dir, root=root,
-                         allow_outside=spec.allow_paths_outside):
+        for row in _rows(
+            benchmark, [source], split=spec.split, base_dir=base_dir, root=root, allow_outside=spec.allow_paths_outside
+        ):
             index = next(counter)
             image = tile_images(row.images(columns["image"]))
             answer: Any = row.require(columns["answer"])
@@ -148,14 +160,23 @@ def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator
             if options:
                 answer, _ = row.choice_answer(answer, options, spec.answer_format)
             template = _TEMPLATE_FIELD.sub(
-                lambda m: str(row.data[m.group(1)]) if m.group(1) in row.data and m.group(1) not in ("question", "options")
-                else m.group(0),
+                lambda m, row=row: (
+                    str(row.data[m.group(1)])
+                    if m.group(1) in row.data and m.group(1) not in ("question", "options")
+                    else m.group(0)
+                ),
                 spec.prompt,
             )
             category = row.get(columns["category"]) if "category" in columns else None
             yield EvalItem(
-                benchmark.name, str(row.require(columns["id"])) if "id" in columns else str(index),
-                row.text(columns["question"]), image, str(answer).strip(), options=options or None,
-                category=None if category is None else str(category), grader=spec.grader,
-                meta={"source": row.where}, prompt_template=template,
+                benchmark.name,
+                str(row.require(columns["id"])) if "id" in columns else str(index),
+                row.text(columns["question"]),
+                image,
+                str(answer).strip(),
+                options=options or None,
+                category=None if category is None else str(category),
+                grader=spec.grader,
+                meta={"source": row.where},
+                prompt_template=template,
             )

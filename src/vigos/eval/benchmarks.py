@@ -24,136 +24,36 @@ writing Python; :func:`get_benchmark` takes the YAML file's path as a name.
 from __future__ import annotations
 
 import difflib
-import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from vigos.eval.sources import (
-    BenchmarkDataError,
-    Row,
-    answer_to_letter,
-    bare_letter,
-    find_files,
-    option_letter,
-    read_rows,
-    tile_images,
-)
+from vigos.eval.items import _NAME, Benchmark, EvalItem, _rows, _sources
+from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, option_letter, tile_images
 
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
     "BenchmarkDataError",
-    "DEFAULT_PROMPT_TEMPLATE",
     "EvalItem",
     "answer_to_letter",
-    "format_options",
     "get_benchmark",
     "load_benchmark",
     "option_letter",
     "register_benchmark",
 ]
 
-DEFAULT_PROMPT_TEMPLATE = "{question}\n{options}"
-# Grader names assumed until `vigos.grading` exists to be asked (see _known_graders).
-DEFAULT_GRADERS = ("auto", "multiple_choice", "math", "exact", "judge")
-ANSWER_FORMATS = ("auto", "letter", "text", "index")
-_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = r"[a-z0-9][a-z0-9._\-]*"
-
-
-def format_options(options: Sequence[str]) -> str:
-    """Options as lines ``A. first`` / ``B. second`` / ..."""
-    return "\n".join(f"{option_letter(i)}. {text}" for i, text in enumerate(options))
-
-
-@dataclass
-class EvalItem:
-    """One evaluation question: an image, a question and its reference answer.
-
-    ``answer`` is an option letter for multiple-choice items. ``grader`` names
-    an entry of ``vigos.grading.GRADERS``. ``conflict`` is set for ViLP only:
-    True where the image contradicts the text prior (ViLP "Score"), False
-    where it agrees (ViLP "Prior"). ``prompt_template`` places the question
-    and the option lines; it uses ``{question}`` and ``{options}`` only.
-    """
-
-    benchmark: str
-    id: str
-    question: str
-    image: Image.Image
-    answer: str
-    options: list[str] | None = None
-    category: str | None = None
-    split: str | None = None
-    conflict: bool | None = None
-    grader: str = "auto"
-    meta: dict[str, Any] = field(default_factory=dict)
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-
-    def prompt_question(self) -> str:
-        """The question text with the options listed ``A. ...`` one per line."""
-        values = {"question": self.question, "options": format_options(self.options) if self.options else ""}
-        return _TEMPLATE_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), self.prompt_template).rstrip()
-
-
-@dataclass
-class Benchmark:
-    """A named suite and the adapter that reads its local copy.
-
-    ``loader(benchmark, folder)`` yields items lazily from the benchmark's
-    folder, so ``load(limit=...)`` stops reading early. ``folder`` is the
-    sub-directory of ``data_dir`` that holds the copy (default: ``name``).
-    """
-
-    name: str
-    description: str
-    expected_layout: str
-    loader: Callable[[Benchmark, Path], Iterable[EvalItem]] = field(repr=False)
-    folder: str = ""
-
-    def local_dir(self, data_dir: str | Path) -> Path:
-        """Where this benchmark's local copy lives under ``data_dir``."""
-        return Path(data_dir) / (self.folder or self.name)
-
-    def load(self, data_dir: str | Path, limit: int | None = None) -> list[EvalItem]:
-        """Read up to ``limit`` items (all when None) from ``data_dir/<folder>/``."""
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of items or None, got {limit}")
-        root = self.local_dir(data_dir)
-        if not root.is_dir():
-            raise BenchmarkDataError(
-                f"{self.name}: local copy not found: {root} does not exist.\nExpected layout: {self.expected_layout}"
-            )
-        items = list(itertools.islice(self.loader(self, root), limit))
-        if not items:
-            raise BenchmarkDataError(f"{self.name}: {root} holds no rows.\nExpected layout: {self.expected_layout}")
-        return items
-
-
-def _sources(benchmark: Benchmark, root: Path, patterns: Sequence[str]) -> list[Path]:
-    return find_files(root, patterns, what=benchmark.name, layout=benchmark.expected_layout)
-
-
-def _rows(benchmark: Benchmark, files: Sequence[Path], *, split: str, base_dir: Path, prefix: str = "",
-          root: Path | None = None, allow_outside: bool = False) -> Iterator[Row]:
-    """The rows of ``files``; their image paths resolve against ``base_dir`` and must stay inside ``root``
-    (default ``base_dir``) unless ``allow_outside``."""
-    layout = benchmark.expected_layout
-    for where, data in read_rows(files, split=split, layout=layout):
-        yield Row(prefix + where, data, base_dir=base_dir, benchmark=benchmark.name, layout=layout, root=root,
-                  allow_outside=allow_outside)
-
 
 # --- MMMU and MMMU-Pro ----------------------------------------------------------------------------
 
 _MMMU_IMAGE_FIELDS = tuple(f"image_{i}" for i in range(1, 8))
-MMMU_PRO_VISION_QUESTION = "Answer the multiple-choice question shown in the image with the letter of the correct option."
+MMMU_PRO_VISION_QUESTION = (
+    "Answer the multiple-choice question shown in the image with the letter of the correct option."
+)
 
 
 def _mmmu_images(row: Row) -> list[Image.Image]:
@@ -182,12 +82,31 @@ def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | Non
     # MMMU-Pro has no question_type: every question there is multiple choice.
     is_choice = row.get("question_type", "multiple-choice") == "multiple-choice" and bool(options)
     if not is_choice:
-        return EvalItem(benchmark.name, item_id, row.text("question"), tile_images(images), str(answer).strip(),
-                        category=category, split=split, grader="auto", meta=meta)
+        return EvalItem(
+            benchmark.name,
+            item_id,
+            row.text("question"),
+            tile_images(images),
+            str(answer).strip(),
+            category=category,
+            split=split,
+            grader="auto",
+            meta=meta,
+        )
     letter, accepted = row.choice_answer(answer, options)
     meta["accepted_answers"] = accepted
-    return EvalItem(benchmark.name, item_id, row.text("question"), tile_images(images), letter, options=options,
-                    category=category, split=split, grader="multiple_choice", meta=meta)
+    return EvalItem(
+        benchmark.name,
+        item_id,
+        row.text("question"),
+        tile_images(images),
+        letter,
+        options=options,
+        category=category,
+        split=split,
+        grader="multiple_choice",
+        meta=meta,
+    )
 
 
 def _load_mmmu(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
@@ -207,16 +126,25 @@ def _load_mmmu_pro(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
     standard = _sources(benchmark, root / _MMMU_PRO_STANDARD, ("test-*.parquet", "*.parquet"))
     vision = _sources(benchmark, root / _MMMU_PRO_VISION, ("test-*.parquet", "*.parquet"))
     for row in _rows(benchmark, standard, split="test", base_dir=root, prefix=f"{_MMMU_PRO_STANDARD}/"):
-        yield _mmmu_item(benchmark, row, item_id=f"standard:{row.require('id')}", split="standard-10",
-                         category=row.get("subject"))
+        yield _mmmu_item(
+            benchmark, row, item_id=f"standard:{row.require('id')}", split="standard-10", category=row.get("subject")
+        )
     for row in _rows(benchmark, vision, split="test", base_dir=root, prefix=f"{_MMMU_PRO_VISION}/"):
         # The question and its options are rendered inside the screenshot; the text prompt
         # must not repeat the options, so they stay in meta for graders only.
         options = row.options()
         letter, accepted = row.choice_answer(row.require("answer"), options)
-        yield EvalItem(benchmark.name, f"vision:{row.require('id')}", MMMU_PRO_VISION_QUESTION, row.image("image"),
-                       letter, category=row.get("subject"), split="vision", grader="multiple_choice",
-                       meta={"options": options, "accepted_answers": accepted})
+        yield EvalItem(
+            benchmark.name,
+            f"vision:{row.require('id')}",
+            MMMU_PRO_VISION_QUESTION,
+            row.image("image"),
+            letter,
+            category=row.get("subject"),
+            split="vision",
+            grader="multiple_choice",
+            meta={"options": options, "accepted_answers": accepted},
+        )
 
 
 # --- Math suites ----------------------------------------------------------------------------------
@@ -237,11 +165,20 @@ def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
         if row.require("question_type") == "multi_choice":
             options = [str(choice).strip() for choice in row.require("choices")]
             letter, _ = row.choice_answer(row.require("answer"), options, answer_format="text")
-            yield EvalItem(benchmark.name, str(row.require("pid")), question, image, letter, options=options,
-                           grader="multiple_choice", **common)
+            yield EvalItem(
+                benchmark.name,
+                str(row.require("pid")),
+                question,
+                image,
+                letter,
+                options=options,
+                grader="multiple_choice",
+                **common,
+            )
         else:
-            yield EvalItem(benchmark.name, str(row.require("pid")), question, image, row.text("answer"),
-                           grader="math", **common)
+            yield EvalItem(
+                benchmark.name, str(row.require("pid")), question, image, row.text("answer"), grader="math", **common
+            )
 
 
 def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
@@ -254,12 +191,19 @@ def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
         is_choice = row.require("question_type") == "multi-choice"
         answer = row.text("answer")
         yield EvalItem(
-            benchmark.name, str(row.require("sample_index")), question, row.image("image"),
+            benchmark.name,
+            str(row.require("sample_index")),
+            question,
+            row.image("image"),
             bare_letter(answer) if is_choice else answer,
             category=row.get("problem_version"),
             grader="multiple_choice" if is_choice else "math",
-            meta={"problem_index": row.get("problem_index"), "question_for_eval": row.get("question_for_eval"),
-                  "subject": metadata.get("subject"), "subfield": metadata.get("subfield")},
+            meta={
+                "problem_index": row.get("problem_index"),
+                "question_for_eval": row.get("question_for_eval"),
+                "subject": metadata.get("subject"),
+                "subfield": metadata.get("subfield"),
+            },
         )
 
 
@@ -283,19 +227,32 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
     for row in _rows(benchmark, files, split="test", base_dir=image_dir):
         item_id = str(row.get("__key__") or row.require("question_id"))
         capabilities = _capabilities(row.require("capability"))
-        yield EvalItem(benchmark.name, item_id, row.text("question"), row.image("imagename", "image"),
-                       row.text("answer"), category=",".join(capabilities), grader="judge",
-                       meta={"capabilities": capabilities})
+        yield EvalItem(
+            benchmark.name,
+            item_id,
+            row.text("question"),
+            row.image("imagename", "image"),
+            row.text("answer"),
+            category=",".join(capabilities),
+            grader="judge",
+            meta={"capabilities": capabilities},
+        )
 
 
 def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
     files = _sources(benchmark, root, ("MMSI_Bench.parquet", "*.parquet", "data/*.parquet"))
     for row in _rows(benchmark, files, split="test", base_dir=root):
         images = row.images("images")
-        yield EvalItem(benchmark.name, str(row.require("id")), row.text("question"), tile_images(images),
-                       bare_letter(row.text("answer")), category=row.get("question_type"),
-                       grader="multiple_choice",
-                       meta={"images": images, "thought": row.get("thought"), "difficulty": row.get("difficulty")})
+        yield EvalItem(
+            benchmark.name,
+            str(row.require("id")),
+            row.text("question"),
+            tile_images(images),
+            bare_letter(row.text("answer")),
+            category=row.get("question_type"),
+            grader="multiple_choice",
+            meta={"images": images, "thought": row.get("thought"), "difficulty": row.get("difficulty")},
+        )
 
 
 # RealWorldQA questions end with an answer-format instruction that would contradict the
@@ -312,9 +269,15 @@ def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             question = question[: instruction.start()].rstrip()
         answer = row.text("answer")
         is_choice = re.fullmatch(r"[A-F]", answer) is not None
-        yield EvalItem(benchmark.name, str(row.get("id", index)), question, row.image("image"), answer,
-                       grader="multiple_choice" if is_choice else "auto",
-                       meta={"instruction": instruction.group(1) if instruction else None})
+        yield EvalItem(
+            benchmark.name,
+            str(row.get("id", index)),
+            question,
+            row.image("image"),
+            answer,
+            grader="multiple_choice" if is_choice else "auto",
+            meta={"instruction": instruction.group(1) if instruction else None},
+        )
 
 
 def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
@@ -330,9 +293,17 @@ def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
         options = [str(choice).strip() for choice in row.require("choices")]
         letter, _ = row.choice_answer(row.require("answer"), options, answer_format="letter")
         kind = row.get("type", "")
-        yield EvalItem(benchmark.name, f"{kind}_{row.require('idx')}".lstrip("_"), row.text("question"),
-                       row.image("image"), letter, options=options, category=row.get("task"),
-                       grader="multiple_choice", meta={"type": kind, "source": row.get("source")})
+        yield EvalItem(
+            benchmark.name,
+            f"{kind}_{row.require('idx')}".lstrip("_"),
+            row.text("question"),
+            row.image("image"),
+            letter,
+            options=options,
+            category=row.get("task"),
+            grader="multiple_choice",
+            meta={"type": kind, "source": row.get("source")},
+        )
 
 
 # --- ViLP -----------------------------------------------------------------------------------------
@@ -356,10 +327,17 @@ def _load_vilp(benchmark: Benchmark, root: Path, *, with_fact: bool) -> Iterator
         # image1/answer1 follow the text prior; image2 and image3 contradict it.
         for k in (1, 2, 3):
             conflict = k != 1
-            yield EvalItem(benchmark.name, f"{question_id}-{k}", question, row.image(f"image{k}"),
-                           row.text(f"answer{k}"), split="conflict" if conflict else "agree", conflict=conflict,
-                           grader="exact", meta={"question_id": question_id, "image_index": k,
-                                                 "published_question": published})
+            yield EvalItem(
+                benchmark.name,
+                f"{question_id}-{k}",
+                question,
+                row.image(f"image{k}"),
+                row.text(f"answer{k}"),
+                split="conflict" if conflict else "agree",
+                conflict=conflict,
+                grader="exact",
+                meta={"question_id": question_id, "image_index": k, "published_question": published},
+            )
 
 
 # --- Registry -------------------------------------------------------------------------------------
@@ -384,7 +362,7 @@ def register_benchmark(benchmark: Benchmark, *, replace: bool = False) -> None:
 
 
 def get_benchmark(name: str) -> Benchmark:
-    """The registered benchmark called ``name`` (case, ``-`` and ``_`` ignored), or one described by a YAML file path."""
+    """The registered benchmark called ``name`` (case, ``-`` and ``_`` ignored), or one a YAML file path describes."""
     squashed = _squash(name)
     for registered, benchmark in BENCHMARKS.items():
         if _squash(registered) == squashed:
@@ -408,67 +386,79 @@ def load_benchmark(name: str, data_dir: str | Path, limit: int | None = None) ->
 
 _BUILTINS = (
     Benchmark(
-        "mmvet", "MM-Vet: 218 open-ended questions over six integrated capabilities, scored by an LLM judge.",
+        "mmvet",
+        "MM-Vet: 218 open-ended questions over six integrated capabilities, scored by an LLM judge.",
         "data_dir/mmvet/mm-vet.json (the official release: {id: {imagename, question, answer, capability}}) "
         "with data_dir/mmvet/images/<imagename>; or lmms-lab/MMVet parquet data_dir/mmvet/data/test-*.parquet "
         "(question_id, image, question, answer, capability).",
         _load_mmvet,
     ),
     Benchmark(
-        "mmmu", "MMMU validation split: college-level multi-discipline questions, mostly multiple choice.",
+        "mmmu",
+        "MMMU validation split: college-level multi-discipline questions, mostly multiple choice.",
         "a snapshot of MMMU/MMMU: data_dir/mmmu/<Subject>/validation-*.parquet (or lmms-lab/MMMU "
         "data_dir/mmmu/data/validation-*.parquet, or a save_to_disk folder) with fields id, question, options "
         "(string repr of a list), answer, image_1..image_7, question_type, subfield.",
         _load_mmmu,
     ),
     Benchmark(
-        "mmmu-pro", "MMMU-Pro: the 10-option standard setting and the vision (screenshot) setting.",
+        "mmmu-pro",
+        "MMMU-Pro: the 10-option standard setting and the vision (screenshot) setting.",
         "a snapshot of MMMU/MMMU_Pro: data_dir/mmmu-pro/'standard (10 options)'/test-*.parquet (id, question, "
         "options, answer, image_1..image_7, subject) and data_dir/mmmu-pro/vision/test-*.parquet "
         "(id, image, options, answer, subject).",
         _load_mmmu_pro,
     ),
     Benchmark(
-        "mathverse", "MathVerse testmini: diagram math problems in five text/vision versions.",
+        "mathverse",
+        "MathVerse testmini: diagram math problems in five text/vision versions.",
         "AI4Math/MathVerse testmini: data_dir/mathverse/testmini.parquet with fields sample_index, problem_index, "
         "problem_version, question, image, answer, question_type, metadata, query_wo, question_for_eval.",
         _load_mathverse,
     ),
     Benchmark(
-        "mathvista", "MathVista testmini: 1,000 math questions over figures, charts and photos.",
+        "mathvista",
+        "MathVista testmini: 1,000 math questions over figures, charts and photos.",
         "AI4Math/MathVista testmini: data_dir/mathvista/data/testmini-*.parquet with fields pid, question, "
         "decoded_image (or image: a path under data_dir/mathvista/), choices, unit, precision, answer, "
         "question_type, answer_type, metadata.",
         _load_mathvista,
     ),
     Benchmark(
-        "mmsi", "MMSI-Bench: 1,000 multiple-choice questions of multi-image spatial reasoning.",
+        "mmsi",
+        "MMSI-Bench: 1,000 multiple-choice questions of multi-image spatial reasoning.",
         "RunsenXu/MMSI-Bench: data_dir/mmsi/MMSI_Bench.parquet with fields id, images (list of encoded images), "
         "question_type, question (options printed in it), answer (a letter), thought.",
         _load_mmsi,
     ),
     Benchmark(
-        "realworldqa", "RealWorldQA: 765 real-world spatial questions from xAI.",
+        "realworldqa",
+        "RealWorldQA: 765 real-world spatial questions from xAI.",
         "xai-org/RealworldQA: data_dir/realworldqa/data/test-*.parquet with fields image, question, answer.",
         _load_realworldqa,
     ),
     Benchmark(
-        "cvbench", "CV-Bench: 2D (count, relation) and 3D (depth, distance) vision-centric multiple choice.",
+        "cvbench",
+        "CV-Bench: 2D (count, relation) and 3D (depth, distance) vision-centric multiple choice.",
         "nyu-visionx/CV-Bench: data_dir/cvbench/test_2d.parquet and test_3d.parquet (older releases: test.parquet) "
         "with fields idx, type, task, image, question, choices, answer ('(A)'), prompt, source.",
         _load_cvbench,
     ),
     Benchmark(
-        "vilp-f", "ViLP-F: ViLP with the stated prior kept in the question (Score: conflicting images; Prior: agreeing).",
+        "vilp-f",
+        "ViLP-F: ViLP with the stated prior kept in the question (Score: conflicting images; Prior: agreeing).",
         "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-p) with fields question_id, question, image1, "
         "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
-        partial(_load_vilp, with_fact=True), folder="vilp",
+        partial(_load_vilp, with_fact=True),
+        folder="vilp",
     ),
     Benchmark(
-        "vilp-p", "ViLP-P: ViLP with the stated prior (the first sentence) removed from the question.",
+        "vilp-p",
+        "ViLP-P: ViLP with the stated prior (the first sentence) removed from the question.",
         "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-f) with fields question_id, question, image1, "
         "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
-        partial(_load_vilp, with_fact=False), folder="vilp",
+        partial(_load_vilp, with_fact=False),
+        folder="vilp",
     ),
 )
 for _benchmark in _BUILTINS:

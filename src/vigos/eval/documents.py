@@ -64,8 +64,11 @@ def _html_table(table: Table) -> str:
         body = f"<strong>{html.escape(text)}</strong>" if bold else html.escape(text)
         return f"<{tag}{kind}>{body}</{tag}>"
 
-    lines = ["<table>", "<thead><tr>" + "".join(cell("th", c, h) for c, h in enumerate(table.header)) + "</tr></thead>",
-             "<tbody>"]
+    lines = [
+        "<table>",
+        "<thead><tr>" + "".join(cell("th", c, h) for c, h in enumerate(table.header)) + "</tr></thead>",
+        "<tbody>",
+    ]
     for r, row in enumerate(table.rows):
         opening = '<tr class="section">' if r in table.section_starts else "<tr>"
         cells = "".join(cell("td", c, text, (r, c) in table.bold) for c, text in enumerate(row))
@@ -135,14 +138,18 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
             parts.append(_html_table(content))
         elif kind == "figure":
             src, alt, caption = content
-            parts.append(f'<figure>\n<img src="{esc(quote(src))}" alt="{esc(alt)}">\n'
-                         f"<figcaption>{esc(caption)}</figcaption>\n</figure>")
+            parts.append(
+                f'<figure>\n<img src="{esc(quote(src))}" alt="{esc(alt)}">\n'
+                f"<figcaption>{esc(caption)}</figcaption>\n</figure>"
+            )
         elif kind == "links":
             items = "\n".join(f'<li><a href="{esc(quote(href))}">{esc(label)}</a></li>' for label, href in content)
             parts.append(f"<ul>\n{items}\n</ul>")
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
-            f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
+        f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def write_documents(out: Path, stem: str, title: str, blocks: Sequence[Block]) -> tuple[Path, Path]:

@@ -23,13 +23,13 @@ from typing import Any, Protocol
 
 import torch
 
-from vigos.config import ConfigError
-from vigos.data import Example
+from vigos.data.rows import Example
+from vigos.errors import ConfigError
 from vigos.eval.run_folder import EvalError
+from vigos.models.loading import load_model_and_processor, resolve_model_path
 from vigos.prompts import PromptSpec, render_prompt
-from vigos.recipe import load_model_and_processor, resolve_model_path
-from vigos.rollout import HFGenerateRollout, SamplingParams
-from vigos.vllm_rollout import vllm_max_lora_rank
+from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+from vigos.rollout.vllm_server import vllm_max_lora_rank
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -79,8 +79,10 @@ def model_source(model: str) -> ModelSource:
     except (json.JSONDecodeError, AttributeError) as error:
         raise EvalError(f"{adapter_config} is not a valid adapter config ({error})") from None
     if not base:
-        raise EvalError(f"{adapter_config} names no base_model_name_or_path; set it to the base model's "
-                        "directory or hub id, or evaluate a merged model")
+        raise EvalError(
+            f"{adapter_config} names no base_model_name_or_path; set it to the base model's "
+            "directory or hub id, or evaluate a merged model"
+        )
     return ModelSource(resolve_model_path(str(base)), str(Path(resolved)))
 
 
@@ -101,7 +103,7 @@ def _processor_of(source: ModelSource) -> Any:
 def _written_texts(processor: Any, prompt: PromptSpec, completions: list[list[int]], n: int) -> list[list[str]]:
     """Completion token ids, ``n`` per example in order, as the texts the model wrote: pre-fill + decoded text."""
     texts = processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return [[prompt.prefill + text for text in texts[i:i + n]] for i in range(0, len(texts), n)]
+    return [[prompt.prefill + text for text in texts[i : i + n]] for i in range(0, len(texts), n)]
 
 
 def load_hf_model(source: ModelSource) -> tuple[torch.nn.Module, Any]:
@@ -186,7 +188,7 @@ class ServerEngine:
     name = "server"
 
     def __init__(self, source: ModelSource, params: SamplingParams, prompt: PromptSpec, url: str):
-        from vigos.vllm_rollout import RolloutEngineError, VLLMServerRollout
+        from vigos.rollout.vllm_server import RolloutEngineError, VLLMServerRollout
 
         self.processor = _processor_of(source)
         self.prompt = prompt
@@ -204,7 +206,7 @@ class ServerEngine:
 
     def generate(self, examples: Sequence[Example], seeds: Sequence[int]) -> list[list[str]]:
         """``num_samples`` texts per example, in order."""
-        from vigos.vllm_rollout import RolloutEngineError
+        from vigos.rollout.vllm_server import RolloutEngineError
 
         try:
             completions = self.client.sample(examples, [seed % 2**31 for seed in seeds])
@@ -271,15 +273,22 @@ class VLLMEngine:
     def generate(self, examples: Sequence[Example], seeds: Sequence[int]) -> list[list[str]]:
         """``num_samples`` texts per example, in order."""
         prompts = [
-            {"prompt": render_prompt(self.processor, self.prompt.text(example.question), self.prompt.prefill,
-                                     len(example.images)),
-             "multi_modal_data": {"image": example.image}}
+            {
+                "prompt": render_prompt(
+                    self.processor, self.prompt.text(example.question), self.prompt.prefill, len(example.images)
+                ),
+                "multi_modal_data": {"image": example.image},
+            }
             for example in examples
         ]
         sampling = [
             self._vllm.SamplingParams(
-                n=self.params.num_samples, temperature=self.params.temperature, top_p=self.params.top_p,
-                top_k=self.params.top_k or -1, max_tokens=self.params.max_new_tokens, seed=seed,
+                n=self.params.num_samples,
+                temperature=self.params.temperature,
+                top_p=self.params.top_p,
+                top_k=self.params.top_k or -1,
+                max_tokens=self.params.max_new_tokens,
+                seed=seed,
                 skip_special_tokens=True,
             )
             for seed in seeds

@@ -45,9 +45,7 @@ __all__ = [
     "parse_verdict",
 ]
 
-JUDGE_SYSTEM_PROMPT = (
-    "You check answers to exam questions. You reply with a single word, yes or no, and nothing else."
-)
+JUDGE_SYSTEM_PROMPT = "You check answers to exam questions. You reply with a single word, yes or no, and nothing else."
 JUDGE_USER_PROMPT = (
     "Question:\n{question}\n\n"
     "Reference answer:\n{reference}\n\n"
@@ -229,12 +227,14 @@ class JudgeClient:
 
     def _request_body(self, question: str, reference: str, response: str) -> bytes:
         user = JUDGE_USER_PROMPT.format(question=question, reference=reference, response=response)
-        return json.dumps({
-            "model": self.config.model,
-            "messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}],
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }).encode()
+        return json.dumps(
+            {
+                "model": self.config.model,
+                "messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}],
+                "temperature": self.config.temperature,
+                "max_tokens": self.config.max_tokens,
+            }
+        ).encode()
 
     def _ask(self, question: str, reference: str, response: str) -> tuple[bool, str]:
         """Send the judging request, retrying what may pass on a later attempt."""
@@ -255,10 +255,14 @@ class JudgeClient:
     def _final_error(self, failure: _Retryable, attempts: int) -> JudgeError:
         url = self._url
         if failure.unreachable:
-            return JudgeError(f"could not reach the judge at {url}: {failure} (after {attempts} attempts); "
-                              "start the server or fix --judge-url")
-        return JudgeError(f"the judge at {url} failed {attempts} times; last failure: {failure}. "
-                          "Check the server's log, or raise the judge timeout / retries")
+            return JudgeError(
+                f"could not reach the judge at {url}: {failure} (after {attempts} attempts); "
+                "start the server or fix --judge-url"
+            )
+        return JudgeError(
+            f"the judge at {url} failed {attempts} times; last failure: {failure}. "
+            "Check the server's log, or raise the judge timeout / retries"
+        )
 
     def _attempt(self, body: bytes) -> tuple[bool, str]:
         """One HTTP round trip: the verdict and the raw reply text, or :class:`_Retryable`."""
@@ -268,19 +272,29 @@ class JudgeClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self._count("requests")
         try:
-            answer = http_request(self.config.endpoint, method="POST", data=body, headers=headers,
-                                  deadline_s=self.config.timeout_s, max_bytes=MAX_REPLY_BYTES)
+            answer = http_request(
+                self.config.endpoint,
+                method="POST",
+                data=body,
+                headers=headers,
+                deadline_s=self.config.timeout_s,
+                max_bytes=MAX_REPLY_BYTES,
+            )
         except RedirectRefused as error:
             raise JudgeError(
                 f"the judge at {self._url} answered HTTP {error.status}, a redirect to {error.location}, which is "
                 f"not followed: the request carries the API key (${self.config.api_key_env}). If that address is "
-                "the judge, give its API root as --judge-url") from None
+                "the judge, give its API root as --judge-url"
+            ) from None
         except ResponseTooLarge as error:
-            raise JudgeError(f"{error}: a verdict is a few bytes, so check that --judge-url names a "
-                             "chat-completions API root (e.g. http://HOST:PORT/v1)") from None
+            raise JudgeError(
+                f"{error}: a verdict is a few bytes, so check that --judge-url names a "
+                "chat-completions API root (e.g. http://HOST:PORT/v1)"
+            ) from None
         except DeadlineExceeded:
-            raise _Retryable(f"no complete answer within {self.config.timeout_s:g} s, the deadline of one "
-                             "request") from None
+            raise _Retryable(
+                f"no complete answer within {self.config.timeout_s:g} s, the deadline of one request"
+            ) from None
         except urllib.error.URLError as error:
             raise _Retryable(str(error.reason), unreachable=True) from None
         except (OSError, http.client.HTTPException) as error:
@@ -304,11 +318,15 @@ class JudgeClient:
     def _http_advice(self, code: int, detail: str) -> str:
         url = self._url
         if code in (401, 403):
-            return (f"the judge at {url} refused the request (HTTP {code}: {detail}); "
-                    f"set the API key in the environment variable {self.config.api_key_env}")
+            return (
+                f"the judge at {url} refused the request (HTTP {code}: {detail}); "
+                f"set the API key in the environment variable {self.config.api_key_env}"
+            )
         if code == 404:
-            return (f"the judge at {url} answered HTTP 404 ({detail}); check --judge-url (it should end "
-                    f"in the API root, e.g. /v1) and that the server serves model {self.config.model!r}")
+            return (
+                f"the judge at {url} answered HTTP 404 ({detail}); check --judge-url (it should end "
+                f"in the API root, e.g. /v1) and that the server serves model {self.config.model!r}"
+            )
         return f"the judge at {url} rejected the request (HTTP {code}: {detail})"
 
 

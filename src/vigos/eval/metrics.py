@@ -209,8 +209,9 @@ def _group_name(record: Mapping[str, Any], index: int, group_by: Sequence[str]) 
     return "/".join(parts)
 
 
-def _breakdown(items: Sequence[_Item], field: str, k: int, n_resamples: int, confidence: float,
-               seed: int) -> dict[str, Any]:
+def _breakdown(
+    items: Sequence[_Item], field: str, k: int, n_resamples: int, confidence: float, seed: int
+) -> dict[str, Any]:
     """Per-value blocks for ``field``; items whose record lacks it are left out."""
     by_value: dict[str, list[_Item]] = {}
     for item in items:
@@ -270,12 +271,7 @@ def summarize(
 
 
 def vilp_scores(
-    records: Iterable[Mapping[str, Any]],
-    k: int,
-    seed: int = 0,
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
+    records: Iterable[Mapping[str, Any]], k: int, seed: int = 0, *, n_resamples: int = 2000, confidence: float = 0.95
 ) -> dict[str, dict[str, Any]]:
     """ViLP "Score" and "Prior" per benchmark (e.g. ``vilp-f``, ``vilp-p``).
 
@@ -296,7 +292,9 @@ def vilp_scores(
         side = "score" if bool(item.record["conflict"]) else "prior"
         by_benchmark.setdefault(name, {"score": [], "prior": []})[side].append(item)
     return {
-        name: {side: _block(members, k, n_resamples, confidence, seed) if members else None
-               for side, members in sides.items()}
+        name: {
+            side: _block(members, k, n_resamples, confidence, seed) if members else None
+            for side, members in sides.items()
+        }
         for name, sides in by_benchmark.items()
     }

@@ -13,7 +13,7 @@ from typing import Any
 
 from vigos import prompts
 from vigos.eval.engines import ENGINES
-from vigos.rollout import SamplingParams
+from vigos.rollout.hf import SamplingParams
 
 __all__ = ["EvalConfig", "default_run_name"]
 
@@ -81,25 +81,31 @@ class EvalConfig:
         if self.n_samples is not None:
             _check_int("n_samples", self.n_samples, 1)
             if self.n_samples < self.k:
-                raise ValueError(f"n_samples ({self.n_samples}) must be at least k ({self.k}): "
-                                 "Pass@k needs k samples per item")
+                raise ValueError(
+                    f"n_samples ({self.n_samples}) must be at least k ({self.k}): Pass@k needs k samples per item"
+                )
         if self.limit is not None:
             _check_int("limit", self.limit, 1)
         _check_int("seed", self.seed, None)
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (the protocol samples; the paper uses 1.0), "
-                             f"got {self.temperature}")
+            raise ValueError(
+                f"temperature must be > 0 (the protocol samples; the paper uses 1.0), got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
         fields_used = prompts.template_fields(self.student_prompt)
         if "question" not in fields_used or "answer" in fields_used:
-            raise ValueError("student_prompt must contain {question} and must not contain {answer} "
-                             "(the student never sees the reference answer)")
+            raise ValueError(
+                "student_prompt must contain {question} and must not contain {answer} "
+                "(the student never sees the reference answer)"
+            )
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "server" and not str(self.server_url or "").startswith(("http://", "https://")):
-            raise ValueError("engine 'server' needs server_url (--server-url http://HOST:PORT), the base URL of "
-                             f"a running 'vllm serve' or 'vigos serve'; got {self.server_url!r}")
+            raise ValueError(
+                "engine 'server' needs server_url (--server-url http://HOST:PORT), the base URL of "
+                f"a running 'vllm serve' or 'vigos serve'; got {self.server_url!r}"
+            )
         if self.judge_url is not None:
             if not self.judge_url.startswith(("http://", "https://")):
                 raise ValueError(f"judge_url must start with http:// or https://, got {self.judge_url!r}")
@@ -115,15 +121,27 @@ class EvalConfig:
 
     def sampling_params(self) -> SamplingParams:
         """The rollout settings of this run."""
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_new_tokens=self.max_new_tokens, num_samples=self.samples_per_item)
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_new_tokens=self.max_new_tokens,
+            num_samples=self.samples_per_item,
+        )
 
     def sample_settings(self) -> dict[str, Any]:
         """What the recorded samples depend on; a resumed run must match it."""
         return {
-            "model": self.model, "k": self.k, "n_samples": self.samples_per_item, "temperature": self.temperature,
-            "top_p": self.top_p, "top_k": self.top_k, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-            "student_prompt": self.student_prompt, "judge_model": self.judge_model if self.judge_url else None,
+            "model": self.model,
+            "k": self.k,
+            "n_samples": self.samples_per_item,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+            "student_prompt": self.student_prompt,
+            "judge_model": self.judge_model if self.judge_url else None,
         }
 
     def to_dict(self) -> dict[str, Any]:

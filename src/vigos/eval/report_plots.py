@@ -79,23 +79,38 @@ def _draw_bars(ax: Axes, labels: Sequence[str], series: Sequence[BarSeries], las
         heights, errors = _bars(one.values)
         offset = x - 0.4 + width * (index + 0.5)
         present = ~np.isnan(heights)
-        ax.bar(offset[present], heights[present], width, yerr=errors[:, present], capsize=3,
-               color=_colour(index), label=_plot_text(one.name), error_kw={"elinewidth": 1, "ecolor": "#333"})
+        ax.bar(
+            offset[present],
+            heights[present],
+            width,
+            yerr=errors[:, present],
+            capsize=3,
+            color=_colour(index),
+            label=_plot_text(one.name),
+            error_kw={"elinewidth": 1, "ecolor": "#333"},
+        )
         for position in offset[~present]:
             ax.text(position, 1.5, MISSING, ha="center", va="bottom", color="#555", fontsize=11)
     if last_is_mean:
         ax.axvline(len(labels) - 1.5, color="#999", linestyle=":", linewidth=1)
     tilted = len(labels) > 5
-    ax.set_xticks(x, [_plot_text(label) for label in labels], rotation=30 if tilted else 0,
-                  ha="right" if tilted else "center")
+    ax.set_xticks(
+        x, [_plot_text(label) for label in labels], rotation=30 if tilted else 0, ha="right" if tilted else "center"
+    )
     ax.set_ylim(0, 104)
     ax.set_ylabel("% correct")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
 
-def grouped_bar_chart(path: str | Path, labels: Sequence[str], panels: Sequence[tuple[str, Sequence[BarSeries]]],
-                      *, title: str, last_is_mean: bool = True) -> Path:
+def grouped_bar_chart(
+    path: str | Path,
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[BarSeries]]],
+    *,
+    title: str,
+    last_is_mean: bool = True,
+) -> Path:
     """Save a PNG of grouped bars: one panel per ``(panel title, series)``, stacked, sharing ``labels``.
 
     Within a panel each label has one bar per series, side by side, with its
@@ -120,8 +135,7 @@ def grouped_bar_chart(path: str | Path, labels: Sequence[str], panels: Sequence[
     return Path(path)
 
 
-def score_prior_chart(path: str | Path, panels: Sequence[tuple[str, Sequence[ScorePriorPoint]]], *,
-                      title: str) -> Path:
+def score_prior_chart(path: str | Path, panels: Sequence[tuple[str, Sequence[ScorePriorPoint]]], *, title: str) -> Path:
     """Save a PNG of ViLP Score (y) against Prior (x), one square panel per ``(metric name, points)``.
 
     Each point carries both intervals as error bars; colour tells the run,
@@ -138,13 +152,23 @@ def score_prior_chart(path: str | Path, panels: Sequence[tuple[str, Sequence[Sco
     for ax, (metric, points) in zip(axes, panels, strict=True):
         ax.fill_between([0, 100], [0, 0], [0, 100], color="#f6e1e1", alpha=0.5, linewidth=0)
         ax.plot([0, 100], [0, 100], linestyle="--", color="#888", linewidth=1)
-        ax.text(97, 4, "below the line:\nthe text prior beats the image", ha="right", va="bottom",
-                fontsize=8, color="#944")
+        ax.text(
+            97, 4, "below the line:\nthe text prior beats the image", ha="right", va="bottom", fontsize=8, color="#944"
+        )
         for point in points:
             (x,), x_err = _bars([point.prior])
             (y,), y_err = _bars([point.score])
-            ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=_MARKERS[benchmarks.index(point.benchmark) % len(_MARKERS)],
-                        color=_colour(runs.index(point.run)), markersize=8, capsize=3, elinewidth=1)
+            ax.errorbar(
+                x,
+                y,
+                xerr=x_err,
+                yerr=y_err,
+                fmt=_MARKERS[benchmarks.index(point.benchmark) % len(_MARKERS)],
+                color=_colour(runs.index(point.run)),
+                markersize=8,
+                capsize=3,
+                elinewidth=1,
+            )
         # A little room beyond 0 and 100 so points on the edge are not cut in half.
         ax.set_xlim(-3, 103)
         ax.set_ylim(-3, 103)
@@ -152,11 +176,12 @@ def score_prior_chart(path: str | Path, panels: Sequence[tuple[str, Sequence[Sco
         ax.set_xlabel(_plot_text(f"Prior: {metric} on agreeing images (%)"))
         ax.set_ylabel(_plot_text(f"Score: {metric} on prior-conflicting images (%)"))
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)], color="#444", label=_plot_text(name))
-               for i, name in enumerate(benchmarks)]
+    handles = [
+        Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)], color="#444", label=_plot_text(name))
+        for i, name in enumerate(benchmarks)
+    ]
     if len(runs) > 1:
-        handles += [Line2D([], [], linewidth=6, color=_colour(i), label=_plot_text(run))
-                    for i, run in enumerate(runs)]
+        handles += [Line2D([], [], linewidth=6, color=_colour(i), label=_plot_text(run)) for i, run in enumerate(runs)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6))
     fig.suptitle(_plot_text(title))
     fig.savefig(path)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class EvalError(ValueError):
 
 def now() -> str:
     """The current UTC time, ISO 8601, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def responses_path(run_dir: str | Path, benchmark: str) -> Path:
@@ -72,10 +72,14 @@ def read_responses(path: str | Path) -> dict[str, dict[str, Any]]:
             try:
                 record = json.loads(line)
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise EvalError(f"{path}:{number}: not a JSON record ({error}); delete that line to redo its item")
+                raise EvalError(
+                    f"{path}:{number}: not a JSON record ({error}); delete that line to redo its item"
+                ) from None
             if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("correct"), list):
-                raise EvalError(f"{path}:{number}: not a responses record (needs 'id' and 'correct'); "
-                                "delete that line to redo its item")
+                raise EvalError(
+                    f"{path}:{number}: not a responses record (needs 'id' and 'correct'); "
+                    "delete that line to redo its item"
+                )
             records.setdefault(str(record["id"]), record)
         end_of_good = line_end
     if end_of_good < len(data):
@@ -115,11 +119,16 @@ def claim_run_folder(run_dir: str | Path, settings: Mapping[str, Any]) -> None:
             recorded = json.loads(run_file.read_text(encoding="utf-8")).get("settings", {})
         except (json.JSONDecodeError, AttributeError) as error:
             raise EvalError(f"{run_file} is not a run record ({error}); delete {run_dir} to start over") from None
-        changed = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
-                   if recorded.get(key) != value]
+        changed = [
+            f"{key}: {recorded.get(key)!r} -> {value!r}"
+            for key, value in settings.items()
+            if recorded.get(key) != value
+        ]
         if changed:
-            raise EvalError(f"{run_dir} holds results sampled with other settings ({'; '.join(changed)}); "
-                            f"use another --out-dir, or delete {run_dir} to start over")
+            raise EvalError(
+                f"{run_dir} holds results sampled with other settings ({'; '.join(changed)}); "
+                f"use another --out-dir, or delete {run_dir} to start over"
+            )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"settings": dict(settings), "created": now()})

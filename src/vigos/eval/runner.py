@@ -46,7 +46,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import shlex
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,10 +53,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vigos import prompts
-from vigos.data import Example
-from vigos.eval.benchmarks import Benchmark, BenchmarkDataError, EvalItem, get_benchmark
+from vigos.data.rows import Example
+from vigos.eval.benchmarks import get_benchmark
 from vigos.eval.engines import (
-    ENGINES,
     Engine,
     HFEngine,
     ModelSource,
@@ -68,7 +66,8 @@ from vigos.eval.engines import (
     model_source,
     resolve_engine,
 )
-from vigos.eval.judge import JudgeClient, JudgeConfig, JudgeError
+from vigos.eval.items import Benchmark, EvalItem
+from vigos.eval.judge import JudgeClient, JudgeConfig
 from vigos.eval.metrics import summarize, vilp_scores
 from vigos.eval.options import EvalConfig, default_run_name
 from vigos.eval.run_folder import (
@@ -81,24 +80,18 @@ from vigos.eval.run_folder import (
     responses_path,
     write_json,
 )
-from vigos.grading import extract_answer, get_grader
+from vigos.grading.answers import extract_answer, get_grader
 from vigos.http_client import redact_url
 
-__all__ = [
-    "EvalConfig",
-    "EvalError",
-    "add_eval_arguments",
-    "default_run_name",
-    "eval_command",
-    "run_eval",
-]
+__all__ = ["EvalConfig", "EvalError", "default_run_name", "run_eval"]
 
 logger = logging.getLogger("vigos")
 
 JUDGE_CACHE = "judge_cache.sqlite"
-SEEDING = ("item seed = sha256(seed, benchmark, id); hf: torch seeded per batch of batch_size items from their "
-           "item seeds; vllm: each item sampled with its own seed")
-
+SEEDING = (
+    "item seed = sha256(seed, benchmark, id); hf: torch seeded per batch of batch_size items from their "
+    "item seeds; vllm: each item sampled with its own seed"
+)
 
 
 # --- benchmarks, grading ----------------------------------------------------------------------------
@@ -122,8 +115,10 @@ def _load_items(benchmark: Benchmark, config: EvalConfig) -> list[EvalItem]:
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
-            raise EvalError(f"{benchmark.name}: two items share the id {item.id!r}; ids must be unique "
-                            "for results to be recorded and resumed per item")
+            raise EvalError(
+                f"{benchmark.name}: two items share the id {item.id!r}; ids must be unique "
+                "for results to be recorded and resumed per item"
+            )
         seen.add(item.id)
     return items
 
@@ -143,9 +138,18 @@ def _record(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec) -> d
         samples.append({"text": text, "answer": answer, "correct": bool(grader(answer, item.answer, options))})
     question = item.prompt_question()
     return {
-        "id": item.id, "benchmark": item.benchmark, "question": question, "prompt": spec.text(question),
-        "answer": item.answer, "options": item.options, "category": item.category, "split": item.split,
-        "conflict": item.conflict, "grader": item.grader, "grading": "rule", "samples": samples,
+        "id": item.id,
+        "benchmark": item.benchmark,
+        "question": question,
+        "prompt": spec.text(question),
+        "answer": item.answer,
+        "options": item.options,
+        "category": item.category,
+        "split": item.split,
+        "conflict": item.conflict,
+        "grader": item.grader,
+        "grading": "rule",
+        "samples": samples,
         "correct": [sample["correct"] for sample in samples],
     }
 
@@ -153,8 +157,9 @@ def _record(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec) -> d
 def _apply_judge(records: list[dict[str, Any]], judge: JudgeClient) -> None:
     """Replace the rule verdicts of judge-graded records by the judge's (the rule's stay as ``rule_correct``)."""
     judged = [record for record in records if record["grader"] == "judge"]
-    triples = [(record["question"], record["answer"], sample["text"])
-               for record in judged for sample in record["samples"]]
+    triples = [
+        (record["question"], record["answer"], sample["text"]) for record in judged for sample in record["samples"]
+    ]
     if not triples:
         return
     verdicts = iter(judge.judge_many(triples))
@@ -183,9 +188,15 @@ def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, mode
     return HFEngine(model, processor, config.sampling_params(), spec)
 
 
-def _evaluate_benchmark(benchmark: Benchmark, items: list[EvalItem], config: EvalConfig, out: Path,
-                        get_engine: Callable[[], Engine], judge: JudgeClient | None,
-                        progress: bool) -> list[dict[str, Any]]:
+def _evaluate_benchmark(
+    benchmark: Benchmark,
+    items: list[EvalItem],
+    config: EvalConfig,
+    out: Path,
+    get_engine: Callable[[], Engine],
+    judge: JudgeClient | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
     """Sample and grade the items not yet in the responses file; return every item's record, in order."""
     path = responses_path(out, benchmark.name)
     done = read_responses(path)
@@ -195,16 +206,25 @@ def _evaluate_benchmark(benchmark: Benchmark, items: list[EvalItem], config: Eva
     spec = prompts.PromptSpec(config.student_prompt, prompts.DESCRIPTION_OPEN)
     if finished < len(items):
         get_engine()  # load the model before the bar starts its clock
-    with tqdm(total=len(items), initial=finished, desc=benchmark.name, unit="item", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(items), initial=finished, desc=benchmark.name, unit="item", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for start in range(0, len(items), config.batch_size):
             stop = min(start + config.batch_size, len(items))
             rows = [row for row in range(start, stop) if items[row].id not in done]
             if not rows:
                 continue
             todo = [items[row] for row in rows]
-            examples = [Example(question=items[row].prompt_question(), answer=items[row].answer,
-                                image=items[row].image, row=row, meta={}) for row in rows]
+            examples = [
+                Example(
+                    question=items[row].prompt_question(),
+                    answer=items[row].answer,
+                    image=items[row].image,
+                    row=row,
+                    meta={},
+                )
+                for row in rows
+            ]
             seeds = [item_seed(config.seed, benchmark.name, item.id) for item in todo]
             texts = get_engine().generate(examples, seeds)
             records = [_record(item, samples, spec) for item, samples in zip(todo, texts)]
@@ -229,14 +249,19 @@ def _versions(engine: str) -> dict[str, str]:
 def _judge_summary(config: EvalConfig, records: list[dict[str, Any]], judge: JudgeClient | None) -> dict[str, Any]:
     graded = [record for record in records if record.get("grader") == "judge"]
     used = any(record.get("grading") == "judge" for record in graded)
-    summary: dict[str, Any] = {"used": used, "model": config.judge_model if used else None,
-                               "url": redact_url(config.judge_url) if used and config.judge_url else None,
-                               "items": len(graded)}
+    summary: dict[str, Any] = {
+        "used": used,
+        "model": config.judge_model if used else None,
+        "url": redact_url(config.judge_url) if used and config.judge_url else None,
+        "items": len(graded),
+    }
     if judge is not None:
         summary.update(judge.stats)
     if graded and not used:
-        summary["note"] = (f"{len(graded)} items are judge-graded in the protocol, but no judge was used: "
-                           "their verdicts are the rule-based ones (pass --judge-url and --judge-model)")
+        summary["note"] = (
+            f"{len(graded)} items are judge-graded in the protocol, but no judge was used: "
+            "their verdicts are the rule-based ones (pass --judge-url and --judge-model)"
+        )
     return summary
 
 
@@ -249,8 +274,9 @@ def _recorded_options(config: EvalConfig) -> dict[str, Any]:
     return options
 
 
-def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, progress: bool = True,
-             report: bool = True) -> dict[str, Any]:
+def run_eval(
+    config: EvalConfig, *, model: Any = None, processor: Any = None, progress: bool = True, report: bool = True
+) -> dict[str, Any]:
     """Evaluate ``config.model`` (or the given ``model`` and ``processor``) and write the run folder.
 
     Returns the summary also written to ``summary.json``. Items already in
@@ -276,8 +302,14 @@ def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, pr
 
     judge = None
     if config.judge_url is not None:
-        judge = JudgeClient(JudgeConfig(config.judge_url, str(config.judge_model), api_key_env=config.judge_api_key_env,
-                                        cache_path=str(out / JUDGE_CACHE)))
+        judge = JudgeClient(
+            JudgeConfig(
+                config.judge_url,
+                str(config.judge_model),
+                api_key_env=config.judge_api_key_env,
+                cache_path=str(out / JUDGE_CACHE),
+            )
+        )
     records: list[dict[str, Any]] = []
     items_per_benchmark: dict[str, int] = {}
     try:
@@ -300,8 +332,12 @@ def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, pr
         "n_samples": config.samples_per_item,
         "seed": config.seed,
         "seeding": SEEDING,
-        "sampling": {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
-                     "max_new_tokens": config.max_new_tokens},
+        "sampling": {
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "top_k": config.top_k,
+            "max_new_tokens": config.max_new_tokens,
+        },
         "student_prompt": config.student_prompt,
         "engine": engine_name,
         "judge": judge_summary,
@@ -310,7 +346,8 @@ def run_eval(config: EvalConfig, *, model: Any = None, processor: Any = None, pr
         "items": items_per_benchmark,
         "config": _recorded_options(config),
         "metrics": summarize(records, config.k, seed=config.seed),
-        "vilp": vilp_scores(records, config.k, config.seed) if any(r.get("conflict") is not None for r in records)
+        "vilp": vilp_scores(records, config.k, config.seed)
+        if any(r.get("conflict") is not None for r in records)
         else {},
         "created": now(),
     }
@@ -328,66 +365,12 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
     try:
         write_report(out, summary)
     except Exception as error:  # noqa: BLE001 - the results are on disk; the report can be rebuilt from them
-        logger.warning("report not written (%s: %s); the results are in %s", type(error).__name__, error,
-                       out / SUMMARY_FILE)
+        logger.warning(
+            "report not written (%s: %s); the results are in %s", type(error).__name__, error, out / SUMMARY_FILE
+        )
 
 
 # --- command line ---------------------------------------------------------------------------------
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``vigos eval`` options to ``parser``."""
-    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.init}
-    parser.add_argument("--model", required=True,
-                        help="merged model directory, hub id, tiny:<arch>, or LoRA adapter directory")
-    parser.add_argument("--benchmarks", required=True, help="comma-separated benchmark names or YAML files, "
-                        "e.g. vilp-f,vilp-p,mathvista")
-    parser.add_argument("--data-dir", required=True, help="folder holding the local copy of each benchmark")
-    parser.add_argument("--out-dir", help="run folder (default: runs/eval/<run name>); re-running into it resumes")
-    parser.add_argument("--k", type=int, default=defaults["k"], help="k of Pass@k / Avg@k (default: %(default)s)")
-    parser.add_argument("--n-samples", type=int, help="samples per item, >= k (default: k); n > k gives "
-                        "unbiased Pass@k")
-    parser.add_argument("--temperature", type=float, default=defaults["temperature"], help="(default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=defaults["top_p"], help="(default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=defaults["top_k"], help="0 turns it off (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"], help="(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                        help="questions per generation call; raise it with vLLM (default: %(default)s)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each benchmark")
-    parser.add_argument("--seed", type=int, default=defaults["seed"], help="(default: %(default)s)")
-    parser.add_argument("--student-prompt", help="student prompt template with {question}, or @FILE holding it "
-                        "(default: the ViGOS student prompt)")
-    parser.add_argument("--engine", choices=ENGINES, default=defaults["engine"],
-                        help="auto: vLLM when installed and a GPU is present, else the Hugging Face model; "
-                        "server: a running OpenAI-compatible server (--server-url)")
-    parser.add_argument("--server-url", help="base URL of a running 'vllm serve' or 'vigos serve' (--engine server)")
-    parser.add_argument("--judge-url", help="OpenAI-compatible API root of an LLM judge, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--judge-model", help="model name the judge server serves")
-    parser.add_argument("--judge-api-key-env", default=defaults["judge_api_key_env"],
-                        help="environment variable holding the judge's API key (default: %(default)s)")
-    parser.add_argument("--run-name", help="label of the run in summaries and reports (default: from --model)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _student_prompt(value: str | None) -> str:
-    if value is None:
-        return prompts.STUDENT_PROMPT
-    if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise EvalError(f"--student-prompt {value}: file {path} not found")
-        return path.read_text(encoding="utf-8").rstrip("\n")
-    return value
-
-
-def _plain_table(summary: dict[str, Any]) -> str:
-    pass_name, avg_name = f"pass@{summary['k']}", f"avg@{summary['k']}"
-    rows = [f"| benchmark | n | {pass_name} | {avg_name} |", "| --- | ---: | ---: | ---: |"]
-    blocks = dict(summary["metrics"]["benchmarks"], mean=summary["metrics"]["mean"])
-    for name, block in blocks.items():
-        n = block.get("n", block[pass_name]["n"])
-        rows.append(f"| {name} | {n} | {100 * block[pass_name]['mean']:.2f} | {100 * block[avg_name]['mean']:.2f} |")
-    return "\n".join(rows)
 
 
 def _resume_command(args: argparse.Namespace, config: EvalConfig) -> str:
@@ -410,39 +393,3 @@ def _shell_word(word: str) -> str:
         return shlex.quote(word)
     escaped = word.replace("\\", "\\\\").replace("'", "\\'")
     return "$'" + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + "'"
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """Run ``vigos eval`` from parsed arguments; print the results table. Returns the exit code."""
-    try:
-        run_name = args.run_name or default_run_name(args.model)
-        config = EvalConfig(
-            model=args.model, benchmarks=args.benchmarks.split(","), data_dir=args.data_dir,
-            out_dir=args.out_dir or str(Path("runs") / "eval" / run_name), k=args.k, n_samples=args.n_samples,
-            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-            student_prompt=_student_prompt(args.student_prompt), engine=args.engine, server_url=args.server_url,
-            judge_url=args.judge_url,
-            judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env, run_name=run_name,
-        )
-    except ValueError as error:
-        print(f"vigos eval: {error}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_eval(config, progress=not args.no_progress)
-    except (EvalError, BenchmarkDataError, JudgeError) as error:
-        print(f"vigos eval: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Every finished batch is already on disk (see the module docstring): the re-run picks up from there.
-        print(f"vigos eval: interrupted; the finished items are kept in {config.out_dir}; to resume, run: "
-              f"{_resume_command(args, config)}", file=sys.stderr)
-        return 130
-    if importlib.util.find_spec("vigos.eval.report") is not None:
-        from vigos.eval.report import results_table_markdown
-
-        print(results_table_markdown(summary))
-    else:
-        print(_plain_table(summary))
-    print(f"results: {Path(config.out_dir)}")
-    return 0

@@ -4,7 +4,7 @@ A local copy is what a hub snapshot or an unpacked release leaves on disk:
 parquet shards written by ``datasets`` (images as ``{"bytes", "path"}``
 structs or raw bytes), a directory saved with ``Dataset.save_to_disk``, or
 JSON/JSONL rows whose image fields are file paths. Images decode as training
-data's do (:mod:`vigos.images`: 8-bit RGB, EXIF-upright, 16-bit scaled), and an
+data's do (:mod:`vigos.data.images`: 8-bit RGB, EXIF-upright, 16-bit scaled), and an
 image path must resolve inside the benchmark's folder unless it allows paths
 outside. Every failure (a missing or undecodable image, a decompression bomb,
 text that is not UTF-8) raises :class:`BenchmarkDataError` with a message that
@@ -28,8 +28,8 @@ from typing import Any
 
 from PIL import Image
 
-from vigos.images import UnreadableImageError, decode_image, decode_image_bytes, is_inside
-from vigos.utf8 import NotUtf8, arrow_rows
+from vigos.data.images import UnreadableImageError, decode_image, decode_image_bytes, is_inside
+from vigos.data.utf8 import NotUtf8, arrow_rows
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -122,8 +122,10 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _not_utf8(path: Path, line: int, raw: bytes, error: UnicodeDecodeError) -> BenchmarkDataError:
-    around = raw[max(0, error.start - 20):error.end + 20]
-    return BenchmarkDataError(f"{path.name} line {line}: bytes that are not UTF-8 ({around!r}); save the file as UTF-8.")
+    around = raw[max(0, error.start - 20) : error.end + 20]
+    return BenchmarkDataError(
+        f"{path.name} line {line}: bytes that are not UTF-8 ({around!r}); save the file as UTF-8."
+    )
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -140,7 +142,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             except json.JSONDecodeError as error:
                 raise BenchmarkDataError(f"{path.name} line {line_number}: invalid JSON ({error.msg}).") from error
             if not isinstance(row, dict):
-                raise BenchmarkDataError(f"{path.name} line {line_number}: expected a JSON object, got {type(row).__name__}.")
+                raise BenchmarkDataError(
+                    f"{path.name} line {line_number}: expected a JSON object, got {type(row).__name__}."
+                )
             yield f"{path.name} line {line_number}", row
 
 
@@ -168,7 +172,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _read_saved(path: Path, *, split: str, layout: str) -> Iterator[tuple[str, dict[str, Any]]]:
     from datasets import DatasetDict, load_from_disk
 
-    from vigos.data import RowReader  # deferred: it brings torch
+    from vigos.data.rows import RowReader  # deferred: it brings torch
 
     data = load_from_disk(str(path))
     if isinstance(data, DatasetDict):
@@ -188,9 +192,10 @@ def _read_saved(path: Path, *, split: str, layout: str) -> Iterator[tuple[str, d
             yield f"{path.name} row {start + offset}", row
 
 
-def to_image(value: Any, *, base_dir: Path, where: str, field: str, root: Path | None = None,
-             allow_outside: bool = False) -> Image.Image:
-    """Decode one image field value into an 8-bit RGB ``PIL.Image`` (:mod:`vigos.images`).
+def to_image(
+    value: Any, *, base_dir: Path, where: str, field: str, root: Path | None = None, allow_outside: bool = False
+) -> Image.Image:
+    """Decode one image field value into an 8-bit RGB ``PIL.Image`` (:mod:`vigos.data.images`).
 
     Accepts a PIL image, a ``{"bytes", "path"}`` struct (the ``datasets``
     Image feature), raw encoded bytes, a file path (absolute or relative to
@@ -202,21 +207,25 @@ def to_image(value: Any, *, base_dir: Path, where: str, field: str, root: Path |
         try:
             return decode_image(value)
         except UnreadableImageError as error:
-            raise BenchmarkDataError(f"{where}: image field {field!r} holds an image that cannot be decoded ({error}).") from None
+            raise BenchmarkDataError(
+                f"{where}: image field {field!r} holds an image that cannot be decoded ({error})."
+            ) from None
     if isinstance(value, dict):
         if value.get("bytes"):
             return _decode_bytes(value["bytes"], where=where, field=field)
         if value.get("path"):
-            return _open_path(value["path"], base_dir=base_dir, where=where, field=field, root=folder,
-                              allow_outside=allow_outside)
+            return _open_path(
+                value["path"], base_dir=base_dir, where=where, field=field, root=folder, allow_outside=allow_outside
+            )
         raise BenchmarkDataError(f"{where}: image field {field!r} holds neither bytes nor a path.")
     if isinstance(value, bytes | bytearray | memoryview):
         return _decode_bytes(bytes(value), where=where, field=field)
     if isinstance(value, str) and value.strip():
         candidate = Path(value) if Path(value).is_absolute() else base_dir / value
         if candidate.is_file() or len(value) < _MIN_BASE64_CHARS:
-            return _open_path(value, base_dir=base_dir, where=where, field=field, root=folder,
-                              allow_outside=allow_outside)
+            return _open_path(
+                value, base_dir=base_dir, where=where, field=field, root=folder, allow_outside=allow_outside
+            )
         try:
             raw = base64.b64decode(value, validate=True)
         except binascii.Error as error:
@@ -231,8 +240,9 @@ def _decode_bytes(raw: bytes, *, where: str, field: str) -> Image.Image:
     try:
         return decode_image_bytes(raw)
     except UnreadableImageError as error:  # not an image, truncated, or a decompression bomb
-        raise BenchmarkDataError(f"{where}: image field {field!r} holds bytes that are not an image Pillow can decode "
-                                 f"({error}).") from None
+        raise BenchmarkDataError(
+            f"{where}: image field {field!r} holds bytes that are not an image Pillow can decode ({error})."
+        ) from None
 
 
 def _open_path(value: str, *, base_dir: Path, where: str, field: str, root: Path, allow_outside: bool) -> Image.Image:
@@ -241,12 +251,15 @@ def _open_path(value: str, *, base_dir: Path, where: str, field: str, root: Path
         try:
             inside = is_inside(path, root)
         except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python 3.11, 3.12)
-            raise BenchmarkDataError(f"{where}: image path {value!r} (field {field!r}) cannot be resolved ({error}).") from None
+            raise BenchmarkDataError(
+                f"{where}: image path {value!r} (field {field!r}) cannot be resolved ({error})."
+            ) from None
         if not inside:
             # Checked before the file is looked up, so a row cannot even probe which files exist elsewhere.
             raise BenchmarkDataError(
                 f"{where}: image path {value!r} (field {field!r}) resolves to {path.resolve()}, outside the benchmark "
-                f"folder {root.resolve()}; keep the images under it (a benchmark YAML may set allow_paths_outside: true)."
+                f"folder {root.resolve()}; keep the images under it "
+                "(a benchmark YAML may set allow_paths_outside: true)."
             )
     if not path.is_file():
         raise BenchmarkDataError(f"{where}: image file {path} (field {field!r}) does not exist.")
@@ -321,8 +334,17 @@ def bare_letter(answer: str) -> str:
 class Row:
     """One source row whose field access fails naming the benchmark, the row, the field and the expected layout."""
 
-    def __init__(self, where: str, data: dict[str, Any], *, base_dir: Path, benchmark: str, layout: str,
-                 root: Path | None = None, allow_outside: bool = False) -> None:
+    def __init__(
+        self,
+        where: str,
+        data: dict[str, Any],
+        *,
+        base_dir: Path,
+        benchmark: str,
+        layout: str,
+        root: Path | None = None,
+        allow_outside: bool = False,
+    ) -> None:
         self.where = where
         self.data = data
         self.base_dir = base_dir
@@ -339,7 +361,9 @@ class Row:
         """The field's value, or ``default`` when it is absent or null; text that is not UTF-8 fails."""
         value = self.data.get(name)
         if isinstance(value, NotUtf8):
-            raise self.fail(f"has field {name!r} holding bytes that are not UTF-8 ({value.where}); save the file as UTF-8")
+            raise self.fail(
+                f"has field {name!r} holding bytes that are not UTF-8 ({value.where}); save the file as UTF-8"
+            )
         return default if value is None else value
 
     def require(self, name: str) -> Any:
@@ -357,7 +381,9 @@ class Row:
         for name in names:
             if self.get(name) is not None:
                 return self._image(self.data[name], name)
-        raise self.fail(f"is missing image field {' or '.join(repr(n) for n in names)} (fields present: {self._present()})")
+        raise self.fail(
+            f"is missing image field {' or '.join(repr(n) for n in names)} (fields present: {self._present()})"
+        )
 
     def images(self, name: str) -> list[Image.Image]:
         """A required field holding a list of images (or a single one)."""
@@ -406,8 +432,14 @@ class Row:
         return resolved[0], resolved
 
     def _image(self, value: Any, field: str) -> Image.Image:
-        return to_image(value, base_dir=self.base_dir, where=f"{self.benchmark}: {self.where}", field=field,
-                        root=self.root, allow_outside=self.allow_outside)
+        return to_image(
+            value,
+            base_dir=self.base_dir,
+            where=f"{self.benchmark}: {self.where}",
+            field=field,
+            root=self.root,
+            allow_outside=self.allow_outside,
+        )
 
     def _present(self) -> str:
         return ", ".join(sorted(key for key in self.data if not key.startswith("__")))

@@ -1,0 +1,1 @@
+"""Rows and their images: loading, validation, training examples, and the synthetic world."""

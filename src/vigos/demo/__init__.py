@@ -1,0 +1,1 @@
+"""The demo: the paper's experiment in miniature, offline, with its report."""

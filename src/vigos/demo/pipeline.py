@@ -1,0 +1,329 @@
+"""``vigos demo``: a miniature of the paper's experiment, offline, on a laptop CPU.
+
+1. build a tiny Qwen2.5-VL (``make_tiny``);
+2. generate the synthetic shortcut world (mostly prior-agreeing training rows);
+3. warm-start the model (format, perception, use of a reference answer) and
+   check that it can play each role (``warmstart.check_abilities``);
+4. train OPSD and ViGOS from that warm start: same data order, same seeds;
+5. evaluate the warm start, OPSD and ViGOS on held-out prior-agreeing and
+   prior-conflicting splits (Pass@k, Avg@k, ViLP-style Score and Prior) and
+   measure how grounded each model's descriptions are;
+6. write one report (``demo_report``) and print its table.
+
+Every stage writes to ``out_dir`` and is skipped when its output is already
+there, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vigos.data import synthetic
+from vigos.data.examples import ExampleDataset
+from vigos.data.rows import Example
+from vigos.demo.warmstart import check_abilities, save_checkpoint, warm_start, warm_start_items
+from vigos.eval.benchmarks import register_benchmark
+from vigos.eval.items import Benchmark, EvalItem
+from vigos.eval.options import EvalConfig
+from vigos.eval.runner import run_eval
+from vigos.models.loading import load_model_and_processor
+from vigos.models.tiny import make_tiny
+from vigos.training.config import ViGOSConfig
+from vigos.training.recipe import apply_lora
+from vigos.training.trainer import ViGOSTrainer
+
+logger = logging.getLogger("vigos.demo.pipeline")
+
+BENCHMARK = "synthetic-vilp"
+METHODS = ("opsd", "vigos")
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo; ``quick()`` is the CI smoke run, the defaults the full one."""
+
+    out_dir: str = "runs/demo"
+    arch: str = "qwen2_5_vl"
+    size: str = "mini"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_train: int = 192
+    n_eval: int = 100
+    train_conflict_fraction: float = 0.1
+    warm_steps: int = 1000
+    warm_batch_size: int = 16
+    warm_learning_rate: float = 2e-3
+    # Images of any kind in any colour for the teachers' abilities, and prior-agreeing rows beyond the
+    # training split's for the student's format (see _warm_start).
+    warm_any_colour_rows: int = 768
+    warm_agreeing_rows: int = 576
+    train_steps: int = 40
+    prompts_per_step: int = 8
+    num_generations: int = 4
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    # A clipped token gives no gradient, and the tokens where student and teachers disagree (the colour
+    # on a conflicting image) have divergences of several nats: a clip of the release's size would mute them.
+    token_loss_clip: float | None = None
+    max_completion_length: int = 48
+    eval_k: int = 4
+    eval_batch_size: int = 16
+    threads: int = 2
+
+    @classmethod
+    def quick(cls, out_dir: str = "runs/demo-quick") -> DemoConfig:
+        """A smoke run: one seed, the tiny size, a few steps (a couple of minutes on 2 cores)."""
+        return cls(
+            out_dir=out_dir,
+            size="tiny",
+            seeds=(0,),
+            n_train=48,
+            n_eval=8,
+            warm_steps=60,
+            warm_any_colour_rows=48,
+            warm_agreeing_rows=48,
+            train_steps=3,
+            prompts_per_step=4,
+            num_generations=2,
+            eval_k=2,
+            max_completion_length=40,
+        )
+
+
+class _Stage:
+    """Prints a one-line summary of a stage and its duration."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> _Stage:
+        self.start = time.time()
+        print(f"[demo] {self.name} ...", flush=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            print(f"[demo] {self.name}: done in {time.time() - self.start:.0f} s", flush=True)
+
+
+def _examples(path: Path) -> list[Example]:
+    """The split's rows as training examples."""
+    return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(synthetic.read_split(path))]
+
+
+def register_world_benchmark(world_dir: Path) -> None:
+    """The synthetic eval splits as a benchmark: Score on conflicting images, Prior on agreeing ones."""
+
+    def load(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+        for split in ("eval_agree", "eval_conflict"):
+            for e in synthetic.read_split(root / split / "data.jsonl"):
+                yield EvalItem(
+                    benchmark=benchmark.name,
+                    id=f"{split}/{e.id}",
+                    question=e.question,
+                    image=e.image,
+                    answer=e.answer,
+                    category=e.question_type,
+                    split="conflict" if e.conflict else "agree",
+                    conflict=e.conflict,
+                    grader="exact",
+                    meta={"prior_answer": e.prior_answer, "kind": e.scene.kind},
+                )
+
+    register_benchmark(
+        Benchmark(
+            name=BENCHMARK,
+            description="The demo's synthetic world: prior-agreeing and prior-conflicting images.",
+            expected_layout=(
+                "<world>/eval_agree/data.jsonl and <world>/eval_conflict/data.jsonl "
+                "from vigos.data.synthetic.make_world"
+            ),
+            loader=load,
+            folder=".",
+        ),
+        replace=True,
+    )
+
+
+def _warm_start(cfg: DemoConfig, model_dir: Path, train: Path, out: Path) -> Path:
+    """Give the model what a pretrained VLM brings: the teachers' abilities, and the student's text prior.
+
+    The perception, reasoning and reference abilities are taught on images of
+    any kind in any colour (``make_any_colour_split``), where neither the
+    description nor the reference answer can be guessed from the object's
+    kind: the model must read the pixels when shown the image alone, and
+    copy the answer when it is in the prompt. The student's format is taught
+    on prior-agreeing rows only (those of the training split and more from
+    elsewhere, so that the student's share of the data keeps up with the
+    teachers'): its answers to a question carry the text prior, the
+    shortcut that OPSD and ViGOS then train against on the conflicting rows.
+    """
+    if (out / "config.json").exists():
+        return out
+    model, processor = load_model_and_processor(str(model_dir), dtype=torch.float32)
+    agreeing = [e for e in synthetic.read_split(train) if not e.conflict]
+    agreeing += synthetic.make_split(cfg.warm_agreeing_rows, conflict_fraction=0.0, seed=3)
+    # Synthetic examples carry question, answer and image, all that warm_start_items reads.
+    items = warm_start_items(agreeing, synthetic.warmup_target, ("student",))
+    items += warm_start_items(
+        synthetic.make_any_colour_split(cfg.warm_any_colour_rows, seed=1),
+        synthetic.warmup_target,
+        ("perception", "reasoning", "reference"),
+    )
+    with tqdm(total=cfg.warm_steps, desc="warm start", unit="step", dynamic_ncols=True) as bar:
+
+        def advance(step: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update()
+
+        losses = warm_start(
+            model,
+            processor,
+            items,
+            steps=cfg.warm_steps,
+            batch_size=cfg.warm_batch_size,
+            learning_rate=cfg.warm_learning_rate,
+            seed=0,
+            progress=advance,
+        )
+    save_checkpoint(model, processor, out)
+    (out / "warm_start_losses.json").write_text(json.dumps(losses))
+    return out
+
+
+def _check_warm_start(cfg: DemoConfig, warm_dir: Path) -> dict[str, dict[str, float]]:
+    """Whether the warm start can play each role, on fresh prior-conflicting images (not the evaluation ones)."""
+    path = warm_dir / "abilities.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, processor = load_model_and_processor(str(warm_dir), dtype=torch.float32)
+    rows = synthetic.make_split(cfg.n_eval, conflict_fraction=1.0, seed=2)
+    abilities = check_abilities(
+        model, processor, rows, [e.prior_answer for e in rows], max_new_tokens=cfg.max_completion_length
+    )
+    path.write_text(json.dumps(abilities, indent=1))
+    return abilities
+
+
+def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, seed: int, out: Path) -> Path:
+    if (out / "adapter_config.json").exists():
+        return out
+    model, processor = load_model_and_processor(str(warm_dir), dtype=torch.float32)
+    args = ViGOSConfig(
+        output_dir=str(out),
+        method=method,
+        seed=seed,
+        data_seed=seed,
+        max_steps=cfg.train_steps,
+        per_device_train_batch_size=cfg.prompts_per_step,
+        num_generations=cfg.num_generations,
+        learning_rate=cfg.learning_rate,
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        max_completion_length=cfg.max_completion_length,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        lora_dropout=0.0,
+        token_loss_clip=cfg.token_loss_clip,
+        description_end_clip=cfg.token_loss_clip,
+        reasoning_start_clip=cfg.token_loss_clip,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        log_completions_steps=max(cfg.train_steps // 4, 1),
+        diagnostics_steps=cfg.train_steps,
+        diagnostics_sample_size=4,
+    )
+    model = apply_lora(model, args)
+    trainer = ViGOSTrainer(model, args, ExampleDataset(train), processor)
+    trainer.train()
+    trainer.save_model(str(out))
+    return out
+
+
+def _evaluate(cfg: DemoConfig, model: str, world: Path, name: str, seed: int, out: Path) -> dict[str, Any]:
+    config = EvalConfig(
+        model=model,
+        benchmarks=[BENCHMARK],
+        data_dir=str(world),
+        out_dir=str(out),
+        k=cfg.eval_k,
+        max_new_tokens=cfg.max_completion_length,
+        batch_size=cfg.eval_batch_size,
+        seed=seed,
+        engine="hf",
+        run_name=name,
+    )
+    return run_eval(config)
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage (skipping finished ones) and write the report; returns the report's data."""
+    from vigos.demo.report import write_demo_report
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    started = time.time()
+    with _Stage(f"1/6 tiny {cfg.arch} ({cfg.size})"):
+        model_dir = make_tiny(cfg.arch, out / "model", size=cfg.size)
+    with _Stage(f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval} eval)"):
+        world = synthetic.make_world(
+            out / "world",
+            n_train=cfg.n_train,
+            n_eval=cfg.n_eval,
+            train_conflict_fraction=cfg.train_conflict_fraction,
+            seed=0,
+        )
+        train = _examples(world["train"])
+        register_world_benchmark(out / "world")
+    with _Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
+        warm_dir = _warm_start(cfg, model_dir, world["train"], out / "warm_start")
+        _check_warm_start(cfg, warm_dir)
+    runs: dict[str, dict[int, Path]] = {method: {} for method in METHODS}
+    for seed in cfg.seeds:
+        for method in METHODS:
+            with _Stage(f"4/6 train {method} seed {seed} ({cfg.train_steps} steps)"):
+                runs[method][seed] = _train(cfg, warm_dir, train, method, seed, out / "train" / f"{method}-s{seed}")
+    summaries: dict[str, dict[int, dict[str, Any]]] = {"warm_start": {}, **{m: {} for m in METHODS}}
+    for seed in cfg.seeds:
+        with _Stage(f"5/6 evaluate seed {seed}"):
+            summaries["warm_start"][seed] = _evaluate(
+                cfg, str(warm_dir), out / "world", "warm_start", seed, out / "eval" / f"warm_start-s{seed}"
+            )
+            for method in METHODS:
+                summaries[method][seed] = _evaluate(
+                    cfg, str(runs[method][seed]), out / "world", method, seed, out / "eval" / f"{method}-s{seed}"
+                )
+    with _Stage("6/6 report"):
+        report = write_demo_report(out, cfg, summaries, elapsed_s=time.time() - started)
+    print(report["table"])
+    print(report["verdict"])
+    print(f"[demo] report: {report['html']}")
+    return report
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``vigos demo`` options."""
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (one seed, tiny model)")
+    parser.add_argument("--out", help="output folder (default: runs/demo, or runs/demo-quick with --quick)")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Run ``vigos demo``."""
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    if args.out:
+        cfg.out_dir = args.out
+    run_demo(cfg)
+    return 0

@@ -1,0 +1,1 @@
+"""Shortcut diagnostics: grounding, answer leakage, teacher image reliance, image sensitivity."""

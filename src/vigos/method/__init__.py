@@ -1,0 +1,1 @@
+"""The method: spans, teachers, per-token divergences, the chunked loss, and scoring."""

@@ -1,0 +1,68 @@
+"""What scoring takes and gives: its options, its output, and one teacher sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vigos.method.spans import CompletionSpans
+from vigos.models.modeling import Context
+
+
+@dataclass
+class ScoringOptions:
+    """Loss settings (the trainer fills these from its config)."""
+
+    distill_temperature: float = 1.0
+    jsd_beta: float = 0.5
+    token_loss_clip: float | None = 0.05
+    description_end_clip: float | None = 0.05
+    reasoning_start_clip: float | None = 0.05
+    loss_chunk_size: int | None = 128
+    teacher_batch_size: int = 8
+    # Teachers kept as their top-k tokens and tail mass (losses.TopKTeacher) instead of hidden states.
+    teacher_top_k: int | None = None
+    # The public release's way, kept as a reference and for benchmarks: full
+    # [L, V] logits of the student and of every teacher pass, all alive at
+    # once, then divergence_from_logits.
+    naive_loss: bool = False
+    # One vision encode per image per call under the teacher's weights, shared
+    # by every teacher pass, and by the student pass too when the vision tower
+    # is frozen; a trained tower (LoRA on its blocks) encodes the student's
+    # image inside the student's pass, with gradient. The naive path encodes
+    # the image once per context, as the release does.
+    reuse_image_features: bool = True
+
+
+@dataclass
+class ScoreOutput:
+    """What scoring returns.
+
+    ``loss`` is the weighted sum of the terms; ``terms`` holds each term's
+    unweighted value: this process's share of the term's mean over the global
+    batch (its tokens' divergences summed, divided by the global token count),
+    so that the shares of all processes add up to the term (with one process,
+    the share is the term). ``metrics`` are plain floats, the same on every
+    process: this call's share of the optimizer step's rates, means and terms
+    over all processes (with no gradient accumulation, the step's values).
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    spans: list[CompletionSpans]
+    completion_ids: list[list[int]]
+    supervised: dict[str, list[tuple[int, int] | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherJob:
+    """One teacher sequence: ``context`` (the teacher's prompt, then the student's own ids from where
+    the teacher reads), the position that predicts the row's first supervised token, and how many
+    supervised tokens follow it."""
+
+    row: int
+    context: Context
+    first: int
+    count: int

@@ -1,0 +1,499 @@
+"""Score given completions: spans → teachers → loss terms and metrics, no sampling.
+
+This is the public entry point that the trainer calls after its rollout, and
+that tests, benchmarks and comparisons with other implementations call
+directly with hand-made completions.
+
+Position arithmetic: a causal model's hidden state at position ``p`` predicts
+the token at ``p + 1``. A completion token at index ``j`` after a prompt of
+``P`` tokens is therefore predicted from position ``P + j - 1``, in the
+student's sequence and, with its own ``P``, in each teacher's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from vigos.data.rows import Example
+from vigos.grading.answers import is_correct
+from vigos.method import losses, state_losses
+from vigos.method.score_types import ScoreOutput, ScoringOptions, TeacherJob
+from vigos.method.spans import CompletionSpans, SpanParser, span_mask
+from vigos.method.teachers import TeacherPolicy, TeacherTerm
+from vigos.models.modeling import (
+    Context,
+    EncodedImage,
+    ImageFeatures,
+    collate_contexts,
+    encode_image,
+    encode_image_features,
+    final_hidden_states,
+    gathered_output_head,
+    image_features_reusable,
+    image_token_id,
+    output_head,
+    output_head_shape,
+    takes_image_features,
+    tokenize_prompt,
+)
+from vigos.prompts import PromptSpec, render_prompt
+
+ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the wall time of the block to ``times[stage]`` (host time: no device synchronization)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _full_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Full-vocabulary logits [B, L, V] of every position (the naive path)."""
+    return model(**batch, use_cache=False).logits
+
+
+def _supervised_range(term: TeacherTerm, spans: CompletionSpans) -> tuple[int, int] | None:
+    """Token range ``[start, end)`` of the completion that ``term`` supervises, or None."""
+    if term.rows == "valid" and not spans.valid or term.rows == "invalid" and spans.valid:
+        return None
+    if term.span == "description":
+        found = spans.description_span
+    elif term.span == "reasoning":
+        found = spans.reasoning_span
+    else:
+        found = (0, spans.length)
+    return found if found is not None and found[1] > found[0] else None
+
+
+class Scorer:
+    """Computes the ViGOS/OPSD loss for given completions of given examples."""
+
+    def __init__(
+        self,
+        processor: Any,
+        terms: Sequence[TeacherTerm],
+        student_prompt: PromptSpec,
+        *,
+        teacher: TeacherPolicy | None = None,
+        options: ScoringOptions | None = None,
+        reduce_sum: ReduceSum | None = None,
+        lockstep: bool = False,
+    ):
+        self.processor = processor
+        # Sharded weights (FSDP, ZeRO-3) are gathered collectively in every forward
+        # pass, so every process must run as many passes as the others.
+        self.lockstep = lockstep
+        self.terms = list(terms)
+        self.student_prompt = student_prompt
+        self.teacher = teacher or TeacherPolicy()
+        self.options = options or ScoringOptions()
+        self.reduce_sum = reduce_sum or (lambda t: t)
+        tokenizer = processor.tokenizer
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.image_token = image_token_id(processor)
+        self.parser = SpanParser(tokenizer)
+        self.divergences = {
+            t.name: losses.get_divergence(
+                t.divergence, beta=self.options.jsd_beta, temperature=self.options.distill_temperature
+            )
+            for t in self.terms
+        }
+
+    def tokenize_completions(self, completions: Sequence[str | Sequence[int] | torch.Tensor]) -> list[list[int]]:
+        """Completions as token ids; text is the part after the ``<description>`` pre-fill."""
+        ids = []
+        for c in completions:
+            if isinstance(c, str):
+                ids.append(self.processor.tokenizer(c, add_special_tokens=False)["input_ids"])
+            elif isinstance(c, torch.Tensor):
+                ids.append([int(i) for i in c.tolist()])
+            else:
+                ids.append([int(i) for i in c])
+        return ids
+
+    def supervised_ranges(self, spans: Sequence[CompletionSpans]) -> dict[str, list[tuple[int, int] | None]]:
+        """For each term, the completion token range each row's teacher supervises (None: not this row)."""
+        return {t.name: [_supervised_range(t, s) for s in spans] for t in self.terms}
+
+    def totals(self, completions: Sequence[str | Sequence[int] | torch.Tensor]) -> torch.Tensor:
+        """This process's rollout count and each term's supervised token count for ``completions``.
+
+        Returns float32 [1 + terms]. Summed over the micro-batches of an
+        optimizer step and over processes, it is what ``step_totals`` takes.
+        """
+        spans = self.parser.parse_batch(self.tokenize_completions(completions))
+        supervised = self.supervised_ranges(spans)
+        return self._totals(spans, supervised)
+
+    def _totals(
+        self, spans: list[CompletionSpans], supervised: dict[str, list[tuple[int, int] | None]]
+    ) -> torch.Tensor:
+        counts = [sum(r[1] - r[0] for r in supervised[t.name] if r) for t in self.terms]
+        return torch.tensor([len(spans), *counts], dtype=torch.float32)
+
+    def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
+        text = spec.text(example.question, example.answer if answer else None)
+        return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill, image.count), image)
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        examples: Sequence[Example],
+        completions: Sequence[str | Sequence[int] | torch.Tensor],
+        *,
+        step_totals: torch.Tensor | None = None,
+    ) -> ScoreOutput:
+        """Loss terms and metrics of ``completions`` (one per example).
+
+        ``step_totals`` [1 + terms]: the rollouts and each term's supervised
+        tokens over the whole optimizer step (every micro-batch of a gradient
+        accumulation window, every process; see :meth:`totals`). Each term is
+        normalized by them, so that the micro-batches' losses add up to the
+        step's. None: this call is the whole step (totals summed over processes).
+        """
+        if len(examples) != len(completions):
+            raise ValueError(
+                f"got {len(examples)} examples but {len(completions)} completions; pass one example per completion"
+            )
+        completion_ids = self.tokenize_completions(completions)
+        for index, ids in enumerate(completion_ids):
+            if self.image_token in ids:
+                raise ValueError(
+                    f"completion {index} holds the image placeholder token {self.image_token}; completions are text "
+                    "only (rollouts suppress vision tokens)"
+                )
+        spans = self.parser.parse_batch(completion_ids)
+        completion_ids = [ids[: s.length] for ids, s in zip(completion_ids, spans)]
+        images: dict[int, EncodedImage] = {}
+        for example in examples:
+            if id(example.image) not in images:
+                images[id(example.image)] = encode_image(self.processor, example.image)
+        image_of = [images[id(e.image)] for e in examples]
+
+        supervised = self.supervised_ranges(spans)
+        naive = self.options.naive_loss
+        times: dict[str, float] = {}
+        # With sharded weights (lockstep) the vision tower is gathered inside the model's own passes: keep pixels.
+        share = self.options.reuse_image_features and not naive and not self.lockstep and takes_image_features(model)
+        # The naive path keeps each teacher pass's full logits alive until the loss, as the release does.
+        kept: list[torch.Tensor] | None = [] if naive else None
+        with _timed(times, "teachers"):
+            teacher_outputs, features = self._teacher_outputs(
+                model,
+                examples,
+                image_of,
+                self.teacher_contexts(examples, completion_ids, image_of, spans),
+                _full_logits if naive else final_hidden_states,
+                kept,
+                list(images.values()) if share else None,
+                times=times,
+            )
+        if self.options.teacher_top_k is not None and not naive:
+            with _timed(times, "teachers"), gathered_output_head(model, needed_in_backward=False):
+                teacher_outputs = self._top_k_teachers(model, teacher_outputs)
+        # The teachers' encode serves the student only when the tower computes the same function for both.
+        if features is not None and not image_features_reusable(model):
+            features = None
+
+        student_prompts = [
+            self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)
+        ]
+        contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
+        with _timed(times, "student"):
+            student_output = (_full_logits if naive else final_hidden_states)(
+                model, self._collate(contexts, model, features)
+            )
+
+        device = student_output.device
+        local_totals = self._totals(spans, supervised).to(device)
+        totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(device)
+        # The chunked loss reads the output head outside the forward: ZeRO-3 must gather it for that.
+        head = (
+            nullcontext()
+            if naive
+            else gathered_output_head(model, needed_in_backward=self.options.loss_chunk_size is None)
+        )
+        with _timed(times, "loss"), head:
+            loss, terms = self._loss(
+                model, student_output, teacher_outputs, student_prompts, completion_ids, supervised, totals[1:]
+            )
+        del kept
+        metrics = self._metrics(examples, completion_ids, spans, local_totals, terms, loss, float(totals[0]))
+        metrics.update({f"time_{stage}": seconds for stage, seconds in times.items()})
+        return ScoreOutput(loss, terms, metrics, spans, completion_ids, supervised)
+
+    def _loss(
+        self,
+        model: torch.nn.Module,
+        student_output: torch.Tensor,
+        teacher_outputs: dict[str, torch.Tensor | state_losses.TopKTeacher],
+        student_prompts: list[list[int]],
+        completion_ids: list[list[int]],
+        supervised: dict[str, list[tuple[int, int] | None]],
+        global_counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss and each term, from the student's final hidden states [B, L, H]
+        (or, naive path, full logits [B, L, V]), each teacher's rows at its supervised tokens
+        (or its top-k tokens and tail mass), and each term's token count over the step [terms]."""
+        device = student_output.device
+        # Keeps every parameter in the graph when no term has a token here, so
+        # that distributed gradient reduction still sees this process.
+        loss = student_output.sum() * 0.0
+        terms: dict[str, torch.Tensor] = {}
+        prompt_lengths = torch.tensor([len(p) for p in student_prompts], device=device)
+        width = max((len(c) for c in completion_ids), default=0)
+        if not self.options.naive_loss:
+            student_head = output_head(model)
+            teacher_head = self.teacher.head(model)
+        for index, term in enumerate(self.terms):
+            rows = supervised[term.name]
+            row_index, token_index = span_mask(rows, width).to(device).nonzero(as_tuple=True)
+            student_rows = student_output[row_index, prompt_lengths[row_index] + token_index - 1]
+            clip = self._clip_values(term, rows, row_index, token_index)
+            supervised_rows = torch.ones(len(row_index), dtype=torch.bool, device=device)
+            if self.options.naive_loss:
+                value = state_losses.divergence_from_logits(
+                    student_rows,
+                    teacher_outputs[term.name],
+                    self.divergences[term.name],
+                    supervised_rows,
+                    clip,
+                    global_counts[index],
+                )
+            elif isinstance(teacher_outputs[term.name], state_losses.TopKTeacher):
+                value = state_losses.divergence_from_top_k(
+                    student_rows,
+                    student_head,
+                    teacher_outputs[term.name],
+                    self.divergences[term.name],
+                    mask=supervised_rows,
+                    clip=clip,
+                    global_count=global_counts[index],
+                    chunk_size=self.options.loss_chunk_size,
+                )
+            else:
+                value = state_losses.divergence_from_hidden(
+                    student_rows,
+                    teacher_outputs[term.name].to(student_rows.dtype),
+                    student_head,
+                    teacher_head,
+                    self.divergences[term.name],
+                    mask=supervised_rows,
+                    clip=clip,
+                    global_count=global_counts[index],
+                    chunk_size=self.options.loss_chunk_size,
+                )
+            terms[term.name] = value
+            loss = loss + term.weight * value
+        return loss, terms
+
+    def _top_k_teachers(
+        self, model: torch.nn.Module, teacher_states: dict[str, torch.Tensor]
+    ) -> dict[str, state_losses.TopKTeacher]:
+        """Each term's teacher hidden states [N_term, H] turned into its top-k tokens and tail mass."""
+        k, head = self.options.teacher_top_k, self.teacher.head(model)
+        if k > head.shape[0]:
+            raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
+        return {
+            name: state_losses.top_k_teacher(
+                states.to(head.dtype), head, k, self.options.distill_temperature, self.options.loss_chunk_size
+            )
+            for name, states in teacher_states.items()
+        }
+
+    def _collate(
+        self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
+    ) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        batch = collate_contexts(
+            contexts, pad_token_id=self.pad_token_id, image_token=self.image_token, image_features=features
+        )
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def teacher_contexts(
+        self,
+        examples: Sequence[Example],
+        completion_ids: list[list[int]],
+        image_of: list[EncodedImage],
+        spans: Sequence[CompletionSpans],
+    ) -> dict[str, list[TeacherJob]]:
+        """Each term's teacher sequences, one per row it supervises.
+
+        A teacher reads its own prompt (ending with its pre-fill), then the
+        student's own token ids from where the term says (the completion's
+        first token, or the one that opens ``<think>``) through the last
+        supervised token: each supervised token is predicted after exactly
+        the text the student had written before it, never after a
+        re-tokenized copy of it.
+        """
+        supervised = self.supervised_ranges(spans)
+        jobs: dict[str, list[TeacherJob]] = {}
+        for term in self.terms:
+            jobs[term.name] = []
+            for row, r in enumerate(supervised[term.name]):
+                if r is None:
+                    continue
+                start = spans[row].think_token if term.reads_from == "think" else 0
+                prompt = self._prompt_ids(term.prompt, examples[row], image_of[row], answer=True)
+                context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
+                jobs[term.name].append(TeacherJob(row, context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
+        return jobs
+
+    def teacher_states(
+        self,
+        model: torch.nn.Module,
+        examples: Sequence[Example],
+        completion_ids: list[list[int]],
+        image_of: list[EncodedImage],
+        spans: Sequence[CompletionSpans],
+    ) -> dict[str, torch.Tensor]:
+        """Each teacher's final hidden states at the positions that predict its supervised tokens.
+
+        Returns {term: [N_term, H]} in row-major token order, matching the
+        student's gather. Only hidden states are kept, never logits.
+        """
+        jobs = self.teacher_contexts(examples, completion_ids, image_of, spans)
+        return self._teacher_outputs(model, examples, image_of, jobs, final_hidden_states, times={})[0]
+
+    @torch.no_grad()
+    def _teacher_outputs(
+        self,
+        model: torch.nn.Module,
+        examples: Sequence[Example],
+        image_of: list[EncodedImage],
+        jobs: dict[str, list[TeacherJob]],
+        forward: Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor],
+        kept: list[torch.Tensor] | None = None,
+        images: list[EncodedImage] | None = None,
+        *,
+        times: dict[str, float],
+    ) -> tuple[dict[str, torch.Tensor], ImageFeatures | None]:
+        """``forward``'s output ([B, L, D]: hidden states or logits) of each teacher pass, gathered
+        to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output. With
+        ``images``, each is run through the vision tower once, under the teacher's weights, and
+        the features stand in for the pixels in every pass; they are returned (else None)."""
+        width = output_head_shape(model)[0 if forward is _full_logits else 1]
+        size = self.options.teacher_batch_size
+        # Every process holds as many rows, so this many passes per term is the most any process runs.
+        most_passes = -(-len(examples) // size)
+        states: dict[str, torch.Tensor] = {}
+        features = None
+        was_training = model.training
+        model.eval()
+        try:
+            with self.teacher.weights(model):
+                if images:
+                    with _timed(times, "vision"):
+                        features = encode_image_features(model, images)
+                for term in self.terms:
+                    term_jobs = jobs[term.name]
+                    # Contexts of similar length share a pass (less padding); states go back in row order.
+                    by_length = sorted(range(len(term_jobs)), key=lambda job: term_jobs[job].context.length)
+                    gathered: list[torch.Tensor | None] = [None] * len(term_jobs)
+                    for offset in range(0, len(term_jobs), size):
+                        chunk = by_length[offset : offset + size]
+                        batch = self._collate([term_jobs[job].context for job in chunk], model, features)
+                        output = forward(model, batch)
+                        if kept is not None:
+                            kept.append(output)
+                        for row, job in enumerate(chunk):
+                            first, count = term_jobs[job].first, term_jobs[job].count
+                            gathered[job] = output[row, first : first + count]
+                    if self.lockstep and examples:
+                        # Passes on a throwaway context (one row's prompt, image included, so that
+                        # the vision tower runs too) until this process has run as many as any.
+                        filler = Context(
+                            self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False),
+                            [],
+                            image_of[0],
+                        )
+                        for _ in range(most_passes - -(-len(term_jobs) // size)):
+                            final_hidden_states(model, self._collate([filler], model))
+                    states[term.name] = (
+                        torch.cat(gathered)
+                        if gathered
+                        else torch.zeros((0, width), device=next(model.parameters()).device)
+                    )
+        finally:
+            model.train(was_training)
+        return states, features
+
+    def _clip_values(
+        self, term: TeacherTerm, rows: list[tuple[int, int] | None], row_index: torch.Tensor, token_index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Per-token clip [N_term]: the token clip, and the boundary clips on the
+        last description token and the first reasoning token."""
+        options = self.options
+        clip = torch.full(token_index.shape, float("inf"), device=token_index.device)
+        if options.token_loss_clip is not None:
+            clip.fill_(options.token_loss_clip)
+        bounds = torch.tensor([r if r else (0, 0) for r in rows], dtype=torch.long, device=token_index.device).view(
+            -1, 2
+        )
+        # A boundary token's clip is the smaller of the two, as in the release.
+        if term.span == "description" and options.description_end_clip is not None:
+            last = token_index == bounds[row_index, 1] - 1
+            clip[last] = clip[last].clamp(max=options.description_end_clip)
+        if term.span == "reasoning" and options.reasoning_start_clip is not None:
+            first = token_index == bounds[row_index, 0]
+            clip[first] = clip[first].clamp(max=options.reasoning_start_clip)
+        return clip
+
+    def _metrics(
+        self,
+        examples: Sequence[Example],
+        completion_ids: list[list[int]],
+        spans: list[CompletionSpans],
+        local_totals: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        loss: torch.Tensor,
+        step_rollouts: float,
+    ) -> dict[str, float]:
+        """This call's share of the step's metrics over all processes: sums across
+        processes, divided by the step's rollouts (``loss_*`` are already shares)."""
+        tokenizer = self.processor.tokenizer
+        correct = 0
+        for example, ids, s in zip(examples, completion_ids, spans):
+            prediction = s.answer if s.valid else None
+            if prediction is None:
+                from vigos.grading.answers import extract_answer
+
+                prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
+            correct += bool(is_correct(prediction, example.answer))
+        names = list(terms)
+        local = torch.tensor(
+            [
+                sum(s.valid for s in spans),
+                sum(s.tagless for s in spans),
+                sum(s.length for s in spans),
+                correct,
+                float(loss.detach()),
+            ]
+            + [float(terms[name].detach()) for name in names],
+            dtype=torch.float32,
+        )
+        summed = self.reduce_sum(torch.cat([local_totals.cpu(), local]).to(loss.device)).tolist()
+        rollouts, counts = summed[0], summed[1 : 1 + len(names)]
+        valid, tagless, length, correct, total_loss, *values = summed[1 + len(names) :]
+        n = max(step_rollouts, 1.0)
+        metrics = {
+            "loss": total_loss,
+            "valid_rate": valid / n,
+            "fallback_rate": (rollouts - valid) / n,
+            "tagless_rate": tagless / n,
+            "completion_length": length / n,
+            "answer_accuracy": correct / n,
+        }
+        for name, value, count in zip(names, values, counts):
+            metrics[f"loss_{name}"] = value
+            metrics[f"tokens_{name}"] = count / n
+        return metrics

@@ -1,0 +1,259 @@
+"""Model-side plumbing shared by rollouts, teachers and the student pass.
+
+* encode a context (prompt text + image + appended token ids) into model
+  inputs, processing each image once and reusing it for every context;
+* run each image through the vision tower once and hand the features to
+  every forward pass that shows it, when the tower is frozen;
+* run a forward pass that keeps the final hidden states rather than logits
+  (the loss projects them through the output head chunk by chunk);
+* find the output head and the underlying Hugging Face model through
+  Accelerate and PEFT wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class EncodedImage:
+    """The image input of one context after the image processor: one image or a row's several, in order.
+
+    Qwen-VL models take several images in one prompt, each as its own
+    placeholder run; ``tokens_per_image`` says how long each run is.
+    """
+
+    pixel_values: torch.Tensor  # [patches of every image, patch_dim]
+    image_grid_thw: torch.Tensor  # [images, 3]
+    tokens_per_image: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """How many images."""
+        return len(self.tokens_per_image)
+
+    @property
+    def num_tokens(self) -> int:
+        """Placeholder tokens all the images take in the text."""
+        return sum(self.tokens_per_image)
+
+
+def encode_image(processor: Any, image: Image.Image | Sequence[Image.Image]) -> EncodedImage:
+    """Run the processor's image processor on one image or on a row's images (a list, kept in order)."""
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    out = processor.image_processor(images=images, return_tensors="pt")
+    grid = out["image_grid_thw"]
+    merge = getattr(processor.image_processor, "merge_size", 2)
+    return EncodedImage(out["pixel_values"], grid, tuple(int(g.prod()) // (merge * merge) for g in grid))
+
+
+def image_token_id(processor: Any) -> int:
+    """Id of the image placeholder token of this processor's family."""
+    return int(processor.tokenizer.convert_tokens_to_ids(processor.image_token))
+
+
+def tokenize_prompt(processor: Any, prompt: str, image: EncodedImage | None) -> list[int]:
+    """Token ids of a rendered prompt, each image placeholder expanded to its image's tokens, as the processor does."""
+    if image is not None:
+        token = processor.image_token
+        pieces = prompt.split(token)
+        if len(pieces) - 1 != image.count:
+            raise ValueError(
+                f"expected {image.count} image placeholder(s) {token!r} in the prompt, found {len(pieces) - 1}"
+            )
+        prompt = pieces[0] + "".join(token * n + piece for n, piece in zip(image.tokens_per_image, pieces[1:]))
+    return processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class Context:
+    """One sequence for a forward pass: prompt ids, then appended ids (a completion or part of one)."""
+
+    prompt_ids: list[int]
+    appended_ids: list[int]
+    image: EncodedImage | None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.appended_ids)
+
+
+@dataclass
+class ImageFeatures:
+    """Vision-tower outputs of some images, computed once and shared by every context showing one of them."""
+
+    encoded: Any  # the model's get_image_features output: per-image pooler_output (and deepstack_features)
+    position: dict[int, list[int]]  # id(EncodedImage) -> the indices of its images in ``encoded``
+
+    def select(self, images: Sequence[EncodedImage]) -> dict[str, Any]:
+        """``mm_encoder_outputs`` for a batch showing ``images`` in this order."""
+        order = [i for image in images for i in self.position[id(image)]]
+        fields: dict[str, Any] = {"pooler_output": tuple(self.encoded.pooler_output[i] for i in order)}
+        deepstack = getattr(self.encoded, "deepstack_features", None)
+        if deepstack is not None:
+            fields["deepstack_features"] = [tuple(layer[i] for i in order) for layer in deepstack]
+        return {"image": type(self.encoded)(**fields)}
+
+
+def takes_image_features(model: torch.nn.Module) -> bool:
+    """Whether the model can run on precomputed vision features instead of pixels."""
+    core = unwrap(model)
+    return getattr(getattr(core, "model", core), "visual", None) is not None and hasattr(core, "get_image_features")
+
+
+def image_features_reusable(model: torch.nn.Module) -> bool:
+    """Whether one vision encode can serve every pass over an image, the student's included: the
+    model takes precomputed features and its vision tower has nothing trained and no dropout, so
+    every teacher's and the student's tower compute the same function."""
+    if not takes_image_features(model):
+        return False
+    core = unwrap(model)
+    visual = getattr(core, "model", core).visual
+    frozen = not any(p.requires_grad for p in visual.parameters())
+    return frozen and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in visual.modules())
+
+
+@torch.no_grad()
+def encode_image_features(model: torch.nn.Module, images: Sequence[EncodedImage]) -> ImageFeatures:
+    """Run ``images`` (distinct objects) through the vision tower in one batch."""
+    core = unwrap(model)
+    device = next(core.parameters()).device
+    encoded = core.get_image_features(
+        pixel_values=torch.cat([i.pixel_values for i in images]).to(device),
+        image_grid_thw=torch.cat([i.image_grid_thw for i in images]).to(device),
+        return_dict=True,
+    )
+    position, start = {}, 0
+    for image in images:
+        position[id(image)] = list(range(start, start + image.count))
+        start += image.count
+    return ImageFeatures(encoded, position)
+
+
+def collate_contexts(
+    contexts: Sequence[Context],
+    *,
+    pad_token_id: int,
+    image_token: int,
+    padding_side: str = "right",
+    image_features: ImageFeatures | None = None,
+) -> dict[str, Any]:
+    """Pad contexts into one batch of model inputs.
+
+    Right padding keeps every row's prompt at the same offsets as when it was
+    built, which is what the loss's position arithmetic relies on; generation
+    takes left padding. With ``image_features`` the batch carries the
+    precomputed vision features (``mm_encoder_outputs``) instead of pixels.
+    """
+    width = max(c.length for c in contexts)
+    input_ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids = torch.tensor(context.prompt_ids + context.appended_ids, dtype=torch.long)
+        where = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        input_ids[row, where] = ids
+        attention_mask[row, where] = 1
+    batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    images = [c.image for c in contexts if c.image is not None]
+    if images:
+        if image_features is None:
+            batch["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        else:
+            batch["mm_encoder_outputs"] = image_features.select(images)
+        batch["image_grid_thw"] = torch.cat([i.image_grid_thw for i in images])
+        batch["mm_token_type_ids"] = (input_ids == image_token).long() * attention_mask
+    return batch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model under DDP/FSDP/compile wrappers and PEFT (LoRA layers stay in place)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def output_head(model: torch.nn.Module) -> torch.Tensor:
+    """The output projection weight [V, H] (under DeepSpeed ZeRO-3, a partitioned placeholder:
+    read it inside `gathered_output_head`)."""
+    return unwrap(model).get_output_embeddings().weight
+
+
+def output_head_shape(model: torch.nn.Module) -> torch.Size:
+    """[V, H] of the output head, also while ZeRO-3 holds it partitioned (its own shape is then [0])."""
+    weight = output_head(model)
+    return getattr(weight, "ds_shape", weight.shape)
+
+
+@contextmanager
+def gathered_output_head(model: torch.nn.Module, *, needed_in_backward: bool = False) -> Iterator[torch.Tensor]:
+    """The output head [V, H], whole for the duration of the block.
+
+    The loss projects final hidden states through the head outside the
+    model's forward pass, where DeepSpeed ZeRO-3 leaves the weight
+    partitioned (an empty placeholder, marked by its ``ds_id``). Inside the
+    block it is gathered with ``deepspeed.zero.GatheredParameters`` for reading
+    only (``modifier_rank=None``); every process must enter the block, as the
+    gather is collective. Without ZeRO-3 this yields the weight as it is.
+
+    The weight is partitioned again when the block ends, so nothing may need
+    it in the backward pass: the chunked loss computes its gradients inside
+    its forward and keeps none of the head, which is what makes this enough.
+    A trained head (its gradient would be a dense [V, H] tensor that ZeRO-3
+    does not expect from outside a module's forward) and callers whose
+    backward reads the head (``needed_in_backward``: the unchunked autograd
+    loss) are refused under ZeRO-3 with an error saying what to use instead.
+    """
+    weight = output_head(model)
+    if not hasattr(weight, "ds_id"):
+        yield weight
+        return
+    if weight.requires_grad or needed_in_backward:
+        why = (
+            "the output head is trained (its gradient would come from outside ZeRO-3's hooks)"
+            if weight.requires_grad
+            else "loss_chunk_size is None (that loss reads the head again in the backward pass, after ZeRO-3 "
+            "has partitioned it)"
+        )
+        raise ValueError(
+            f"DeepSpeed ZeRO-3 cannot run this loss: {why}. Train with LoRA (the head stays frozen) and a "
+            "loss_chunk_size, or use ZeRO-2 or FSDP."
+        )
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+        yield weight
+
+
+def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    core = unwrap(model)
+    language_model = getattr(core.model, "language_model", core.model)
+    return language_model.norm
+
+
+@contextmanager
+def _capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def final_hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Final (post-norm) hidden states [B, L, H] of a forward pass, without full logits.
+
+    The pass goes through the outermost wrapper (so DDP/FSDP see their
+    forward) and asks for the logits of one position only; the hidden states
+    come from a hook on the decoder's final norm.
+    """
+    with _capture_output(_final_norm(model)) as captured:
+        model(**batch, logits_to_keep=1, use_cache=False)
+    return captured[-1]

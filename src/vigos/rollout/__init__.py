@@ -1,0 +1,1 @@
+"""Sampling completions: Hugging Face generate, the lean sampler, a vLLM server, colocated vLLM."""

@@ -1,0 +1,1 @@
+"""Training: the config, the trainer, the recipe, atomic checkpoints."""
