@@ -294,3 +294,16 @@ def test_trainer_numbers_at_the_edge_of_their_range_are_accepted():
 def test_a_bad_learning_rate_on_the_command_line_is_a_config_error():
     with pytest.raises(ConfigError, match=re.escape("invalid configuration: learning_rate must be > 0.0; got -1e-05")):
         load_config(None, parse_overrides(["--output_dir", "x", "--learning_rate", "-1e-5"]))
+
+
+def test_the_student_spec_has_one_source(tmp_path, tiny_model_dir):
+    from transformers import AutoProcessor
+
+    from vigos.prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec, student_spec
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    cfg = ViGOSConfig(output_dir=str(tmp_path), report_to="none", student_prompt="Q: {question}")
+    assert cfg.student_spec == student_spec("Q: {question}") == PromptSpec("Q: {question}", DESCRIPTION_OPEN)
+    assert cfg.build_rollout(processor).prompt == cfg.student_spec
+    default = ViGOSConfig(output_dir=str(tmp_path), report_to="none")
+    assert default.build_rollout(processor).prompt == student_spec() == PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)

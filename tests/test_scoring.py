@@ -265,3 +265,19 @@ def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(se
         assert out.terms[name].item() == pytest.approx(value, rel=1e-4, abs=1e-7), name
     first_only, _ = expected_vigos(model, processor, example, cfg, completions)
     assert out.terms["perception"].item() != pytest.approx(first_only["perception"], rel=1e-3)
+
+
+def test_score_completions_takes_its_teacher_from_the_config(setup):
+    """No teacher given: the one `config.teacher` names (default fixed: the adapter off), as in training."""
+    model, processor, example = setup
+    text = "".join(VALID)
+    fixed = score_completions(
+        model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config()
+    )
+    default = score_completions(model, processor, [example], [text], config=config())
+    current = score_completions(model, processor, [example], [text], config=config(teacher="current"))
+    assert config().teacher == "fixed"
+    for name, value in fixed.terms.items():
+        assert default.terms[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-9), name
+    # The adapter changes the model, so the current-weights teacher gives other terms: the test is not vacuous.
+    assert any(abs(current.terms[n].item() - v.item()) > 1e-6 for n, v in fixed.terms.items())

@@ -13,38 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import sys
 from collections.abc import Sequence
 
-import yaml
-
 from vigos.errors import ConfigError, VigosError
 from vigos.training.checkpoints import DiskFullError
-from vigos.training.config_file import _ConfigLoader, load_config, parse_overrides
-
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float", "timestamp")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
-)
-_ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
+from vigos.training.config_file import load_config, parse_overrides
 
 
 def _train(args: argparse.Namespace) -> int:

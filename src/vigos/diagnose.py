@@ -102,7 +102,6 @@ def _table(metrics: dict[str, float]) -> str:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from vigos.prompts import DESCRIPTION_OPEN, PromptSpec
     from vigos.rollout.hf import HFGenerateRollout, SamplingParams
     from vigos.training.config_file import load_config
 
@@ -124,7 +123,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         rollout = HFGenerateRollout(
             processor,
             SamplingParams(config.temperature, config.top_p, config.top_k, config.max_completion_length),
-            PromptSpec(config.student_prompt, DESCRIPTION_OPEN),
+            config.student_spec,
         )
         scorer = config.build_scorer(processor, teacher=default_teacher(model))
         metrics.update(
@@ -145,7 +144,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         greedy = HFGenerateRollout(
             processor,
             SamplingParams(temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=config.max_completion_length),
-            PromptSpec(config.student_prompt, DESCRIPTION_OPEN),
+            config.student_spec,
         )
         sensitivity = student_image_sensitivity(model, processor, agree, conflict, rollout=greedy, seed=args.seed)
         metrics.update({f"sensitivity_{k}": v for k, v in sensitivity.items()})

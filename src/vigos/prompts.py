@@ -94,6 +94,12 @@ class PromptSpec:
         return render_template(self.template, question=question, answer=answer)
 
 
+def student_spec(prompt: str = STUDENT_PROMPT) -> PromptSpec:
+    """The student's context: ``prompt`` (with ``{question}``) and the ``<description>`` pre-fill that every
+    rollout starts from. The one place the student's spec is built."""
+    return PromptSpec(prompt, DESCRIPTION_OPEN)
+
+
 def chat_messages(user_text: str, images: int = 1) -> list[dict[str, Any]]:
     """One user turn in the content-list form that Qwen-VL chat templates take: ``images`` image items,
     then the text. An empty ``user_text`` adds no text item, so a turn can hold the images alone."""

@@ -175,7 +175,7 @@ def _apply_judge(records: list[dict[str, Any]], judge: JudgeClient) -> None:
 
 
 def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, model: Any, processor: Any) -> Engine:
-    spec = prompts.PromptSpec(config.student_prompt, prompts.DESCRIPTION_OPEN)
+    spec = prompts.student_spec(config.student_prompt)
     if name == "vllm":
         assert source is not None
         return VLLMEngine(source, config.sampling_params(), spec, config.seed)
@@ -203,7 +203,7 @@ def _evaluate_benchmark(
     finished = sum(item.id in done for item in items)
     if finished:
         logger.info("%s: %d of %d items already done in %s", benchmark.name, finished, len(items), path)
-    spec = prompts.PromptSpec(config.student_prompt, prompts.DESCRIPTION_OPEN)
+    spec = prompts.student_spec(config.student_prompt)
     if finished < len(items):
         get_engine()  # load the model before the bar starts its clock
     with tqdm(

@@ -20,7 +20,7 @@ import torch
 
 from vigos.data.rows import Example
 from vigos.models.modeling import Context, collate_contexts, encode_image, image_token_id, tokenize_prompt
-from vigos.prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec, render_prompt
+from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.sampler import LeanDecoder, SamplingFilters, completion_ids, folded_linear
 
 SAMPLERS = ("lean", "generate")
@@ -85,7 +85,7 @@ class HFGenerateRollout:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.processor = processor
         self.params = params
-        self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
+        self.prompt = prompt or student_spec()
         self.merge_lora = merge_lora
         self.sampler = sampler
         tokenizer = processor.tokenizer

@@ -28,7 +28,7 @@ import torch
 
 from vigos.data.rows import Example
 from vigos.models.modeling import unwrap
-from vigos.prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec, render_prompt
+from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.hf import SamplingParams, student_contexts, vision_token_ids
 from vigos.rollout.sampler import until_eos
 from vigos.rollout.vllm_server import (
@@ -96,7 +96,7 @@ class VLLMColocateRollout:
         self.llm = vllm.LLM(**options)
         self.processor = processor
         self.params = params
-        self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
+        self.prompt = prompt or student_spec()
         self.sync_dir = Path(sync_dir)
         self.stop_ids = stop_token_ids(processor)
         self.bad_words = processor.tokenizer.convert_ids_to_tokens(vision_token_ids(processor))

@@ -57,7 +57,7 @@ from vigos.data.rows import Example
 from vigos.http_client import Answer, DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
 from vigos.http_client import request as http_request
 from vigos.models.modeling import image_token_id
-from vigos.prompts import DESCRIPTION_OPEN, STUDENT_PROMPT, PromptSpec
+from vigos.prompts import PromptSpec, student_spec
 from vigos.rollout.hf import SamplingParams, student_contexts, vision_token_ids
 from vigos.rollout.sampler import until_eos
 
@@ -366,7 +366,7 @@ class VLLMServerRollout:
     ):
         self.processor = processor
         self.params = params
-        self.prompt = prompt or PromptSpec(STUDENT_PROMPT, DESCRIPTION_OPEN)
+        self.prompt = prompt or student_spec()
         self.client = ServerClient(
             url,
             timeout=timeout,

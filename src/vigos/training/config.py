@@ -363,6 +363,11 @@ class ViGOSConfig(TrainingArguments):
             )
 
     @property
+    def student_spec(self) -> prompts.PromptSpec:
+        """The student's prompt spec: ``student_prompt`` and the ``<description>`` pre-fill."""
+        return prompts.student_spec(self.student_prompt)
+
+    @property
     def max_images_per_prompt(self) -> int:
         """The most images one prompt shows (what an inference engine reserves room for)."""
         if self.images_per_row == "first":
@@ -398,7 +403,7 @@ class ViGOSConfig(TrainingArguments):
         params = SamplingParams(
             self.temperature, self.top_p, self.top_k, self.max_completion_length, self.num_generations
         )
-        student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
+        student = self.student_spec
         sync_dir = Path(self.output_dir) / "vllm-policy"
         if self.rollout_engine == "vllm_server":
             from vigos.rollout.vllm_server import VLLMServerRollout
@@ -448,7 +453,7 @@ class ViGOSConfig(TrainingArguments):
             teacher_top_k=self.teacher_top_k,
             naive_loss=self.naive_loss,
         )
-        student = prompts.PromptSpec(self.student_prompt, prompts.DESCRIPTION_OPEN)
+        student = self.student_spec
         return Scorer(
             processor,
             self.teacher_terms(),

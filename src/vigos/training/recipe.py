@@ -21,7 +21,7 @@ from vigos.method.score_types import ScoreOutput
 from vigos.method.teachers import TeacherPolicy
 from vigos.models.loading import cache_dir, load_model_and_processor, resolve_model_path
 from vigos.models.modeling import encode_image, tokenize_prompt
-from vigos.prompts import DESCRIPTION_OPEN, PromptSpec, render_prompt
+from vigos.prompts import render_prompt
 from vigos.training.checkpoints import reporting_full_disk
 from vigos.training.config import ViGOSConfig
 
@@ -75,7 +75,7 @@ def apply_lora(model: torch.nn.Module, config: ViGOSConfig) -> torch.nn.Module:
 
 def student_prompt_length(processor: Any, config: ViGOSConfig) -> Callable[[str, list[Image.Image]], int]:
     """A function (question, the row's images) → tokens of the student prompt, image tokens included."""
-    spec = PromptSpec(config.student_prompt, DESCRIPTION_OPEN)
+    spec = config.student_spec
 
     def length(question: str, images: list[Image.Image]) -> int:
         text = render_prompt(processor, spec.text(question), spec.prefill, images=len(images))
@@ -92,7 +92,7 @@ def student_prompt_key(processor: Any, config: ViGOSConfig) -> str:
     form: vocabulary, merges, added tokens), the image processor's settings,
     and the vigos version (the code that counts the tokens).
     """
-    spec = PromptSpec(config.student_prompt, DESCRIPTION_OPEN)
+    spec = config.student_spec
     tokenizer = processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer serializes whole; a slow one by vocab
     serialized = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
@@ -194,8 +194,12 @@ def score_completions(
     config: Any = None,
 ) -> ScoreOutput:
     """Score ``completions`` (one per example) with ``method``'s teachers and return the loss,
-    each term and the metrics. ``config`` is a :class:`vigos.training.config.ViGOSConfig` (defaults if None)."""
+    each term and the metrics. ``config`` is a :class:`vigos.training.config.ViGOSConfig` (defaults if None);
+    ``teacher`` defaults to the one ``config.teacher`` names, as in training (``fixed``: the adapter
+    switched off, or a frozen copy of a model without one)."""
+    from vigos.method.teachers import make_teacher_policy
     from vigos.training.config import ViGOSConfig
 
     config = config or ViGOSConfig(method=method, output_dir="vigos_output", report_to="none")
+    teacher = teacher or make_teacher_policy(config.teacher, model, ema_decay=config.ema_decay)
     return config.build_scorer(processor, teacher=teacher)(model, examples, completions)
