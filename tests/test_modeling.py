@@ -88,3 +88,19 @@ def test_output_head_is_gathered_only_under_zero3(tiny_model_dir, monkeypatch):
     with pytest.raises(ValueError, match="the output head is trained.*LoRA"):
         with gathered_output_head(model):
             pass
+
+
+def test_every_path_ends_completions_on_the_same_ids(tiny_model_dir, tmp_path):
+    from vigos.method.spans import SpanParser
+    from vigos.models.modeling import end_token_ids
+    from vigos.rollout.hf import HFGenerateRollout, SamplingParams
+    from vigos.rollout.vllm_server import VLLMServerRollout
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    tokenizer = processor.tokenizer
+    ends = end_token_ids(tokenizer)
+    assert ends == sorted({tokenizer.eos_token_id, tokenizer.pad_token_id}) and len(ends) == 2
+    params = SamplingParams(1.0, 1.0, 0, 4, 1)
+    assert HFGenerateRollout(processor, params).eos_token_ids == ends
+    assert VLLMServerRollout(processor, params, url="http://127.0.0.1:1", sync_dir=tmp_path).stop_ids == ends
+    assert SpanParser(tokenizer).eos_token_ids == frozenset(ends)

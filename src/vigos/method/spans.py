@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vigos.models.modeling import end_token_ids
 from vigos.prompts import BOXED_OPEN, DESCRIPTION_CLOSE, THINK_CLOSE, THINK_OPEN
 
 _DESC_CLOSE = DESCRIPTION_CLOSE.encode()
@@ -127,7 +128,7 @@ class SpanParser:
         self.token_bytes = token_byte_table(tokenizer)
         self._lengths = np.array([len(b) for b in self.token_bytes], dtype=np.int64)
         if eos_token_ids is None:
-            eos_token_ids = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+            eos_token_ids = end_token_ids(tokenizer)
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids if i is not None)
 
     def completion_length(self, token_ids: Sequence[int]) -> int:

@@ -53,6 +53,12 @@ def encode_image(processor: Any, image: Image.Image | Sequence[Image.Image]) -> 
     return EncodedImage(out["pixel_values"], grid, tuple(int(g.prod()) // (merge * merge) for g in grid))
 
 
+def end_token_ids(tokenizer: Any) -> list[int]:
+    """The ids that end a completion: the tokenizer's EOS and pad (Qwen's ``<|im_end|>`` and
+    ``<|endoftext|>``). The one definition the samplers, the vLLM paths, the server and the span parser use."""
+    return sorted({int(i) for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
+
+
 def image_token_id(processor: Any) -> int:
     """Id of the image placeholder token of this processor's family."""
     return int(processor.tokenizer.convert_tokens_to_ids(processor.image_token))

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 import torch
 
 from vigos.data.rows import Example
-from vigos.models.modeling import Context, collate_contexts, encode_image, image_token_id, tokenize_prompt
+from vigos.models.modeling import (
+    Context,
+    collate_contexts,
+    encode_image,
+    end_token_ids,
+    image_token_id,
+    tokenize_prompt,
+)
 from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.sampler import LeanDecoder, SamplingFilters, completion_ids, folded_linear
 
@@ -90,7 +97,7 @@ class HFGenerateRollout:
         self.sampler = sampler
         tokenizer = processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
+        self.eos_token_ids = end_token_ids(tokenizer)
         # A sampled image placeholder would make the next forward pass look for an image that is not there.
         self.suppressed_ids = vision_token_ids(processor)
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from vigos.data.rows import Example
-from vigos.models.modeling import unwrap
+from vigos.models.modeling import end_token_ids, unwrap
 from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.hf import SamplingParams, student_contexts, vision_token_ids
 from vigos.rollout.sampler import until_eos
@@ -37,7 +37,6 @@ from vigos.rollout.vllm_server import (
     peft_model,
     request_seeds,
     sampling_fields,
-    stop_token_ids,
     vllm_max_lora_rank,
 )
 
@@ -98,7 +97,7 @@ class VLLMColocateRollout:
         self.params = params
         self.prompt = prompt or student_spec()
         self.sync_dir = Path(sync_dir)
-        self.stop_ids = stop_token_ids(processor)
+        self.stop_ids = end_token_ids(processor.tokenizer)
         self.bad_words = processor.tokenizer.convert_ids_to_tokens(vision_token_ids(processor))
         self.lora: Any = None  # the LoRARequest of the current adapter, once synced
         self._syncs = 0

@@ -56,7 +56,7 @@ import torch
 from vigos.data.rows import Example
 from vigos.http_client import Answer, DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
 from vigos.http_client import request as http_request
-from vigos.models.modeling import image_token_id
+from vigos.models.modeling import end_token_ids, image_token_id
 from vigos.prompts import PromptSpec, student_spec
 from vigos.rollout.hf import SamplingParams, student_contexts, vision_token_ids
 from vigos.rollout.sampler import until_eos
@@ -88,12 +88,6 @@ class PolicySync(Protocol):
 def vllm_max_lora_rank(rank: int) -> int:
     """The smallest ``max_lora_rank`` vLLM accepts that fits an adapter of LoRA rank ``rank``."""
     return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), VLLM_LORA_RANKS[-1])
-
-
-def stop_token_ids(processor: Any) -> list[int]:
-    """The end-of-sequence ids a rollout stops on: the tokenizer's EOS and pad, as on the Hugging Face path."""
-    tokenizer = processor.tokenizer
-    return sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
 
 
 def sampling_fields(
@@ -380,7 +374,7 @@ class VLLMServerRollout:
         self.max_concurrency = max_concurrency
         self.adapter_prefix = adapter_prefix
         self.adapter: str | None = None  # the adapter the server samples from, once synced
-        self.stop_ids = stop_token_ids(processor)
+        self.stop_ids = end_token_ids(processor.tokenizer)
         self.bad_words = processor.tokenizer.convert_ids_to_tokens(vision_token_ids(processor))
         self._syncs = 0
 

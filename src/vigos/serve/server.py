@@ -47,10 +47,9 @@ import torch
 
 from vigos.data.rows import Example
 from vigos.errors import ConfigError
-from vigos.models.modeling import encode_image, tokenize_prompt
+from vigos.models.modeling import encode_image, end_token_ids, tokenize_prompt
 from vigos.prompts import PromptSpec, render_prompt
 from vigos.rollout.hf import HFGenerateRollout
-from vigos.rollout.vllm_server import stop_token_ids
 from vigos.serve.checks import (
     ChatPrompt,
     RequestError,
@@ -235,7 +234,7 @@ class PolicyServer:
 
     def _suppressed(self, sampling: SamplingRequest) -> set[int]:
         """The token ids of the bad words; 400 for stop tokens or bad words this server cannot honour."""
-        eos = set(stop_token_ids(self.processor))
+        eos = set(end_token_ids(self.processor.tokenizer))
         if not sampling.stop_token_ids <= eos:
             raise RequestError(
                 400,
