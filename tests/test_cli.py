@@ -69,7 +69,7 @@ def test_bad_rows_skip_or_stop(tmp_path, monkeypatch, capsys, caplog):
         "--save_strategy",
         "no",
     ]
-    caplog.set_level("INFO", logger="vigos.data.rows")
+    caplog.set_level("INFO", logger="vigos.data")
     assert main(common + ["--output_dir", str(tmp_path / "skip")]) == 0
     assert "1 of 3 rows kept; skipped 2 (1 empty question, 1 missing image)" in caplog.text
     assert main(common + ["--output_dir", str(tmp_path / "stop"), "--bad_rows", "error"]) == 2

@@ -174,7 +174,7 @@ BAD = [
 def test_skip_counts_every_reason_and_keeps_the_good_rows_in_order(tmp_path, caplog):
     rows = [GOOD] + [row for row, *_ in BAD] + [{**GOOD, "answer": "last"}]
     path = write_jsonl(tmp_path, rows)
-    caplog.set_level(logging.INFO, logger="vigos.data.rows")
+    caplog.set_level(logging.INFO, logger="vigos.data")
     examples, report = load_examples(str(path), **WORDS)
     assert [e.answer for e in examples] == ["red", "last"] and [e.row for e in examples] == [0, 8]
     assert report.skipped == {

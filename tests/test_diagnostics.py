@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import kl, pieces_to_ids, plain_logits
+from train_args import tiny_run_args
 from vigos import prompts
 from vigos.data import synthetic
 from vigos.data.examples import ExampleDataset
@@ -304,26 +305,7 @@ def test_identical_images_with_a_fixed_seed_never_change(tiny):
 
 
 def train_args(tmp_path, **kw):
-    return ViGOSConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=5e-3,
-        max_completion_length=10,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        token_loss_clip=None,
-        description_end_clip=None,
-        reasoning_start_clip=None,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        log_completions_steps=0,
-        seed=0,
-        **kw,
-    )
+    return tiny_run_args(tmp_path, max_completion_length=10, **kw)
 
 
 def train_run(model_dir, out, with_diagnostics):

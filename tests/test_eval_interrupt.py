@@ -21,6 +21,29 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def eval_argv(model: Path, data: Path, out: Path, benchmarks: str) -> list[str]:
+    """A small `vigos eval` on the tiny model: k = 2, 24 new tokens, one item per batch."""
+    return [
+        "--model",
+        str(model),
+        "--benchmarks",
+        benchmarks,
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "1",
+        "--engine",
+        "hf",
+        "--no-progress",
+    ]
+
+
 def _command(argv: list[str]) -> list[str]:
     from vigos import cli
 
@@ -42,25 +65,7 @@ def test_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp_p
     write_fixture("vilp-f", data, n=2)  # 6 items, one per batch: the kill lands mid-benchmark
     write_fixture("cvbench", data, n=2)
     out = tmp_path / "run"
-    argv = [
-        "--model",
-        str(tiny_model_dir),
-        "--benchmarks",
-        "vilp-f,cvbench",
-        "--data-dir",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--k",
-        "2",
-        "--max-new-tokens",
-        "24",
-        "--batch-size",
-        "1",
-        "--engine",
-        "hf",
-        "--no-progress",
-    ]
+    argv = eval_argv(tiny_model_dir, data, out, "vilp-f,cvbench")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     first = out / "responses" / "vilp-f.jsonl"
 
@@ -103,25 +108,7 @@ def test_interrupted_run_says_where_the_results_are_and_how_to_resume(tiny_model
     data = tmp_path / "data"
     write_fixture("vilp-f", data, n=2)  # 6 items, one per batch: the interrupt lands mid-benchmark
     out = tmp_path / "run"
-    argv = [
-        "--model",
-        str(tiny_model_dir),
-        "--benchmarks",
-        "vilp-f",
-        "--data-dir",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--k",
-        "2",
-        "--max-new-tokens",
-        "24",
-        "--batch-size",
-        "1",
-        "--engine",
-        "hf",
-        "--no-progress",
-    ]
+    argv = eval_argv(tiny_model_dir, data, out, "vilp-f")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     first = out / "responses" / "vilp-f.jsonl"
     process = subprocess.Popen(_command(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from train_args import tiny_run_args
 from vigos.data import validation
 from vigos.data.examples import LazyExamples, load_examples, prepare_examples, prepare_lazy_examples
 from vigos.data.rows import BadRowError, DataReport, load_rows
@@ -280,7 +281,7 @@ def test_error_mode_names_the_first_bad_row_also_in_parallel(tmp_path, small_chu
 def test_progress_is_logged_with_rows_per_second(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(validation, "_PROGRESS_EVERY", 10)
     monkeypatch.setattr(validation, "_CHUNK_ROWS", 5)
-    caplog.set_level(logging.INFO, logger="vigos.data.rows")
+    caplog.set_level(logging.INFO, logger="vigos.data")
     validate_rows(write(tmp_path, [row(i) for i in range(20)]), **FIELDS)
     assert "checked 10 of 20 rows (10 kept)" in caplog.text and "rows/s" in caplog.text
     assert "checked 20 rows in" in caplog.text and "20 of 20 rows kept" in caplog.text
@@ -310,7 +311,7 @@ def test_a_cached_validation_decodes_nothing(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(validation, "resolve_image", no_decoding)
     monkeypatch.setattr(Image, "open", no_decoding)
     calls.clear()
-    caplog.set_level(logging.INFO, logger="vigos.data.rows")
+    caplog.set_level(logging.INFO, logger="vigos.data")
     again = validate_rows(load_rows(str(tmp_path / "data.parquet")), **options)
     assert np.array_equal(again[0], kept) and again[1] == report and calls == []
     assert "checked before:" in caplog.text and str(files[0]) in caplog.text
@@ -394,7 +395,6 @@ def test_training_on_lazy_rows_gives_the_losses_of_examples_held_in_memory(tiny_
 
     from vigos.data.examples import ExampleDataset
     from vigos.data.rows import Example
-    from vigos.training.config import ViGOSConfig
     from vigos.training.recipe import apply_lora
     from vigos.training.trainer import ViGOSTrainer
 
@@ -415,26 +415,7 @@ def test_training_on_lazy_rows_gives_the_losses_of_examples_held_in_memory(tiny_
     def losses(dataset) -> list[float]:
         set_seed(0)
         model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        args = ViGOSConfig(
-            output_dir=str(tmp_path / "out"),
-            max_steps=2,
-            per_device_train_batch_size=2,
-            learning_rate=5e-3,
-            max_completion_length=12,
-            num_generations=1,
-            lora_r=4,
-            lora_alpha=8,
-            lora_dropout=0.0,
-            token_loss_clip=None,
-            description_end_clip=None,
-            reasoning_start_clip=None,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            log_completions_steps=0,
-            seed=0,
-        )
+        args = tiny_run_args(tmp_path / "out", max_completion_length=12, num_generations=1)
         trainer = ViGOSTrainer(apply_lora(model, args), args, dataset, processor)
         trainer.train()
         return [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from train_args import tiny_run_args
 from vigos.data.examples import ExampleDataset
 from vigos.data.rows import Example
 from vigos.models.modeling import unwrap
-from vigos.training.config import ViGOSConfig
 from vigos.training.recipe import apply_lora
 from vigos.training.trainer import ViGOSTrainer
 
@@ -49,27 +49,14 @@ def test_lora_training_end_to_end(request, tmp_path, fixture_name, method):
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    args = ViGOSConfig(
-        output_dir=str(tmp_path / "out"),
+    args = tiny_run_args(
+        tmp_path / "out",
         method=method,
         max_steps=3,
-        per_device_train_batch_size=2,
-        learning_rate=5e-3,
         max_grad_norm=1.0,
         max_completion_length=24,
         num_generations=2,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        token_loss_clip=None,
-        description_end_clip=None,
-        reasoning_start_clip=None,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
         log_completions_steps=1,
-        seed=0,
     )
     model = apply_lora(model, args)
     examples = colour_examples()
@@ -98,25 +85,8 @@ def test_ema_teacher_follows_the_weights(tiny_model_dir, tmp_path):
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    args = ViGOSConfig(
-        output_dir=str(tmp_path),
-        teacher="ema",
-        ema_decay=0.5,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=5e-3,
-        max_completion_length=16,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        token_loss_clip=None,
-        description_end_clip=None,
-        reasoning_start_clip=None,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        log_completions_steps=0,
-    )
+    # TrainingArguments' own logging_steps and seed, as this test has always run with.
+    args = tiny_run_args(tmp_path, teacher="ema", ema_decay=0.5, max_completion_length=16, logging_steps=500, seed=42)
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(colour_examples()), processor)
     snapshot_before = {n: t.clone() for n, t in trainer.teacher.snapshot.items()}

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from http_stub import serving
+from train_args import tiny_run_args
 from vigos.cli import build_parser
 from vigos.data.examples import ExampleDataset
 from vigos.data.rows import Example
@@ -430,26 +431,11 @@ def test_trainer_syncs_the_adapter(tiny_model_dir, tmp_path, caplog, every, requ
     model, processor = load_model_and_processor(str(tiny_model_dir))
     served_model, served_processor = load_model_and_processor(str(tiny_model_dir))
     policy = PolicyServer(served_model.eval(), served_processor, model_name="tiny")
-    args = ViGOSConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=5e-3,
+    args = tiny_run_args(
+        tmp_path / "out",
         max_grad_norm=1.0,
         max_completion_length=12,
         num_generations=2,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        token_loss_clip=None,
-        description_end_clip=None,
-        reasoning_start_clip=None,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        log_completions_steps=0,
-        seed=0,
         rollout_engine="vllm_server",
         vllm_sync_steps=every,
     )

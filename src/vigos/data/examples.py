@@ -21,7 +21,7 @@ from vigos.data.rows import BadRowError, DataReport, Example, RowReader, _jsonab
 
 if TYPE_CHECKING:
     import datasets
-logger = logging.getLogger("vigos.data.rows")
+logger = logging.getLogger(__name__)
 
 
 class LazyExamples(torch.utils.data.Dataset):

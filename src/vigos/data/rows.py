@@ -24,20 +24,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 # Image decoding lives in vigos.data.images; the names stay importable from here, where callers have found them.
-from vigos.data.images import ImagePathOutsideError as ImagePathOutsideError
-from vigos.data.images import MissingImageError as MissingImageError
-from vigos.data.images import UnreadableImageError as UnreadableImageError
-from vigos.data.images import decode_image_bytes as decode_image_bytes
-from vigos.data.images import resolve_image as resolve_image
-from vigos.data.images import row_image_values as row_image_values
-from vigos.data.images import to_rgb as to_rgb
 from vigos.data.utf8 import NotUtf8, NotUtf8Error, arrow_rows, marked_copy, not_utf8
 from vigos.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
 
-logger = logging.getLogger("vigos.data.rows")
+logger = logging.getLogger(__name__)
 
 BAD_ROW_MODES = ("skip", "error")
 IMAGES_PER_ROW = ("all", "first")

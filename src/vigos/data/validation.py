@@ -48,7 +48,7 @@ from vigos.errors import DataError
 if TYPE_CHECKING:
     import datasets
 
-logger = logging.getLogger("vigos.data.rows")
+logger = logging.getLogger(__name__)
 
 PromptLength = Callable[[str, list[Image.Image]], int]
 """(question, the row's images) → tokens of the prompt."""

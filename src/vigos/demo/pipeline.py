@@ -42,7 +42,7 @@ from vigos.training.config import ViGOSConfig
 from vigos.training.recipe import apply_lora
 from vigos.training.trainer import ViGOSTrainer
 
-logger = logging.getLogger("vigos.demo.pipeline")
+logger = logging.getLogger("vigos.demo")
 
 BENCHMARK = "synthetic-vilp"
 METHODS = ("opsd", "vigos")

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-logger = logging.getLogger("vigos.grading.answers")
+logger = logging.getLogger("vigos.grading")
 
 
 def _math_verify_equal(gold: str, pred: str, alarm_s: int | None) -> bool:
