@@ -6,8 +6,8 @@ length with ``min_new_tokens``), the teacher
 passes, the student's forward pass, the loss, backward, gradient clipping
 and an AdamW step on a LoRA adapter (r 16) of the language model.
 
-The naive path is the public release's way: ``ScoringOptions.naive_loss``
-(full-vocabulary logits of the student and every teacher pass kept at once,
+The naive path is the public release's way: ``naive_loss`` (``FullLogitsScorer``:
+full-vocabulary logits of the student and every teacher pass kept at once,
 then ``divergence_from_logits``) and ``generate`` on the unmerged LoRA
 model. Ours: hidden states and the chunked loss, and the lean sampler
 (``sampler.py``: each prompt prefilled once, then vigos's own decode loop

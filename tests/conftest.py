@@ -48,3 +48,45 @@ def qwen_vocab_dirs(qwen_vocab_root):
     return {
         arch: make_tiny(arch, qwen_vocab_root / arch, vocab="qwen") for arch in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     }
+
+
+@pytest.fixture(scope="module")
+def scoring_setup(tiny_model_dir):
+    """(model, processor, examples) for scoring and rollouts, once per test module: the tiny Qwen2.5-VL model in
+    float32 and eval mode with random (non-zero) LoRA weights on q, v and up projections, so that the student
+    differs from the adapter-off teacher; and two examples, a red square (112x112) and a blue sky (84x112)."""
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vigos.data.rows import Example
+    from vigos.training.recipe import language_lora_targets
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
+        init_lora_weights=False,
+    )
+    model = get_peft_model(model, lora)
+    model.eval()
+    red = Image.new("RGB", (112, 112), (200, 30, 30))
+    blue = Image.new("RGB", (84, 112), (20, 40, 220))
+    examples = [
+        Example(question="What colour is the square?", answer="red", image=red, row=0, meta={}),
+        Example(question="What colour is the sky?", answer="blue", image=blue, row=1, meta={}),
+    ]
+    return model, processor, examples
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_processor(tiny_model_dir):
+    """The tiny Qwen2.5-VL model (eval mode) and its processor as `load_model_and_processor` loads them, once per
+    test module."""
+    from vigos.models.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    return model.eval(), processor

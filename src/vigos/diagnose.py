@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vigos.data.rows import Example
-from vigos.diagnostics.measures import COUNTERFACTUALS, default_teacher, diagnose, student_image_sensitivity
+from vigos.diagnostics.measures import COUNTERFACTUALS, diagnose, student_image_sensitivity
 
 if TYPE_CHECKING:
     from vigos.training.config import ViGOSConfig
@@ -72,7 +72,8 @@ def _load_model(name: str) -> tuple[torch.nn.Module, Any]:
             processor = AutoProcessor.from_pretrained(source.adapter)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    return model.eval(), processor
+    # Measured, not trained: a fixed or EMA teacher of a frozen model then needs no copy of its weights.
+    return model.eval().requires_grad_(False), processor
 
 
 def _load_rows(source: str, args: argparse.Namespace, config: ViGOSConfig) -> list[Example]:
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             SamplingParams(config.temperature, config.top_p, config.top_k, config.max_completion_length),
             config.student_spec,
         )
-        scorer = config.build_scorer(processor, teacher=default_teacher(model))
+        scorer = config.build_scorer(processor, teacher=config.teacher_policy(model))
         metrics.update(
             diagnose(
                 model,

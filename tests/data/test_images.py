@@ -1,4 +1,5 @@
-"""vigos.data.images: 16-bit images scaled to 8 bits, decompression bombs refused, paths kept inside their folder."""
+"""vigos.data.images: every form of image read, 16-bit images scaled to 8 bits, decompression bombs refused, paths
+kept inside their folder."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def gradient_16_bit() -> Image.Image:
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_bytes(size=(64, 48), colour=(200, 0, 0), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -125,3 +132,46 @@ def test_paths_inside_the_folder_read_as_before(folders):
     # A path out of the folder is refused before it is looked up: a row cannot probe what exists elsewhere.
     with pytest.raises(ImagePathOutsideError):
         resolve_image("../gone.png", base_dir=folders)
+
+
+# --- every form of image, transparency, orientation -----------------------------------------------------------
+
+
+def test_resolve_image_accepts_every_form(tmp_path):
+    data = png_bytes(colour=(5, 6, 7))
+    (tmp_path / "x.png").write_bytes(data)
+    forms = [
+        Image.open(io.BytesIO(data)),
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": "x.png"},
+        "x.png",
+        data,
+        [data, png_bytes()],
+        (tmp_path / "x.png"),
+    ]
+    for form in forms:
+        image = resolve_image(form, base_dir=tmp_path)
+        assert image.mode == "RGB" and image.getpixel((3, 3)) == (5, 6, 7)
+    for empty in (None, [], "", {"bytes": None, "path": None}):
+        with pytest.raises(MissingImageError):
+            resolve_image(empty, base_dir=tmp_path)
+    with pytest.raises(UnreadableImageError, match="is not a file"):
+        resolve_image(".", base_dir=tmp_path)
+    with pytest.raises(UnreadableImageError, match="cannot read an image from a int"):
+        resolve_image(3, base_dir=tmp_path)
+    truncated = png_bytes((300, 300), colour=(1, 2, 3))[:-200]
+    with pytest.raises(UnreadableImageError):
+        resolve_image(truncated, base_dir=None)
+
+
+def test_resolve_image_puts_transparency_on_white_and_honours_exif_orientation():
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    image = resolve_image(rgba, base_dir=None)
+    assert image.getpixel((5, 5)) == (255, 255, 255) and image.getpixel((0, 0)) == (255, 0, 0)
+    assert resolve_image(Image.new("L", (30, 30), 100), base_dir=None).getpixel((0, 0)) == (100, 100, 100)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (0, 0, 200)).save(buffer, format="JPEG", exif=exif)
+    assert resolve_image(buffer.getvalue(), base_dir=None).size == (30, 40)

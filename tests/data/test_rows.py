@@ -8,14 +8,12 @@ import logging
 
 import datasets
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vigos.data.examples import ExampleDataset, collate_examples, load_examples, prepare_examples
-from vigos.data.images import MissingImageError, UnreadableImageError, resolve_image
-from vigos.data.rows import SKIP_REASONS, BadRowError, DatasetNotFoundError, Example, load_rows
+from vigos.data.examples import load_examples, prepare_examples
+from vigos.data.rows import SKIP_REASONS, BadRowError, DataReport, DatasetNotFoundError, load_rows
 from vigos.errors import DataError
 
 datasets.disable_progress_bars()
@@ -395,61 +393,6 @@ def test_hub_id_offline_says_the_hub_is_unreachable():
         load_rows("nobody/no-such-dataset")
 
 
-# --- images -------------------------------------------------------------------------------------------------
-
-
-def test_resolve_image_accepts_every_form(tmp_path):
-    data = png_bytes(colour=(5, 6, 7))
-    (tmp_path / "x.png").write_bytes(data)
-    forms = [
-        Image.open(io.BytesIO(data)),
-        {"bytes": data, "path": None},
-        {"bytes": None, "path": "x.png"},
-        "x.png",
-        data,
-        [data, png_bytes()],
-        (tmp_path / "x.png"),
-    ]
-    for form in forms:
-        image = resolve_image(form, base_dir=tmp_path)
-        assert image.mode == "RGB" and image.getpixel((3, 3)) == (5, 6, 7)
-    for empty in (None, [], "", {"bytes": None, "path": None}):
-        with pytest.raises(MissingImageError):
-            resolve_image(empty, base_dir=tmp_path)
-    with pytest.raises(UnreadableImageError, match="is not a file"):
-        resolve_image(".", base_dir=tmp_path)
-    with pytest.raises(UnreadableImageError, match="cannot read an image from a int"):
-        resolve_image(3, base_dir=tmp_path)
-    truncated = png_bytes((300, 300), colour=(1, 2, 3))[:-200]
-    with pytest.raises(UnreadableImageError):
-        resolve_image(truncated, base_dir=None)
-
-
-def test_resolve_image_puts_transparency_on_white_and_honours_exif_orientation():
-    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
-    rgba.putpixel((0, 0), (255, 0, 0, 255))
-    image = resolve_image(rgba, base_dir=None)
-    assert image.getpixel((5, 5)) == (255, 255, 255) and image.getpixel((0, 0)) == (255, 0, 0)
-    assert resolve_image(Image.new("L", (30, 30), 100), base_dir=None).getpixel((0, 0)) == (100, 100, 100)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (0, 0, 200)).save(buffer, format="JPEG", exif=exif)
-    assert resolve_image(buffer.getvalue(), base_dir=None).size == (30, 40)
-
-
-# --- torch wrapper ------------------------------------------------------------------------------------------
-
-
-def test_example_dataset_batches_are_lists_of_examples():
-    examples = [Example(f"q{i}", str(i), Image.new("RGB", (32, 32)), row=i) for i in range(5)]
-    dataset = ExampleDataset(examples)
-    assert len(dataset) == 5 and dataset[3] is examples[3]
-    batches = list(torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_examples))
-    assert [[e.row for e in batch] for batch in batches] == [[0, 1], [2, 3], [4]]
-    assert all(isinstance(batch, list) and isinstance(batch[0], Example) for batch in batches)
-
-
 # --- property -----------------------------------------------------------------------------------------------
 
 
@@ -468,3 +411,13 @@ def test_a_row_is_kept_exactly_when_question_and_answer_have_text(pairs):
     expected = [(i, q.strip(), a.strip()) for i, (q, a) in enumerate(pairs) if q.strip() and a.strip()]
     assert [(e.row, e.question, e.answer) for e in examples] == expected
     assert report.kept + sum(report.skipped.values()) == report.total == len(pairs)
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def test_report_summary_says_how_several_images_are_used():
+    summary = DataReport(total=3, kept=3, several_images=2).summary()
+    assert summary == "3 of 3 rows kept; 2 with several images (all are used)"
+    assert "(the first is used" in DataReport(total=1, kept=1, several_images=1, images_per_row="first").summary()
+    assert "several" not in DataReport(total=1, kept=1).summary()

@@ -1,4 +1,5 @@
-"""`vigos demo --quick` end to end: every stage runs and the report's numbers come from the run."""
+"""Tests for vigos.demo.pipeline: `vigos demo --quick` end to end, every stage runs and the report's numbers come
+from the run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import pytest
 
 from vigos.cli import main
-from vigos.demo.report import grounding
 
 
 @pytest.mark.slow
@@ -29,23 +29,3 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert (out / "train" / "vigos-s0" / "adapter_config.json").exists()
     # A second run finds every stage done and rebuilds only the report.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-
-
-def test_grounding_counts_descriptions_on_conflict_items():
-    responses = {
-        "c/1": {
-            "conflict": True,
-            "answer": "red",
-            "samples": [
-                {"text": "<description> A red leaf. </description><think>"},
-                {"text": "<description> A green leaf. </description>"},
-                {"text": "no description here"},
-            ],
-        },
-        "a/1": {"conflict": False, "answer": "green", "samples": [{"text": "<description> green </description>"}]},
-    }
-    assert grounding(responses, {"c/1": "green", "a/1": "green"}) == {
-        "states_true": 0.5,
-        "states_prior": 0.5,
-        "descriptions": 2,
-    }

@@ -1,15 +1,15 @@
-"""Shortcut diagnostics on cases where the right numbers are known.
+"""Tests for vigos.diagnostics.measures: the shortcut diagnostics on cases where the right numbers are known.
 
 Teacher image reliance is checked against a plain computation: the processor
 encodes each teacher's prompt with the true and with a grey image, the full
 model returns full logits twice, and ``F.kl_div`` gives the KL. Nothing of
 vigos's encoding, span parsing or chunking is reused there.
+
+The callback that logs them during training is tested in test_callback.py, the
+`vigos diagnose` command in tests/test_diagnose.py.
 """
 
 from __future__ import annotations
-
-import argparse
-import json
 
 import pytest
 import torch
@@ -19,16 +19,11 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import kl, pieces_to_ids, plain_logits
-from train_args import tiny_run_args
 from vigos import prompts
 from vigos.data import synthetic
-from vigos.data.examples import ExampleDataset
 from vigos.data.rows import Example
-from vigos.diagnose import add_diagnose_arguments, diagnose_command
-from vigos.diagnostics.callback import DiagnosticsCallback
 from vigos.diagnostics.measures import (
     answer_leakage,
-    default_teacher,
     description_grounding,
     diagnose,
     student_image_sensitivity,
@@ -37,8 +32,6 @@ from vigos.diagnostics.measures import (
 from vigos.method.teachers import TeacherPolicy
 from vigos.rollout.hf import HFGenerateRollout, SamplingParams
 from vigos.training.config import ViGOSConfig
-from vigos.training.recipe import apply_lora
-from vigos.training.trainer import ViGOSTrainer
 
 GREY = (128, 128, 128)
 VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
@@ -237,7 +230,8 @@ def world_examples(n, conflict_fraction, seed=3):
 
 
 def scorer(tmp_path, model, processor):
-    return config(tmp_path).build_scorer(processor, teacher=default_teacher(model))
+    cfg = config(tmp_path)
+    return cfg.build_scorer(processor, teacher=cfg.teacher_policy(model))
 
 
 def test_diagnose_with_ideal_completions(tiny, tmp_path):
@@ -299,78 +293,3 @@ def test_identical_images_with_a_fixed_seed_never_change(tiny):
     # Without a seed the two sides sample from different random streams, so the same images give other text.
     unseeded = student_image_sensitivity(model, processor, agree, agree, rollout=sampling, seed=None)
     assert unseeded["completion_changed"] > 0.0
-
-
-# --- during training, and from the command line -----------------------------------------------
-
-
-def train_args(tmp_path, **kw):
-    return tiny_run_args(tmp_path, max_completion_length=10, **kw)
-
-
-def train_run(model_dir, out, with_diagnostics):
-    torch.manual_seed(0)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    args = train_args(out)
-    model = apply_lora(model, args)
-    examples, _ = world_examples(4, 0.5)
-    trainer = ViGOSTrainer(model, args, ExampleDataset(examples), processor)
-    if with_diagnostics:
-        trainer.add_callback(DiagnosticsCallback(trainer, every=1, sample_size=2))
-    trainer.train()
-    return trainer, {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-
-
-def test_callback_logs_every_step_without_disturbing_training(tiny_model_dir, tmp_path):
-    trainer, weights = train_run(tiny_model_dir, tmp_path / "diag", with_diagnostics=True)
-    lines = [json.loads(line) for line in (tmp_path / "diag" / "diagnostics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [1, 2]
-    for line in lines:
-        assert line["rows"] == 2 and 0.0 <= line["valid_rate"] <= 1.0 and "leakage" in line
-        assert any(key.startswith("reliance_") for key in line)
-    logged = [h for h in trainer.state.log_history if "diag_valid_rate" in h]
-    assert [h["step"] for h in logged] == [1, 2] and "diag_grounding_n" in logged[0]
-    _, plain = train_run(tiny_model_dir, tmp_path / "plain", with_diagnostics=False)
-    assert all(torch.equal(weights[name], plain[name]) for name in plain), "diagnostics changed the training run"
-
-
-def cli(argv):
-    parser = argparse.ArgumentParser()
-    add_diagnose_arguments(parser)
-    return diagnose_command(parser.parse_args(argv))
-
-
-def test_diagnose_command(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "diag.json"
-    code = cli(
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--data",
-            "synthetic:train:8",
-            "--agree-data",
-            "synthetic:eval_agree:8",
-            "--conflict-data",
-            "synthetic:eval_conflict:8",
-            "--sample-size",
-            "2",
-            "--max-new-tokens",
-            "6",
-            "--counterfactual",
-            "shuffle",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    result = json.loads(out.read_text())
-    metrics = result["metrics"]
-    assert result["method"] == "vigos" and metrics["rows"] == 2 and metrics["sensitivity_n"] == 2
-    assert "grounding_n" in metrics and "leakage" in metrics
-    printed = capsys.readouterr().out
-    assert "sensitivity_changed" in printed and "valid_rate" in printed
-
-    assert cli(["--model", str(tiny_model_dir), "--agree-data", "synthetic:eval_agree:8"]) == 2
-    assert "needs both --agree-data and --conflict-data" in capsys.readouterr().err

@@ -47,12 +47,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir) -> dict[str, Any]:
-    """The tiny model and processor, loaded once, for runs given a model object rather than a path."""
-    from vigos.models.loading import load_model_and_processor
-
-    model, processor = load_model_and_processor(str(tiny_model_dir))
-    return {"model": model.eval(), "processor": processor}
+def loaded(tiny_model_and_processor) -> dict[str, Any]:
+    """The tiny model and processor (loaded once, in conftest.py) as `run_eval`'s keyword arguments, for runs
+    given a model object rather than a path."""
+    model, processor = tiny_model_and_processor
+    return {"model": model, "processor": processor}
 
 
 def make_config(model: Any, data_dir: Path, out_dir: Path, **overrides: Any) -> EvalConfig:

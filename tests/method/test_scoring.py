@@ -10,36 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import clipped, kl, pieces_to_ids, plain_logits
 from vigos import prompts
 from vigos.data.rows import Example
 from vigos.method.teachers import make_teacher_policy
 from vigos.training.config import ViGOSConfig
-from vigos.training.recipe import language_lora_targets, score_completions
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir):
-    torch.manual_seed(0)
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    # Random (non-zero) LoRA weights, so the student differs from the adapter-off teacher.
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        target_modules=language_lora_targets(["q_proj", "v_proj", "up_proj"]),
-        init_lora_weights=False,
-    )
-    model = get_peft_model(model, lora)
-    model.eval()
-    image = Image.new("RGB", (112, 112), (200, 30, 30))
-    example = Example(question="What colour is the square?", answer="red", image=image, row=0, meta={})
-    return model, processor, example
-
+from vigos.training.recipe import score_completions
 
 # Pieces tokenized one by one, so that token boundaries fall where the pieces meet.
 VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
@@ -118,8 +96,8 @@ def hand_made(processor):
 
 
 @pytest.mark.parametrize("sees_description", [False, True])
-def test_vigos_terms_match_plain_computation(setup, sees_description):
-    model, processor, example = setup
+def test_vigos_terms_match_plain_computation(scoring_setup, sees_description):
+    model, processor, (example, _) = scoring_setup
     cfg = config(reasoning_sees_description=sees_description)
     completions = hand_made(processor)
     teacher = make_teacher_policy("fixed", model)
@@ -144,9 +122,9 @@ def test_vigos_terms_match_plain_computation(setup, sees_description):
 
 
 @pytest.mark.parametrize("clips", [(0.02, 0.001, 0.003), (0.001, 0.5, 0.5), (None, 0.002, None)])
-def test_clips_and_boundary_clips(setup, clips):
+def test_clips_and_boundary_clips(scoring_setup, clips):
     """A boundary token is clipped at the smaller of the token clip and its own (the release's rule)."""
-    model, processor, example = setup
+    model, processor, (example, _) = scoring_setup
     cfg = config(token_loss_clip=clips[0], description_end_clip=clips[1], reasoning_start_clip=clips[2])
     completions = hand_made(processor)[:1]
     out = score_completions(
@@ -157,8 +135,8 @@ def test_clips_and_boundary_clips(setup, clips):
         assert out.terms[name].item() == pytest.approx(expected[name], rel=1e-4, abs=1e-7)
 
 
-def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
-    model, processor, example = setup
+def test_opsd_scores_every_token_with_the_privileged_teacher(scoring_setup):
+    model, processor, (example, _) = scoring_setup
     cfg = config(method="opsd")
     completions = hand_made(processor)
     out = score_completions(
@@ -183,8 +161,8 @@ def test_opsd_scores_every_token_with_the_privileged_teacher(setup):
     assert out.terms["privileged"].item() == pytest.approx(total / count, rel=1e-4)
 
 
-def test_empty_terms_are_exact_zero_and_backward_works(setup):
-    model, processor, example = setup
+def test_empty_terms_are_exact_zero_and_backward_works(scoring_setup):
+    model, processor, (example, _) = scoring_setup
     only_invalid = [ids for ids, _ in hand_made(processor)[1:]]
     out = score_completions(
         model,
@@ -202,8 +180,8 @@ def test_empty_terms_are_exact_zero_and_backward_works(setup):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_text_completions_and_length_mismatch(setup):
-    model, processor, example = setup
+def test_text_completions_and_length_mismatch(scoring_setup):
+    model, processor, (example, _) = scoring_setup
     text = "".join(VALID)
     out = score_completions(
         model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config()
@@ -213,10 +191,10 @@ def test_text_completions_and_length_mismatch(setup):
         score_completions(model, processor, [example, example], [text], config=config())
 
 
-def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pass_per_row(setup):
+def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pass_per_row(scoring_setup):
     """Teacher contexts are sorted by length into passes of ``teacher_batch_size``; every grouping must
     give the same per-term values and LoRA gradients (only padding differs)."""
-    model, processor, example = setup
+    model, processor, (example, _) = scoring_setup
     completions = [ids for ids, _ in hand_made(processor)]
     completions = completions + [completions[0][: len(completions[0]) // 2], completions[2] + completions[3]]
     teacher = make_teacher_policy("fixed", model)
@@ -239,10 +217,10 @@ def test_teacher_passes_grouped_by_length_give_the_terms_and_gradients_of_one_pa
             torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
 
 
-def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(setup):
+def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(scoring_setup):
     """A row with two images: the student and each teacher that sees the image (all three) are shown both,
     in order; the terms equal the plain computation with both images in the prompt."""
-    model, processor, example = setup
+    model, processor, (example, _) = scoring_setup
     two = Example(
         question="Which square is red?",
         answer="red",
@@ -267,9 +245,9 @@ def test_every_image_of_a_two_image_row_reaches_the_student_and_every_teacher(se
     assert out.terms["perception"].item() != pytest.approx(first_only["perception"], rel=1e-3)
 
 
-def test_score_completions_takes_its_teacher_from_the_config(setup):
+def test_score_completions_takes_its_teacher_from_the_config(scoring_setup):
     """No teacher given: the one `config.teacher` names (default fixed: the adapter off), as in training."""
-    model, processor, example = setup
+    model, processor, (example, _) = scoring_setup
     text = "".join(VALID)
     fixed = score_completions(
         model, processor, [example], [text], teacher=make_teacher_policy("fixed", model), config=config()

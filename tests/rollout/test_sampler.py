@@ -176,12 +176,6 @@ def test_models_the_lean_loop_does_not_cover_fall_back_to_generate(tiny_model_di
     assert LeanDecoder.of(torch.nn.Linear(2, 2)) is None
 
 
-def test_unknown_sampler_is_rejected_with_the_valid_names(tiny_model_dir):
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    with pytest.raises(ValueError, match="lean, generate"):
-        HFGenerateRollout(processor, SamplingParams(), sampler="beam")
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

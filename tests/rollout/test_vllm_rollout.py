@@ -64,12 +64,6 @@ def examples() -> list[Example]:
 
 
 @pytest.fixture(scope="module")
-def model_and_processor(tiny_model_dir):
-    model, processor = load_model_and_processor(str(tiny_model_dir))
-    return model.eval(), processor
-
-
-@pytest.fixture(scope="module")
 def server(tiny_model_dir):
     """vigos's server on 127.0.0.1 (a free port), with its own copy of the tiny model."""
     model, processor = load_model_and_processor(str(tiny_model_dir))
@@ -93,9 +87,9 @@ def in_process(model, processor, params: SamplingParams, seed: int) -> list[list
     return out
 
 
-def test_server_rollout_equals_the_hf_rollout(server, model_and_processor, tmp_path):
+def test_server_rollout_equals_the_hf_rollout(server, tiny_model_and_processor, tmp_path):
     url, _ = server
-    model, processor = model_and_processor
+    model, processor = tiny_model_and_processor
     rollout = client(url, processor, tmp_path)
     torch.manual_seed(3)
     completions = rollout(model, examples())
@@ -109,9 +103,9 @@ def test_server_rollout_equals_the_hf_rollout(server, model_and_processor, tmp_p
     assert rollout(model, examples()) == completions, "the same torch seed sends the same request seeds"
 
 
-def test_served_prompt_is_the_student_prompt(server, model_and_processor):
+def test_served_prompt_is_the_student_prompt(server, tiny_model_and_processor):
     url, _ = server
-    _, processor = model_and_processor
+    _, processor = tiny_model_and_processor
     rollout = VLLMServerRollout(processor, PARAMS, STUDENT, url=url, sync_dir="unused")
     example = examples()[0]
     body = chat_request(
@@ -125,8 +119,8 @@ def test_served_prompt_is_the_student_prompt(server, model_and_processor):
     assert response["prompt_token_ids"] == student_contexts(processor, [example], STUDENT)[0].prompt_ids
 
 
-def test_request_maps_sampling_params_one_to_one(model_and_processor):
-    _, processor = model_and_processor
+def test_request_maps_sampling_params_one_to_one(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
     params = SamplingParams(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=33, num_samples=3, min_new_tokens=5)
     fields = sampling_fields(params, seed=7, stop_ids=[1, 2], bad_words=["<|image_pad|>"])
     assert fields == {
@@ -157,9 +151,9 @@ def test_request_maps_sampling_params_one_to_one(model_and_processor):
     assert ids == [[i] for i in vision_token_ids(processor)]
 
 
-def test_lora_hot_load_changes_the_served_policy(server, model_and_processor, tiny_model_dir, tmp_path):
+def test_lora_hot_load_changes_the_served_policy(server, tiny_model_and_processor, tiny_model_dir, tmp_path):
     url, policy = server
-    model, processor = model_and_processor
+    model, processor = tiny_model_and_processor
     rollout = client(url, processor, tmp_path)
     torch.manual_seed(5)
     base = rollout(model, examples())
@@ -189,9 +183,9 @@ def test_lora_hot_load_changes_the_served_policy(server, model_and_processor, ti
     assert rollout(model, examples()) == base, "after the unload the server samples the base model again"
 
 
-def test_server_refuses_what_it_cannot_honour(server, model_and_processor, tmp_path):
+def test_server_refuses_what_it_cannot_honour(server, tiny_model_and_processor, tmp_path):
     url, _ = server
-    _, processor = model_and_processor
+    _, processor = tiny_model_and_processor
     rollout = client(url, processor, tmp_path)
     example = examples()[0]
     body = chat_request(
@@ -212,10 +206,10 @@ def test_server_refuses_what_it_cannot_honour(server, model_and_processor, tmp_p
     rollout.unload_adapter("a", missing_ok=True)
 
 
-def test_a_different_chat_template_is_caught(server, model_and_processor, tiny_model_dir, tmp_path):
+def test_a_different_chat_template_is_caught(server, tiny_model_and_processor, tiny_model_dir, tmp_path):
     """A server rendering the messages with another template (e.g. vllm serve --chat-template) is an error."""
     _, policy = server
-    model, processor = model_and_processor
+    model, processor = tiny_model_and_processor
     other = load_model_and_processor(str(tiny_model_dir))[1]
     other.chat_template = "{{ 'You are a lighthouse.' }}" + other.chat_template
     with running(PolicyServer(policy.model, other, model_name="tiny")) as url:
@@ -249,8 +243,8 @@ def stub(answer):
         yield url, seen
 
 
-def test_a_5xx_is_retried(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_a_5xx_is_retried(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
     eos = processor.tokenizer.eos_token_id
     params = SamplingParams(num_samples=1, max_new_tokens=4)
 
@@ -266,8 +260,8 @@ def test_a_5xx_is_retried(model_and_processor, tmp_path):
     assert seen[0]["model"] == "m" and seen[0]["n"] == 1 and seen[0]["max_tokens"] == 4
 
 
-def test_a_4xx_is_not_retried_and_names_the_fix(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_a_4xx_is_not_retried_and_names_the_fix(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
     with stub(lambda attempt, body: (404, {"detail": "Not Found"})) as (url, seen):
         rollout = client(url, processor, tmp_path, backoff=0.01)
         with pytest.raises(
@@ -277,8 +271,8 @@ def test_a_4xx_is_not_retried_and_names_the_fix(model_and_processor, tmp_path):
     assert len(seen) == 1
 
 
-def test_a_timeout_is_a_clear_error(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_a_timeout_is_a_clear_error(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
 
     def answer(attempt, body):
         time.sleep(1.5)
@@ -319,9 +313,9 @@ def raw_stub(respond):
 
 
 @pytest.mark.parametrize("status", [302, 307])
-def test_a_redirect_is_not_followed(model_and_processor, tmp_path, status):
+def test_a_redirect_is_not_followed(tiny_model_and_processor, tmp_path, status):
     """Followed, a 302 would turn the POST into a bodiless GET elsewhere, a 307 would send it there whole."""
-    _, processor = model_and_processor
+    _, processor = tiny_model_and_processor
 
     def redirect_to(target):
         def respond(handler, stop):
@@ -343,8 +337,8 @@ def test_a_redirect_is_not_followed(model_and_processor, tmp_path, status):
     assert reached == [] and len(seen) == 1
 
 
-def test_a_trickling_server_is_cut_at_the_deadline(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_a_trickling_server_is_cut_at_the_deadline(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
 
     def trickle(handler, stop):
         handler.send_response(200)
@@ -363,8 +357,8 @@ def test_a_trickling_server_is_cut_at_the_deadline(model_and_processor, tmp_path
     assert len(seen) == 1
 
 
-def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
     eos = processor.tokenizer.eos_token_id
     # 17 MiB of valid answer: two samples with a long text, sent without a length (HTTP/1.0, ends at close).
     pad = "x" * (17 * 2**20)
@@ -392,8 +386,8 @@ def test_an_answer_is_read_up_to_a_cap_sized_for_the_samples(model_and_processor
         ], "a long generation's answer fits its larger cap"
 
 
-def test_an_unreachable_server_is_a_clear_error(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_an_unreachable_server_is_a_clear_error(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -403,8 +397,8 @@ def test_an_unreachable_server_is_a_clear_error(model_and_processor, tmp_path):
         rollout(torch.nn.Linear(1, 1), examples()[:1])
 
 
-def test_config_builds_the_named_engine(model_and_processor, tmp_path):
-    _, processor = model_and_processor
+def test_config_builds_the_named_engine(tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
     make = lambda **kw: ViGOSConfig(output_dir=str(tmp_path), report_to="none", **kw)  # noqa: E731
     assert isinstance(make().build_rollout(processor), HFGenerateRollout)
     served = make(rollout_engine="vllm_server", vllm_server_url="http://h:1", vllm_request_timeout=9).build_rollout(

@@ -3,8 +3,8 @@
 
 The trainer here is ``transformers.Trainer`` on a two-weight regression, so that
 the checkpoint machinery is tested on its own and fast; the ViGOS end-to-end
-kill-and-resume test is in test_resume.py. This file is also the worker script:
-``python tests/test_checkpoints.py OUT {atomic,plain} KILL_AT {fresh,resume}``.
+kill-and-resume test is in tests/test_resume.py. This file is also the worker script:
+``python tests/training/test_checkpoints.py OUT {atomic,plain} KILL_AT {fresh,resume}``.
 """
 
 from __future__ import annotations

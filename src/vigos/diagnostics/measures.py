@@ -38,7 +38,6 @@ from vigos.data.rows import Example
 from vigos.data.synthetic import mentions_attribute
 from vigos.grading.answers import extract_answer, is_correct, normalize_answer
 from vigos.method import losses
-from vigos.method.teachers import AdapterOffTeacher, TeacherPolicy
 from vigos.models.modeling import EncodedImage, encode_image, image_token_id
 
 if TYPE_CHECKING:
@@ -51,7 +50,6 @@ BLANK_GREY = (128, 128, 128)
 __all__ = [
     "COUNTERFACTUALS",
     "answer_leakage",
-    "default_teacher",
     "description_grounding",
     "diagnose",
     "student_image_sensitivity",
@@ -361,13 +359,6 @@ def student_image_sensitivity(
 # --- the whole set ---------------------------------------------------------------------------
 
 
-def default_teacher(model: torch.nn.Module) -> TeacherPolicy:
-    """The teacher outside a training run: the adapter switched off when there is one, else the model itself."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return AdapterOffTeacher() if hasattr(extract_model_from_parallel(model), "disable_adapter") else TeacherPolicy()
-
-
 def _sample(rows: int, sample_size: int, seed: int) -> list[int]:
     """``sample_size`` row indices drawn with ``seed``, in row order."""
     return sorted(random.Random(seed).sample(range(rows), min(rows, sample_size)))
@@ -400,7 +391,7 @@ def diagnose(
     ``seed`` and leaving the caller's random state as it was. Given
     ``completions``, there are ``k`` per example (grouped by example) and the
     sample is drawn from those rows. ``scorer`` scores them (outside training:
-    ``config.build_scorer(processor, teacher=default_teacher(model))``).
+    ``config.build_scorer(processor, teacher=config.teacher_policy(model))``).
 
     Returns, as flat floats: ``rows`` and ``valid_rate``; ``leakage`` and
     ``leakage_n`` (:func:`answer_leakage`); when examples carry

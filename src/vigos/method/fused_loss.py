@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["chunked_divergence_sum", "chunked_top_k_divergence_sum", "values_with_finite_gradient"]
+from vigos.method.losses import Divergence, DivergenceFn, values_with_finite_gradient
+
+__all__ = ["chunked_divergence_sum", "chunked_top_k_divergence_sum"]
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -100,32 +102,13 @@ def _kl_chunk(
     return values, gap.sub_(expected_gap.unsqueeze(1)).mul_(probs[:n])
 
 
-def values_with_finite_gradient(
-    divergence: Callable[[Tensor, Tensor], Tensor], student_logits: Tensor, teacher_logits: Tensor
-) -> Tensor:
-    """``divergence(student_logits, teacher_logits)`` [N], with every token whose value is +inf (the teacher
-    gives probability 0 where the student has mass) cut from the autograd graph.
-
-    Such a token's value stays +inf (a clip bounds it to a constant), but its backward would multiply a
-    zero gradient by an infinite log-ratio and spread NaN over every parameter; detached, it contributes
-    exactly no gradient, as the clamp says it should. The common all-finite case costs nothing extra.
-    """
-    values = divergence(student_logits, teacher_logits)
-    if not values.requires_grad:
-        return values
-    infinite = torch.isposinf(values.detach())
-    if not bool(infinite.any()):
-        return values
-    return divergence(torch.where(infinite[:, None], student_logits.detach(), student_logits), teacher_logits)
-
-
 def _autograd_chunk(
     student_rows: Tensor,
     teacher_rows: Tensor,
     student_head: Tensor,
     teacher_head: Tensor,
     clip: Tensor,
-    divergence: Callable[[Tensor, Tensor], Tensor],
+    divergence: DivergenceFn,
 ) -> tuple[Tensor, Tensor]:
     """Clipped values ``[n]`` of one chunk and their gradient wrt the student logits, from autograd (any divergence)."""
     with torch.no_grad():
@@ -228,8 +211,7 @@ def chunked_divergence_sum(
     teacher_rows: Tensor,
     teacher_head: Tensor,
     clip: Tensor,
-    divergence: Callable[[Tensor, Tensor], Tensor],
-    closed: tuple[str, float] | None,
+    divergence: DivergenceFn,
     chunk_size: int,
 ) -> Tensor:
     """Sum over rows of ``min(divergence(student_rows @ student_head.T, teacher_rows @ teacher_head.T), clip)``.
@@ -244,15 +226,16 @@ def chunked_divergence_sum(
         teacher_rows: ``[N, H]``.
         teacher_head: ``[V, H]``; may be the student's head (one GEMM then serves both).
         clip: ``[N]`` per-row clips in the loss dtype (float32 or wider; ``inf`` = none).
-        divergence: ``f(student_logits, teacher_logits) -> [n]`` per row.
-        closed: ``("forward_kl" | "reverse_kl", temperature)`` when ``divergence``
-            is that KL (its closed-form gradient is then used), else None.
+        divergence: ``f(student_logits, teacher_logits) -> [n]`` per row. A `Divergence` that is a
+            forward or reverse KL gets its closed-form gradient; anything else, autograd per chunk.
         chunk_size: rows per chunk.
 
     Returns:
         Scalar in ``clip``'s dtype.
     """
     teacher_head = teacher_head.detach()
+    kind = divergence.kl_direction if isinstance(divergence, Divergence) else None
+    closed = (kind, divergence.temperature) if kind is not None else None
     width, vocab, dtype = min(chunk_size, student_rows.shape[0]), student_head.shape[0], clip.dtype
     if closed is not None and width:
         logits = student_rows.new_empty((2 * width, vocab), dtype=dtype)
@@ -281,7 +264,7 @@ def chunked_top_k_divergence_sum(
     teacher_coarse: Tensor,
     teacher_ids: Tensor,
     clip: Tensor,
-    coarse_divergence: Callable[[Tensor, Tensor], Tensor],
+    coarse_divergence: DivergenceFn,
     coarsen: Callable[[Tensor, Tensor], Tensor],
     chunk_size: int,
 ) -> Tensor:

@@ -29,23 +29,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Divergence = Callable[[Tensor, Tensor], Tensor]
+DivergenceFn = Callable[[Tensor, Tensor], Tensor]
+"""Any ``f(student_logits [N, V], teacher_logits [N, V]) -> [N]``; a `Divergence` is one."""
 
 __all__ = [
     "DIVERGENCES",
     "Divergence",
+    "DivergenceFn",
     "aggregate",
     "clip_token_values",
     "forward_kl",
     "generalized_jsd",
     "get_divergence",
     "reverse_kl",
+    "values_with_finite_gradient",
 ]
 
 
@@ -163,29 +166,74 @@ DIVERGENCES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def get_divergence(name: str, *, beta: float = 0.5, temperature: float = 1.0) -> Divergence:
-    """The divergence called ``name`` with its options bound.
+@dataclass(frozen=True)
+class Divergence:
+    """A registered divergence and its options, as one value passed down to the losses.
+
+    Calling it gives ``[N]`` per-token values from ``student_logits`` and
+    ``teacher_logits`` ``[N, V]``. Being a plain value (not a closure), the
+    chunked losses can read which divergence it is: `kl_direction` selects
+    the closed-form KL gradient, and `at_temperature` re-binds it for
+    log-probabilities that are already tempered (a top-k teacher's).
 
     Args:
         name: one of ``DIVERGENCES`` ("forward_kl", "reverse_kl", "jsd").
-        beta: interpolation weight of "jsd"; the KL divergences ignore it.
+        beta: interpolation weight of "jsd" in [0, 1]; the KLs ignore it.
         temperature: distillation temperature, > 0.
-
-    Returns:
-        ``f(student_logits [N, V], teacher_logits [N, V]) -> [N]``.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones), beta
             outside [0, 1], or temperature not > 0.
     """
-    if name not in DIVERGENCES:
-        valid = ", ".join(repr(known) for known in DIVERGENCES)
-        raise ValueError(f"unknown divergence {name!r}; valid names are: {valid}")
-    _check_temperature(temperature)
-    _check_beta(beta)
-    if name == "jsd":
-        return partial(generalized_jsd, beta=beta, temperature=temperature)
-    return partial(DIVERGENCES[name], temperature=temperature)
+
+    name: str
+    beta: float = 0.5
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in DIVERGENCES:
+            valid = ", ".join(repr(known) for known in DIVERGENCES)
+            raise ValueError(f"unknown divergence {self.name!r}; valid names are: {valid}")
+        _check_temperature(self.temperature)
+        _check_beta(self.beta)
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        if self.name == "jsd":
+            return generalized_jsd(student_logits, teacher_logits, beta=self.beta, temperature=self.temperature)
+        return DIVERGENCES[self.name](student_logits, teacher_logits, temperature=self.temperature)
+
+    @property
+    def kl_direction(self) -> str | None:
+        """ "forward_kl" or "reverse_kl" when this is that KL (the JSD at beta 0 or 1 included), else None."""
+        if self.name != "jsd":
+            return self.name
+        return {0.0: "forward_kl", 1.0: "reverse_kl"}.get(float(self.beta))
+
+    def at_temperature(self, temperature: float) -> Divergence:
+        """The same divergence at another temperature."""
+        return replace(self, temperature=temperature)
+
+
+def get_divergence(name: str, *, beta: float = 0.5, temperature: float = 1.0) -> Divergence:
+    """The divergence called ``name`` with its options bound: ``Divergence(name, beta, temperature)``."""
+    return Divergence(name, beta, temperature)
+
+
+def values_with_finite_gradient(divergence: DivergenceFn, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """``divergence(student_logits, teacher_logits)`` [N], with every token whose value is +inf (the teacher
+    gives probability 0 where the student has mass) cut from the autograd graph.
+
+    Such a token's value stays +inf (a clip bounds it to a constant), but its backward would multiply a
+    zero gradient by an infinite log-ratio and spread NaN over every parameter; detached, it contributes
+    exactly no gradient, as the clamp says it should. The common all-finite case costs nothing extra.
+    """
+    values = divergence(student_logits, teacher_logits)
+    if not values.requires_grad:
+        return values
+    infinite = torch.isposinf(values.detach())
+    if not bool(infinite.any()):
+        return values
+    return divergence(torch.where(infinite[:, None], student_logits.detach(), student_logits), teacher_logits)
 
 
 def _check_scalar_clip(clip: float) -> float:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -12,7 +13,8 @@ from vigos.models.modeling import Context
 
 @dataclass
 class ScoringOptions:
-    """Loss settings (the trainer fills these from its config)."""
+    """Loss settings. These defaults are the only ones: ``ViGOSConfig`` takes its loss options' defaults
+    from here, and `from_settings` reads a config's values back by the same names."""
 
     distill_temperature: float = 1.0
     jsd_beta: float = 0.5
@@ -21,18 +23,19 @@ class ScoringOptions:
     reasoning_start_clip: float | None = 0.05
     loss_chunk_size: int | None = 128
     teacher_batch_size: int = 8
-    # Teachers kept as their top-k tokens and tail mass (losses.TopKTeacher) instead of hidden states.
+    # Teachers kept as their top-k tokens and tail mass (state_losses.TopKTeacher) instead of hidden states.
     teacher_top_k: int | None = None
-    # The public release's way, kept as a reference and for benchmarks: full
-    # [L, V] logits of the student and of every teacher pass, all alive at
-    # once, then divergence_from_logits.
-    naive_loss: bool = False
     # One vision encode per image per call under the teacher's weights, shared
     # by every teacher pass, and by the student pass too when the vision tower
     # is frozen; a trained tower (LoRA on its blocks) encodes the student's
-    # image inside the student's pass, with gradient. The naive path encodes
-    # the image once per context, as the release does.
+    # image inside the student's pass, with gradient. The full-logits scorer
+    # encodes the image once per context, as the release does.
     reuse_image_features: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ScoringOptions:
+        """The options ``settings`` holds under the same names (a ``ViGOSConfig``, say)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from vigos.data.rows import Example
-from vigos.grading.answers import is_correct
-from vigos.method import losses, state_losses
+from vigos.grading.answers import extract_answer, is_correct
+from vigos.method import losses
 from vigos.method.score_types import ScoreOutput, ScoringOptions, TeacherJob
 from vigos.method.spans import CompletionSpans, SpanParser, span_mask
+from vigos.method.state_losses import HiddenTeacher, TopKTeacher, top_k_teacher
 from vigos.method.teachers import TeacherPolicy, TeacherTerm
 from vigos.models.modeling import (
     Context,
@@ -36,7 +37,6 @@ from vigos.models.modeling import (
     gathered_output_head,
     image_features_reusable,
     image_token_id,
-    output_head,
     output_head_shape,
     takes_image_features,
     tokenize_prompt,
@@ -44,6 +44,8 @@ from vigos.models.modeling import (
 from vigos.prompts import PromptSpec, render_prompt
 
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+# A teacher's side of one loss term, as ``_read_teachers`` chose to keep it (see vigos.method.state_losses).
+TeacherRows = HiddenTeacher | TopKTeacher
 
 
 @contextmanager
@@ -54,11 +56,6 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _full_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Full-vocabulary logits [B, L, V] of every position (the naive path)."""
-    return model(**batch, use_cache=False).logits
 
 
 def _supervised_range(term: TeacherTerm, spans: CompletionSpans) -> tuple[int, int] | None:
@@ -75,7 +72,13 @@ def _supervised_range(term: TeacherTerm, spans: CompletionSpans) -> tuple[int, i
 
 
 class Scorer:
-    """Computes the ViGOS/OPSD loss for given completions of given examples."""
+    """Computes the ViGOS/OPSD loss for given completions of given examples.
+
+    The student and every teacher pass keep only final hidden states; a teacher is then read once per
+    call as hidden states or, with ``teacher_top_k``, as its top-k tokens (`_read_teachers`), and each
+    term's loss is chunked over its tokens. `vigos.method.full_logits.FullLogitsScorer` is the public
+    release's full-logits way, kept as the reference the fast path is tested and benchmarked against.
+    """
 
     def __init__(
         self,
@@ -102,9 +105,7 @@ class Scorer:
         self.image_token = image_token_id(processor)
         self.parser = SpanParser(tokenizer)
         self.divergences = {
-            t.name: losses.get_divergence(
-                t.divergence, beta=self.options.jsd_beta, temperature=self.options.distill_temperature
-            )
+            t.name: losses.Divergence(t.divergence, self.options.jsd_beta, self.options.distill_temperature)
             for t in self.terms
         }
 
@@ -140,6 +141,28 @@ class Scorer:
         counts = [sum(r[1] - r[0] for r in supervised[t.name] if r) for t in self.terms]
         return torch.tensor([len(spans), *counts], dtype=torch.float32)
 
+    def _parse(
+        self, completions: Sequence[str | Sequence[int] | torch.Tensor]
+    ) -> tuple[list[list[int]], list[CompletionSpans]]:
+        """Each completion's token ids, cut after its end token, and its spans."""
+        completion_ids = self.tokenize_completions(completions)
+        for index, ids in enumerate(completion_ids):
+            if self.image_token in ids:
+                raise ValueError(
+                    f"completion {index} holds the image placeholder token {self.image_token}; completions are text "
+                    "only (rollouts suppress vision tokens)"
+                )
+        spans = self.parser.parse_batch(completion_ids)
+        return [ids[: s.length] for ids, s in zip(completion_ids, spans)], spans
+
+    def _encode_images(self, examples: Sequence[Example]) -> list[EncodedImage]:
+        """Each example's image(s), processed once per distinct image object (rollouts of a prompt share it)."""
+        images: dict[int, EncodedImage] = {}
+        for example in examples:
+            if id(example.image) not in images:
+                images[id(example.image)] = encode_image(self.processor, example.image)
+        return [images[id(e.image)] for e in examples]
+
     def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
         text = spec.text(example.question, example.answer if answer else None)
         return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill, image.count), image)
@@ -164,42 +187,23 @@ class Scorer:
             raise ValueError(
                 f"got {len(examples)} examples but {len(completions)} completions; pass one example per completion"
             )
-        completion_ids = self.tokenize_completions(completions)
-        for index, ids in enumerate(completion_ids):
-            if self.image_token in ids:
-                raise ValueError(
-                    f"completion {index} holds the image placeholder token {self.image_token}; completions are text "
-                    "only (rollouts suppress vision tokens)"
-                )
-        spans = self.parser.parse_batch(completion_ids)
-        completion_ids = [ids[: s.length] for ids, s in zip(completion_ids, spans)]
-        images: dict[int, EncodedImage] = {}
-        for example in examples:
-            if id(example.image) not in images:
-                images[id(example.image)] = encode_image(self.processor, example.image)
-        image_of = [images[id(e.image)] for e in examples]
+        completion_ids, spans = self._parse(completions)
+        image_of = self._encode_images(examples)
 
         supervised = self.supervised_ranges(spans)
-        naive = self.options.naive_loss
         times: dict[str, float] = {}
-        # With sharded weights (lockstep) the vision tower is gathered inside the model's own passes: keep pixels.
-        share = self.options.reuse_image_features and not naive and not self.lockstep and takes_image_features(model)
-        # The naive path keeps each teacher pass's full logits alive until the loss, as the release does.
-        kept: list[torch.Tensor] | None = [] if naive else None
+        shared_images = list({id(image): image for image in image_of}.values())
+        shared_images = shared_images if self._shares_image_features(model) else None
         with _timed(times, "teachers"):
-            teacher_outputs, features = self._teacher_outputs(
+            teacher_states, features = self._teacher_outputs(
                 model,
                 examples,
                 image_of,
                 self.teacher_contexts(examples, completion_ids, image_of, spans),
-                _full_logits if naive else final_hidden_states,
-                kept,
-                list(images.values()) if share else None,
+                shared_images,
                 times=times,
             )
-        if self.options.teacher_top_k is not None and not naive:
-            with _timed(times, "teachers"), gathered_output_head(model, needed_in_backward=False):
-                teacher_outputs = self._top_k_teachers(model, teacher_outputs)
+            teachers = self._read_teachers(model, teacher_states)
         # The teachers' encode serves the student only when the tower computes the same function for both.
         if features is not None and not image_features_reusable(model):
             features = None
@@ -209,41 +213,73 @@ class Scorer:
         ]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
         with _timed(times, "student"):
-            student_output = (_full_logits if naive else final_hidden_states)(
-                model, self._collate(contexts, model, features)
-            )
+            student_output = self._forward(model, self._collate(contexts, model, features))
 
         device = student_output.device
         local_totals = self._totals(spans, supervised).to(device)
         totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(device)
-        # The chunked loss reads the output head outside the forward: ZeRO-3 must gather it for that.
-        head = (
-            nullcontext()
-            if naive
-            else gathered_output_head(model, needed_in_backward=self.options.loss_chunk_size is None)
-        )
-        with _timed(times, "loss"), head:
+        with _timed(times, "loss"), self._heads(model) as heads:
             loss, terms = self._loss(
-                model, student_output, teacher_outputs, student_prompts, completion_ids, supervised, totals[1:]
+                heads, student_output, teachers, student_prompts, completion_ids, supervised, totals[1:]
             )
-        del kept
         metrics = self._metrics(examples, completion_ids, spans, local_totals, terms, loss, float(totals[0]))
         metrics.update({f"time_{stage}": seconds for stage, seconds in times.items()})
         return ScoreOutput(loss, terms, metrics, spans, completion_ids, supervised)
 
+    def _shares_image_features(self, model: torch.nn.Module) -> bool:
+        """Whether the teacher passes share one vision encode per image. With sharded weights (lockstep)
+        the vision tower is gathered inside the model's own passes: pixels are kept then."""
+        return self.options.reuse_image_features and not self.lockstep and takes_image_features(model)
+
+    def _forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """What a pass keeps of every position: final hidden states [B, L, H]."""
+        return final_hidden_states(model, batch)
+
+    def _teacher_forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """One teacher pass, as `_forward`."""
+        return self._forward(model, batch)
+
+    def _output_width(self, model: torch.nn.Module) -> int:
+        """The last dimension of `_forward`'s output."""
+        return output_head_shape(model)[1]
+
+    def _read_teachers(self, model: torch.nn.Module, states: dict[str, torch.Tensor]) -> dict[str, TeacherRows]:
+        """Each term's teacher, from its hidden states [N_term, H]: kept as they are, or (``teacher_top_k``)
+        turned into its top-k tokens and tail mass. The one place the representation is chosen."""
+        k = self.options.teacher_top_k
+        if k is None:
+            return {name: HiddenTeacher(rows) for name, rows in states.items()}
+        with gathered_output_head(model, needed_in_backward=False):
+            head = self.teacher.head(model)
+            if k > head.shape[0]:
+                raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
+            return {
+                name: top_k_teacher(
+                    rows.to(head.dtype), head, k, self.options.distill_temperature, self.options.loss_chunk_size
+                )
+                for name, rows in states.items()
+            }
+
+    @contextmanager
+    def _heads(self, model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The student's and the teacher's output heads [V, H], whole for the loss (the chunked loss reads
+        them outside the forward: ZeRO-3 must gather them for that)."""
+        with gathered_output_head(model, needed_in_backward=self.options.loss_chunk_size is None) as head:
+            yield head, self.teacher.head(model)
+
     def _loss(
         self,
-        model: torch.nn.Module,
+        heads: Any,
         student_output: torch.Tensor,
-        teacher_outputs: dict[str, torch.Tensor | state_losses.TopKTeacher],
+        teachers: dict[str, Any],
         student_prompts: list[list[int]],
         completion_ids: list[list[int]],
         supervised: dict[str, list[tuple[int, int] | None]],
         global_counts: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted loss and each term, from the student's final hidden states [B, L, H]
-        (or, naive path, full logits [B, L, V]), each teacher's rows at its supervised tokens
-        (or its top-k tokens and tail mass), and each term's token count over the step [terms]."""
+        """The weighted loss and each term, from the student's output [B, L, D] (`_forward`'s), each
+        term's teacher at its supervised tokens (`_read_teachers`'), the heads (`_heads`') and each
+        term's token count over the step [terms]."""
         device = student_output.device
         # Keeps every parameter in the graph when no term has a token here, so
         # that distributed gradient reduction still sees this process.
@@ -251,64 +287,20 @@ class Scorer:
         terms: dict[str, torch.Tensor] = {}
         prompt_lengths = torch.tensor([len(p) for p in student_prompts], device=device)
         width = max((len(c) for c in completion_ids), default=0)
-        if not self.options.naive_loss:
-            student_head = output_head(model)
-            teacher_head = self.teacher.head(model)
         for index, term in enumerate(self.terms):
             rows = supervised[term.name]
             row_index, token_index = span_mask(rows, width).to(device).nonzero(as_tuple=True)
-            student_rows = student_output[row_index, prompt_lengths[row_index] + token_index - 1]
-            clip = self._clip_values(term, rows, row_index, token_index)
-            supervised_rows = torch.ones(len(row_index), dtype=torch.bool, device=device)
-            if self.options.naive_loss:
-                value = state_losses.divergence_from_logits(
-                    student_rows,
-                    teacher_outputs[term.name],
-                    self.divergences[term.name],
-                    supervised_rows,
-                    clip,
-                    global_counts[index],
-                )
-            elif isinstance(teacher_outputs[term.name], state_losses.TopKTeacher):
-                value = state_losses.divergence_from_top_k(
-                    student_rows,
-                    student_head,
-                    teacher_outputs[term.name],
-                    self.divergences[term.name],
-                    mask=supervised_rows,
-                    clip=clip,
-                    global_count=global_counts[index],
-                    chunk_size=self.options.loss_chunk_size,
-                )
-            else:
-                value = state_losses.divergence_from_hidden(
-                    student_rows,
-                    teacher_outputs[term.name].to(student_rows.dtype),
-                    student_head,
-                    teacher_head,
-                    self.divergences[term.name],
-                    mask=supervised_rows,
-                    clip=clip,
-                    global_count=global_counts[index],
-                    chunk_size=self.options.loss_chunk_size,
-                )
+            value = teachers[term.name].loss_term(
+                student_output[row_index, prompt_lengths[row_index] + token_index - 1],
+                *heads,
+                self.divergences[term.name],
+                clip=self._clip_values(term, rows, row_index, token_index),
+                global_count=global_counts[index],
+                chunk_size=self.options.loss_chunk_size,
+            )
             terms[term.name] = value
             loss = loss + term.weight * value
         return loss, terms
-
-    def _top_k_teachers(
-        self, model: torch.nn.Module, teacher_states: dict[str, torch.Tensor]
-    ) -> dict[str, state_losses.TopKTeacher]:
-        """Each term's teacher hidden states [N_term, H] turned into its top-k tokens and tail mass."""
-        k, head = self.options.teacher_top_k, self.teacher.head(model)
-        if k > head.shape[0]:
-            raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
-        return {
-            name: state_losses.top_k_teacher(
-                states.to(head.dtype), head, k, self.options.distill_temperature, self.options.loss_chunk_size
-            )
-            for name, states in teacher_states.items()
-        }
 
     def _collate(
         self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
@@ -362,7 +354,7 @@ class Scorer:
         student's gather. Only hidden states are kept, never logits.
         """
         jobs = self.teacher_contexts(examples, completion_ids, image_of, spans)
-        return self._teacher_outputs(model, examples, image_of, jobs, final_hidden_states, times={})[0]
+        return self._teacher_outputs(model, examples, image_of, jobs, times={})[0]
 
     @torch.no_grad()
     def _teacher_outputs(
@@ -371,17 +363,14 @@ class Scorer:
         examples: Sequence[Example],
         image_of: list[EncodedImage],
         jobs: dict[str, list[TeacherJob]],
-        forward: Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor],
-        kept: list[torch.Tensor] | None = None,
         images: list[EncodedImage] | None = None,
         *,
         times: dict[str, float],
     ) -> tuple[dict[str, torch.Tensor], ImageFeatures | None]:
-        """``forward``'s output ([B, L, D]: hidden states or logits) of each teacher pass, gathered
-        to {term: [N_term, D]}; ``kept`` (if given) receives every pass's whole output. With
-        ``images``, each is run through the vision tower once, under the teacher's weights, and
+        """Each teacher pass's output ([B, L, D], `_teacher_forward`'s) gathered to {term: [N_term, D]}.
+        With ``images``, each is run through the vision tower once, under the teacher's weights, and
         the features stand in for the pixels in every pass; they are returned (else None)."""
-        width = output_head_shape(model)[0 if forward is _full_logits else 1]
+        width = self._output_width(model)
         size = self.options.teacher_batch_size
         # Every process holds as many rows, so this many passes per term is the most any process runs.
         most_passes = -(-len(examples) // size)
@@ -402,9 +391,7 @@ class Scorer:
                     for offset in range(0, len(term_jobs), size):
                         chunk = by_length[offset : offset + size]
                         batch = self._collate([term_jobs[job].context for job in chunk], model, features)
-                        output = forward(model, batch)
-                        if kept is not None:
-                            kept.append(output)
+                        output = self._teacher_forward(model, batch)
                         for row, job in enumerate(chunk):
                             first, count = term_jobs[job].first, term_jobs[job].count
                             gathered[job] = output[row, first : first + count]
@@ -465,8 +452,6 @@ class Scorer:
         for example, ids, s in zip(examples, completion_ids, spans):
             prediction = s.answer if s.valid else None
             if prediction is None:
-                from vigos.grading.answers import extract_answer
-
                 prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
             correct += bool(is_correct(prediction, example.answer))
         names = list(terms)

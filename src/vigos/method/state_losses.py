@@ -1,13 +1,15 @@
 """Per-token divergences from model states.
 
 Full logits (the plain path), final hidden states through the output head in chunks (the fused
-path), and a teacher's top-k.
+path), and a teacher's top-k. A teacher's side of a loss term comes in one of two representations,
+chosen once per scoring call: `HiddenTeacher` (its final hidden states, the exact loss) or
+`TopKTeacher` (its k most likely tokens and the mass of the rest); both give the term through
+``loss_term``, so the scorer never branches on which it holds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -15,26 +17,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vigos.method.fused_loss import chunked_divergence_sum, chunked_top_k_divergence_sum, values_with_finite_gradient
+from vigos.method.fused_loss import chunked_divergence_sum, chunked_top_k_divergence_sum
 from vigos.method.losses import (
     DIVERGENCES,
     Divergence,
+    DivergenceFn,
     _check_mask,
     _check_scalar_clip,
     _check_temperature,
     _token_count,
     aggregate,
     clip_token_values,
-    forward_kl,
-    generalized_jsd,
-    reverse_kl,
+    values_with_finite_gradient,
 )
 
 
 def divergence_from_logits(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    divergence: Divergence,
+    divergence: DivergenceFn,
     mask: Tensor,
     clip: Tensor | float | None = None,
     global_count: Tensor | float | int | None = None,
@@ -65,7 +66,7 @@ def _plain_term(
     student_head: Tensor,
     teacher_head: Tensor,
     clip: Tensor | float | None,
-    divergence: Divergence,
+    divergence: DivergenceFn,
 ) -> Tensor:
     """Sum of clipped divergences over all rows at once, through autograd (the unchunked path)."""
     student_logits = F.linear(student_rows, student_head)
@@ -74,40 +75,12 @@ def _plain_term(
     return clip_token_values(values_with_finite_gradient(divergence, student_logits, teacher_logits), clip).sum()
 
 
-def _registered(divergence: Divergence) -> tuple[Callable[..., Tensor], dict] | None:
-    """``(function, keywords)`` of a divergence from the registry (as `get_divergence` binds it), else None."""
-    func, keywords = divergence, {}
-    if isinstance(divergence, partial):
-        if divergence.args:
-            return None
-        func, keywords = divergence.func, dict(divergence.keywords)
-    return (func, keywords) if func in DIVERGENCES.values() else None
-
-
-def _closed_form(divergence: Divergence) -> tuple[str, float] | None:
-    """``(kind, temperature)`` when ``divergence`` is a KL whose logit gradient has a closed form.
-
-    Recognizes `forward_kl` and `reverse_kl` as they come from
-    `get_divergence` (also the JSD endpoints beta = 0 and 1); any other
-    callable gets its per-chunk gradient from autograd instead.
-    """
-    registered = _registered(divergence)
-    if registered is None:
-        return None
-    func, keywords = registered
-    if func is generalized_jsd and keywords.get("beta") in (0.0, 1.0):
-        func = forward_kl if keywords.pop("beta") == 0.0 else reverse_kl
-    if func in (forward_kl, reverse_kl) and set(keywords) <= {"temperature"}:
-        return func.__name__, float(keywords.get("temperature", 1.0))
-    return None
-
-
 def divergence_from_hidden(
     student_hidden: Tensor,
     teacher_hidden: Tensor,
     student_head: Tensor,
     teacher_head: Tensor,
-    divergence: Divergence,
+    divergence: DivergenceFn,
     mask: Tensor,
     clip: Tensor | float | None = None,
     global_count: Tensor | float | int | None = None,
@@ -167,14 +140,7 @@ def divergence_from_hidden(
         total = _plain_term(student_rows, teacher_rows, student_head, teacher_head, row_clips, divergence)
     else:
         total = chunked_divergence_sum(
-            student_rows,
-            student_head,
-            teacher_rows,
-            teacher_head,
-            row_clips,
-            divergence,
-            _closed_form(divergence),
-            chunk_size,
+            student_rows, student_head, teacher_rows, teacher_head, row_clips, divergence, chunk_size
         )
     return total / _token_count(mask, global_count, total)
 
@@ -208,6 +174,39 @@ def _supervised_rows(
 
 
 @dataclass(frozen=True)
+class HiddenTeacher:
+    """A teacher's final hidden states ``[N, H]`` at the N tokens its term supervises (no grad)."""
+
+    hidden: Tensor
+
+    def loss_term(
+        self,
+        student_hidden: Tensor,
+        student_head: Tensor,
+        teacher_head: Tensor,
+        divergence: DivergenceFn,
+        *,
+        clip: Tensor | float | None = None,
+        global_count: Tensor | float | int | None = None,
+        chunk_size: int | None = 1024,
+    ) -> Tensor:
+        """The term against the student's rows ``[N, H]``: `divergence_from_hidden` with every row supervised,
+        the teacher's rows projected through ``teacher_head`` ``[V, H]``."""
+        mask = torch.ones(student_hidden.shape[0], dtype=torch.bool, device=student_hidden.device)
+        return divergence_from_hidden(
+            student_hidden,
+            self.hidden.to(student_hidden.dtype),
+            student_head,
+            teacher_head,
+            divergence,
+            mask=mask,
+            clip=clip,
+            global_count=global_count,
+            chunk_size=chunk_size,
+        )
+
+
+@dataclass(frozen=True)
 class TopKTeacher:
     """A teacher's distribution at N tokens, kept as its k most likely tokens plus the mass of the rest.
 
@@ -229,6 +228,31 @@ class TopKTeacher:
     def index_select(self, rows: Tensor) -> TopKTeacher:
         """The teacher at the given rows only."""
         return TopKTeacher(self.log_probs.index_select(0, rows), self.ids.index_select(0, rows), self.temperature)
+
+    def loss_term(
+        self,
+        student_hidden: Tensor,
+        student_head: Tensor,
+        teacher_head: Tensor | None,
+        divergence: Divergence,
+        *,
+        clip: Tensor | float | None = None,
+        global_count: Tensor | float | int | None = None,
+        chunk_size: int | None = 1024,
+    ) -> Tensor:
+        """The term against the student's rows ``[N, H]``: `divergence_from_top_k` with every row supervised
+        (``teacher_head`` is not needed: the teacher is already projected)."""
+        mask = torch.ones(student_hidden.shape[0], dtype=torch.bool, device=student_hidden.device)
+        return divergence_from_top_k(
+            student_hidden,
+            student_head,
+            self,
+            divergence,
+            mask=mask,
+            clip=clip,
+            global_count=global_count,
+            chunk_size=chunk_size,
+        )
 
 
 def coarse_log_probs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
@@ -273,21 +297,6 @@ def top_k_teacher(
     return TopKTeacher(torch.cat(log_probs), torch.cat(ids), float(temperature))
 
 
-def _coarse_divergence(divergence: Divergence, temperature: float) -> Divergence:
-    """``divergence`` at temperature 1, for log-probabilities already tempered at ``temperature``."""
-    registered = _registered(divergence)
-    if registered is None:
-        valid = ", ".join(repr(known) for known in DIVERGENCES)
-        raise ValueError(f"a top-k teacher needs a divergence from get_divergence ({valid}), got {divergence!r}")
-    func, keywords = registered
-    if float(keywords.get("temperature", 1.0)) != temperature:
-        raise ValueError(
-            f"the divergence's temperature {keywords.get('temperature', 1.0)} differs from the top-k teacher's "
-            f"{temperature}; build both with the same distillation temperature"
-        )
-    return partial(func, **{**keywords, "temperature": 1.0})
-
-
 def divergence_from_top_k(
     student_hidden: Tensor,
     student_head: Tensor,
@@ -311,7 +320,16 @@ def divergence_from_top_k(
             f"student_hidden must be [N, H] with N = the teacher's {teacher.log_probs.shape[0]} rows, "
             f"got {tuple(student_hidden.shape)}"
         )
-    coarse_divergence = _coarse_divergence(divergence, teacher.temperature)
+    if not isinstance(divergence, Divergence):
+        valid = ", ".join(repr(known) for known in DIVERGENCES)
+        raise ValueError(f"a top-k teacher needs a Divergence value, named one of {valid}; got {divergence!r}")
+    if divergence.temperature != teacher.temperature:
+        raise ValueError(
+            f"the divergence's temperature {divergence.temperature} differs from the top-k teacher's "
+            f"{teacher.temperature}; build both with the same distillation temperature"
+        )
+    # The teacher's log-probabilities are already tempered, and so are the student's coarsened ones.
+    coarse_divergence = divergence.at_temperature(1.0)
     rows, student_rows, row_clips = _supervised_rows(student_hidden, mask, clip, chunk_size)
     teacher = teacher.index_select(rows)
     coarsen = partial(coarse_log_probs, temperature=teacher.temperature)

@@ -24,7 +24,7 @@ handful of matrix-vector products. Here a step is just that arithmetic:
   with one ``torch.multinomial`` per step over every row, finished or not,
   so for a fixed seed it consumes the random stream exactly as ``generate``
   does and, up to float rounding, samples the same tokens
-  (tests/test_sampler.py compares them token by token).
+  (tests/rollout/test_sampler.py compares them token by token).
 
 Text tokens after the prompt have equal temporal/height/width rotary
 positions, so decoding needs only each row's next position: the prompt's

@@ -13,17 +13,14 @@ from typing import Any
 from transformers import TrainingArguments
 
 from vigos import prompts
-from vigos.method.losses import DIVERGENCES
-from vigos.method.teachers import TEACHER_KINDS, TeacherPolicy, opsd_terms, vigos_terms
-from vigos.rollout.hf import SAMPLERS
-from vigos.training.option_checks import _check_report_to, _choice, _range
+from vigos.method.score_types import ScoringOptions
+from vigos.method.teachers import TeacherPolicy, make_teacher_policy, opsd_terms, vigos_terms
+from vigos.training.option_checks import check_options, check_trainer_numbers
 
-METHODS = ("vigos", "opsd")
-LOSS_NORMALIZATIONS = ("step", "micro_batch")
-ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
-BAD_ROWS = ("skip", "error")
 # What an inference engine reserves per prompt when max_images_per_row is None (no cap on the rows).
 _UNCAPPED_IMAGES = 16
+# The loss options' defaults live with the scorer; the fields below read them from here.
+_SCORING = ScoringOptions()
 
 
 def _help(text: str) -> dict[str, str]:
@@ -150,12 +147,15 @@ class ViGOSConfig(TrainingArguments):
     reasoning_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the reasoning teacher."))
     reference_divergence: str = field(default="reverse_kl", metadata=_help("Divergence of the reference teacher."))
     opsd_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the OPSD teacher."))
-    jsd_beta: float = field(default=0.5, metadata=_help("beta of the generalized JSD (0: forward KL, 1: reverse KL)."))
+    jsd_beta: float = field(
+        default=_SCORING.jsd_beta, metadata=_help("beta of the generalized JSD (0: forward KL, 1: reverse KL).")
+    )
     distill_temperature: float = field(
-        default=1.0, metadata=_help("Temperature applied to student and teacher logits in the loss.")
+        default=_SCORING.distill_temperature,
+        metadata=_help("Temperature applied to student and teacher logits in the loss."),
     )
     token_loss_clip: float | None = field(
-        default=0.05,
+        default=_SCORING.token_loss_clip,
         metadata=_help(
             "Clip of each token's divergence (None: no clip; release: 0.05). A "
             "clipped token gives no gradient: on a small or random model, whose "
@@ -163,10 +163,10 @@ class ViGOSConfig(TrainingArguments):
         ),
     )
     description_end_clip: float | None = field(
-        default=0.05, metadata=_help("Clip of the last description token (boundary).")
+        default=_SCORING.description_end_clip, metadata=_help("Clip of the last description token (boundary).")
     )
     reasoning_start_clip: float | None = field(
-        default=0.05, metadata=_help("Clip of the first reasoning token (boundary).")
+        default=_SCORING.reasoning_start_clip, metadata=_help("Clip of the first reasoning token (boundary).")
     )
     reasoning_sees_description: bool = field(
         default=False,
@@ -176,7 +176,7 @@ class ViGOSConfig(TrainingArguments):
         ),
     )
     loss_chunk_size: int | None = field(
-        default=128,
+        default=_SCORING.loss_chunk_size,
         metadata=_help(
             "Tokens per chunk when projecting hidden states to the vocabulary in "
             "the loss: the loss holds about 3 x chunk x vocabulary floats (128 at "
@@ -184,10 +184,11 @@ class ViGOSConfig(TrainingArguments):
         ),
     )
     teacher_batch_size: int = field(
-        default=8, metadata=_help("Sequences per teacher forward pass (bounds teacher memory).")
+        default=_SCORING.teacher_batch_size,
+        metadata=_help("Sequences per teacher forward pass (bounds teacher memory)."),
     )
     teacher_top_k: int | None = field(
-        default=None,
+        default=_SCORING.teacher_top_k,
         metadata=_help(
             "Keep each teacher's k most likely tokens and the mass of the rest per "
             "supervised token, instead of its final hidden states; the divergence "
@@ -202,6 +203,14 @@ class ViGOSConfig(TrainingArguments):
             "step (every micro-batch, every process); 'micro_batch': a mean over "
             "each micro-batch's tokens on each process, then averaged (the "
             "release's way, which weighs a token by how full its micro-batch is)."
+        ),
+    )
+    reuse_image_features: bool = field(
+        default=_SCORING.reuse_image_features,
+        metadata=_help(
+            "Encode each image once per step under the teacher's weights and share "
+            "the features with every teacher pass (and the student's, when the "
+            "vision tower is not trained); false: every pass encodes its own."
         ),
     )
     naive_loss: bool = field(
@@ -289,78 +298,9 @@ class ViGOSConfig(TrainingArguments):
             )
         # Checked before the Trainer's own set-up, which takes them as they are: a zero or negative
         # learning rate would otherwise surface from torch only once the model is loaded.
-        _check_trainer_numbers(self)
+        check_trainer_numbers(self)
         super().__post_init__()
-        _check_report_to(self.report_to)
-        _choice("method", self.method, METHODS)
-        _choice("teacher", self.teacher, TEACHER_KINDS)
-        _choice("bad_rows", self.bad_rows, BAD_ROWS)
-        _choice("loss_normalization", self.loss_normalization, LOSS_NORMALIZATIONS)
-        for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
-            _choice(name, getattr(self, name), tuple(DIVERGENCES))
-        _range("temperature", self.temperature, low=0.0, low_open=True)
-        _range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
-        _range("top_k", self.top_k, low=0)
-        _range("num_generations", self.num_generations, low=1)
-        _choice("rollout_engine", self.rollout_engine, ROLLOUT_ENGINES)
-        _choice("rollout_sampler", self.rollout_sampler, SAMPLERS)
-        _range("vllm_sync_steps", self.vllm_sync_steps, low=1)
-        _range("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0.0, high=1.0, low_open=True)
-        _range("vllm_request_timeout", self.vllm_request_timeout, low=0.0, low_open=True)
-        if self.rollout_engine == "vllm_server":
-            if not self.use_lora:
-                raise ValueError(
-                    "rollout_engine 'vllm_server' needs use_lora: true: the server is sent the policy as "
-                    "a LoRA adapter (full weights cannot be pushed to it); use 'vllm_colocate' or 'hf'"
-                )
-            if not self.vllm_server_url.startswith(("http://", "https://")):
-                raise ValueError(f"vllm_server_url must start with http:// or https://; got {self.vllm_server_url!r}")
-        _range("max_completion_length", self.max_completion_length, low=1)
-        _range("max_prompt_length", self.max_prompt_length, low=1)
-        _range("ema_decay", self.ema_decay, low=0.0, high=1.0)
-        _range("jsd_beta", self.jsd_beta, low=0.0, high=1.0)
-        _range("distill_temperature", self.distill_temperature, low=0.0, low_open=True)
-        for name in ("perception_weight", "reasoning_weight", "reference_weight", "opsd_weight"):
-            _range(name, getattr(self, name), low=0.0)
-        for name in ("token_loss_clip", "description_end_clip", "reasoning_start_clip"):
-            if getattr(self, name) is not None:
-                _range(name, getattr(self, name), low=0.0, low_open=True)
-        if self.loss_chunk_size is not None:
-            _range("loss_chunk_size", self.loss_chunk_size, low=1)
-        _range("teacher_batch_size", self.teacher_batch_size, low=1)
-        if self.teacher_top_k is not None:
-            _range("teacher_top_k", self.teacher_top_k, low=1)
-            if self.naive_loss:
-                raise ValueError("teacher_top_k needs naive_loss: false (the naive path keeps full teacher logits)")
-        _range("lora_r", self.lora_r, low=1)
-        _range("lora_alpha", self.lora_alpha, low=0, low_open=True)
-        _range("lora_dropout", self.lora_dropout, low=0.0, high=1.0)
-        _range("min_image_side", self.min_image_side, low=1)
-        _choice("images_per_row", self.images_per_row, ("all", "first"))
-        if self.max_train_rows is not None:
-            _range("max_train_rows", self.max_train_rows, low=1)
-        if self.max_images_per_row is not None:
-            _range("max_images_per_row", self.max_images_per_row, low=1)
-        if self.data_num_proc is not None:
-            _range("data_num_proc", self.data_num_proc, low=1)
-        _range("log_completions_steps", self.log_completions_steps, low=0)
-        _range("diagnostics_steps", self.diagnostics_steps, low=0)
-        _range("diagnostics_sample_size", self.diagnostics_sample_size, low=1)
-        _range("num_completions_to_log", self.num_completions_to_log, low=0)
-        for name, needs in (
-            ("student_prompt", {"question"}),
-            ("reasoning_prompt", {"question", "answer"}),
-            ("reference_prompt", {"question", "answer"}),
-        ):
-            missing = needs - prompts.template_fields(getattr(self, name))
-            if missing:
-                raise ValueError(f"{name} must contain {', '.join('{' + m + '}' for m in sorted(missing))}")
-        if "answer" in prompts.template_fields(self.student_prompt):
-            raise ValueError("student_prompt must not contain {answer}: the student never sees the reference answer")
-        if prompts.template_fields(self.perception_prompt):
-            raise ValueError(
-                "perception_prompt must not contain {question} or {answer}: the perception teacher sees the image only"
-            )
+        check_options(self)
 
     @property
     def student_spec(self) -> prompts.PromptSpec:
@@ -434,67 +374,26 @@ class ViGOSConfig(TrainingArguments):
             )
         return HFGenerateRollout(processor, params, student, sampler=self.rollout_sampler)
 
+    def teacher_policy(self, model: Any) -> TeacherPolicy:
+        """The teacher ``teacher`` names for ``model`` (build it before training starts)."""
+        return make_teacher_policy(self.teacher, model, ema_decay=self.ema_decay)
+
     def build_scorer(
         self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None, lockstep: bool = False
     ):
-        """The :class:`vigos.method.scoring.Scorer` this config describes (``lockstep``: the same number of
+        """The :class:`vigos.method.scoring.Scorer` this config describes (``teacher``: see
+        :meth:`teacher_policy`; None scores with the model as it is; ``lockstep``: the same number of
         forward passes on every process, which sharded weights need)."""
-        from vigos.method.score_types import ScoringOptions
+        from vigos.method.full_logits import FullLogitsScorer
         from vigos.method.scoring import Scorer
 
-        options = ScoringOptions(
-            distill_temperature=self.distill_temperature,
-            jsd_beta=self.jsd_beta,
-            token_loss_clip=self.token_loss_clip,
-            description_end_clip=self.description_end_clip,
-            reasoning_start_clip=self.reasoning_start_clip,
-            loss_chunk_size=self.loss_chunk_size,
-            teacher_batch_size=self.teacher_batch_size,
-            teacher_top_k=self.teacher_top_k,
-            naive_loss=self.naive_loss,
-        )
-        student = self.student_spec
-        return Scorer(
+        scorer = FullLogitsScorer if self.naive_loss else Scorer
+        return scorer(
             processor,
             self.teacher_terms(),
-            student,
+            self.student_spec,
             teacher=teacher,
-            options=options,
+            options=ScoringOptions.from_settings(self),
             reduce_sum=reduce_sum,
             lockstep=lockstep,
         )
-
-
-def _check_trainer_numbers(config: ViGOSConfig) -> None:
-    """Ranges of the ``TrainingArguments`` numbers a run uses, named as options."""
-    _range("learning_rate", config.learning_rate, low=0.0, low_open=True)
-    _range("weight_decay", config.weight_decay, low=0.0)
-    _range("max_grad_norm", config.max_grad_norm, low=0.0)
-    for name in ("adam_beta1", "adam_beta2"):
-        _range(name, getattr(config, name), low=0.0, high=1.0, high_open=True)
-    _range("adam_epsilon", config.adam_epsilon, low=0.0, low_open=True)
-    # Below 1 a fraction of the run's steps, from 1 a number of steps (TrainingArguments' own reading).
-    _range("warmup_steps", config.warmup_steps, low=0.0)
-    _range("label_smoothing_factor", config.label_smoothing_factor, low=0.0, high=1.0)
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        _range(name, getattr(config, name), low=1)
-    if config.max_steps != -1:
-        _range("max_steps", config.max_steps, low=1, hint="or -1 to train num_train_epochs")
-    else:
-        _range("num_train_epochs", config.num_train_epochs, low=0.0, low_open=True, hint="(or set max_steps)")
-    # A step count only matters under its strategy ("steps"); below 1 it is a fraction of the run.
-    for strategy, steps in (
-        ("logging_strategy", "logging_steps"),
-        ("save_strategy", "save_steps"),
-        ("eval_strategy", "eval_steps"),
-    ):
-        if getattr(config, strategy) == "steps" and getattr(config, steps) is not None:
-            _range(steps, getattr(config, steps), low=0.0, low_open=True, hint=f"with {strategy}: steps")
-    if config.save_total_limit is not None:
-        _range("save_total_limit", config.save_total_limit, low=1, hint="or null to keep every checkpoint")
-    _range("dataloader_num_workers", config.dataloader_num_workers, low=0)
-    for name in ("seed", "data_seed"):
-        if getattr(config, name) is not None:
-            _range(name, getattr(config, name), low=0, high=2**32 - 1)  # what numpy's seeding takes
-    if config.neftune_noise_alpha is not None:
-        _range("neftune_noise_alpha", config.neftune_noise_alpha, low=0.0, low_open=True)

@@ -5,6 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vigos import prompts
+from vigos.method.losses import DIVERGENCES
+from vigos.method.teachers import TEACHER_KINDS
+from vigos.rollout.hf import SAMPLERS
+
+METHODS = ("vigos", "opsd")
+LOSS_NORMALIZATIONS = ("step", "micro_batch")
+ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
+BAD_ROWS = ("skip", "error")
+
 
 def _check_report_to(names: list[str]) -> None:
     """The Trainer checks the integrations' names only once the model is loaded; check them here."""
@@ -40,3 +50,112 @@ def _range(
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
         allowed = " and ".join(x for x in (lo, hi) if x) + (f" {hint}" if hint else "")
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
+
+
+def check_options(config: Any) -> None:
+    """The values of the options ``ViGOSConfig`` adds to ``TrainingArguments``."""
+    _check_report_to(config.report_to)
+    _choice("method", config.method, METHODS)
+    _choice("teacher", config.teacher, TEACHER_KINDS)
+    _choice("bad_rows", config.bad_rows, BAD_ROWS)
+    _choice("loss_normalization", config.loss_normalization, LOSS_NORMALIZATIONS)
+    for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
+        _choice(name, getattr(config, name), tuple(DIVERGENCES))
+    _range("temperature", config.temperature, low=0.0, low_open=True)
+    _range("top_p", config.top_p, low=0.0, high=1.0, low_open=True)
+    _range("top_k", config.top_k, low=0)
+    _range("num_generations", config.num_generations, low=1)
+    _choice("rollout_engine", config.rollout_engine, ROLLOUT_ENGINES)
+    _choice("rollout_sampler", config.rollout_sampler, SAMPLERS)
+    _range("vllm_sync_steps", config.vllm_sync_steps, low=1)
+    _range("vllm_gpu_memory_utilization", config.vllm_gpu_memory_utilization, low=0.0, high=1.0, low_open=True)
+    _range("vllm_request_timeout", config.vllm_request_timeout, low=0.0, low_open=True)
+    if config.rollout_engine == "vllm_server":
+        if not config.use_lora:
+            raise ValueError(
+                "rollout_engine 'vllm_server' needs use_lora: true: the server is sent the policy as "
+                "a LoRA adapter (full weights cannot be pushed to it); use 'vllm_colocate' or 'hf'"
+            )
+        if not config.vllm_server_url.startswith(("http://", "https://")):
+            raise ValueError(f"vllm_server_url must start with http:// or https://; got {config.vllm_server_url!r}")
+    _range("max_completion_length", config.max_completion_length, low=1)
+    _range("max_prompt_length", config.max_prompt_length, low=1)
+    _range("ema_decay", config.ema_decay, low=0.0, high=1.0)
+    _range("jsd_beta", config.jsd_beta, low=0.0, high=1.0)
+    _range("distill_temperature", config.distill_temperature, low=0.0, low_open=True)
+    for name in ("perception_weight", "reasoning_weight", "reference_weight", "opsd_weight"):
+        _range(name, getattr(config, name), low=0.0)
+    for name in ("token_loss_clip", "description_end_clip", "reasoning_start_clip"):
+        if getattr(config, name) is not None:
+            _range(name, getattr(config, name), low=0.0, low_open=True)
+    if config.loss_chunk_size is not None:
+        _range("loss_chunk_size", config.loss_chunk_size, low=1)
+    _range("teacher_batch_size", config.teacher_batch_size, low=1)
+    if config.teacher_top_k is not None:
+        _range("teacher_top_k", config.teacher_top_k, low=1)
+        if config.naive_loss:
+            raise ValueError("teacher_top_k needs naive_loss: false (the naive path keeps full teacher logits)")
+    _range("lora_r", config.lora_r, low=1)
+    _range("lora_alpha", config.lora_alpha, low=0, low_open=True)
+    _range("lora_dropout", config.lora_dropout, low=0.0, high=1.0)
+    _range("min_image_side", config.min_image_side, low=1)
+    _choice("images_per_row", config.images_per_row, ("all", "first"))
+    if config.max_train_rows is not None:
+        _range("max_train_rows", config.max_train_rows, low=1)
+    if config.max_images_per_row is not None:
+        _range("max_images_per_row", config.max_images_per_row, low=1)
+    if config.data_num_proc is not None:
+        _range("data_num_proc", config.data_num_proc, low=1)
+    _range("log_completions_steps", config.log_completions_steps, low=0)
+    _range("diagnostics_steps", config.diagnostics_steps, low=0)
+    _range("diagnostics_sample_size", config.diagnostics_sample_size, low=1)
+    _range("num_completions_to_log", config.num_completions_to_log, low=0)
+    for name, needs in (
+        ("student_prompt", {"question"}),
+        ("reasoning_prompt", {"question", "answer"}),
+        ("reference_prompt", {"question", "answer"}),
+    ):
+        missing = needs - prompts.template_fields(getattr(config, name))
+        if missing:
+            raise ValueError(f"{name} must contain {', '.join('{' + m + '}' for m in sorted(missing))}")
+    if "answer" in prompts.template_fields(config.student_prompt):
+        raise ValueError("student_prompt must not contain {answer}: the student never sees the reference answer")
+    if prompts.template_fields(config.perception_prompt):
+        raise ValueError(
+            "perception_prompt must not contain {question} or {answer}: the perception teacher sees the image only"
+        )
+
+
+def check_trainer_numbers(config: Any) -> None:
+    """Ranges of the ``TrainingArguments`` numbers a run uses, named as options."""
+    _range("learning_rate", config.learning_rate, low=0.0, low_open=True)
+    _range("weight_decay", config.weight_decay, low=0.0)
+    _range("max_grad_norm", config.max_grad_norm, low=0.0)
+    for name in ("adam_beta1", "adam_beta2"):
+        _range(name, getattr(config, name), low=0.0, high=1.0, high_open=True)
+    _range("adam_epsilon", config.adam_epsilon, low=0.0, low_open=True)
+    # Below 1 a fraction of the run's steps, from 1 a number of steps (TrainingArguments' own reading).
+    _range("warmup_steps", config.warmup_steps, low=0.0)
+    _range("label_smoothing_factor", config.label_smoothing_factor, low=0.0, high=1.0)
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _range(name, getattr(config, name), low=1)
+    if config.max_steps != -1:
+        _range("max_steps", config.max_steps, low=1, hint="or -1 to train num_train_epochs")
+    else:
+        _range("num_train_epochs", config.num_train_epochs, low=0.0, low_open=True, hint="(or set max_steps)")
+    # A step count only matters under its strategy ("steps"); below 1 it is a fraction of the run.
+    for strategy, steps in (
+        ("logging_strategy", "logging_steps"),
+        ("save_strategy", "save_steps"),
+        ("eval_strategy", "eval_steps"),
+    ):
+        if getattr(config, strategy) == "steps" and getattr(config, steps) is not None:
+            _range(steps, getattr(config, steps), low=0.0, low_open=True, hint=f"with {strategy}: steps")
+    if config.save_total_limit is not None:
+        _range("save_total_limit", config.save_total_limit, low=1, hint="or null to keep every checkpoint")
+    _range("dataloader_num_workers", config.dataloader_num_workers, low=0)
+    for name in ("seed", "data_seed"):
+        if getattr(config, name) is not None:
+            _range(name, getattr(config, name), low=0, high=2**32 - 1)  # what numpy's seeding takes
+    if config.neftune_noise_alpha is not None:
+        _range("neftune_noise_alpha", config.neftune_noise_alpha, low=0.0, low_open=True)

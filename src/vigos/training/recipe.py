@@ -197,9 +197,8 @@ def score_completions(
     each term and the metrics. ``config`` is a :class:`vigos.training.config.ViGOSConfig` (defaults if None);
     ``teacher`` defaults to the one ``config.teacher`` names, as in training (``fixed``: the adapter
     switched off, or a frozen copy of a model without one)."""
-    from vigos.method.teachers import make_teacher_policy
     from vigos.training.config import ViGOSConfig
 
     config = config or ViGOSConfig(method=method, output_dir="vigos_output", report_to="none")
-    teacher = teacher or make_teacher_policy(config.teacher, model, ema_decay=config.ema_decay)
+    teacher = teacher or config.teacher_policy(model)
     return config.build_scorer(processor, teacher=teacher)(model, examples, completions)

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from vigos.data.examples import collate_examples
 from vigos.data.rows import Example
 from vigos.method.score_types import ScoreOutput
-from vigos.method.teachers import TeacherPolicy, make_teacher_policy
+from vigos.method.teachers import TeacherPolicy
 from vigos.models.modeling import unwrap
 from vigos.prompts import DESCRIPTION_OPEN
 from vigos.rollout.hf import Rollout
@@ -68,7 +68,7 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        self.teacher = teacher or make_teacher_policy(args.teacher, self.model, ema_decay=args.ema_decay)
+        self.teacher = teacher or args.teacher_policy(self.model)
         self.rollout = rollout or args.build_rollout(
             processing_class, model_path=getattr(unwrap(self.model), "name_or_path", None)
         )
