@@ -29,6 +29,8 @@ from vigos.data.synthetic_kinds import (
     COLOURS,
     MAX_COUNT,
     OBJECT_KINDS,
+    OBSCURED_COLOUR,
+    SCENE_COLOURS,
     TEXT_COLOUR,
     ObjectKind,
     register_object_kind,
@@ -43,13 +45,13 @@ COUNT_KINDS = [name for name in KINDS if OBJECT_KINDS[name].prior_count is not N
 
 
 def palette_counts(image: Image.Image) -> Counter:
-    """How many pixels have exactly each palette colour, by name."""
-    by_rgb = {rgb: name for name, rgb in COLOURS.items()}
+    """How many pixels have exactly each scene colour (the palette and the obscured grey), by name."""
+    by_rgb = {rgb: name for name, rgb in SCENE_COLOURS.items()}
     return Counter(by_rgb[p] for p in image.get_flattened_data() if p in by_rgb)
 
 
 def object_pixels(image: Image.Image, colour: str) -> list[tuple[int, int]]:
-    rgb, width = COLOURS[colour], image.width
+    rgb, width = SCENE_COLOURS[colour], image.width
     return [(i % width, i // width) for i, p in enumerate(image.get_flattened_data()) if p == rgb]
 
 
@@ -90,9 +92,10 @@ def centroid(pixels: list[tuple[int, int]]) -> tuple[float, float]:
 
 
 def test_colours_are_far_apart_and_off_the_background():
-    for a, b in itertools.combinations(COLOURS, 2):
-        assert math.dist(COLOURS[a], COLOURS[b]) >= 90, (a, b)
-    for name, rgb in COLOURS.items():
+    assert OBSCURED_COLOUR not in COLOURS and set(SCENE_COLOURS) == {*COLOURS, OBSCURED_COLOUR}
+    for a, b in itertools.combinations(SCENE_COLOURS, 2):
+        assert math.dist(SCENE_COLOURS[a], SCENE_COLOURS[b]) >= 90, (a, b)
+    for name, rgb in SCENE_COLOURS.items():
         assert math.dist(rgb, BACKGROUND) >= 90, name
         assert math.dist(rgb, TEXT_COLOUR) >= 90, name
 
@@ -319,6 +322,7 @@ def test_world_splits_are_balanced_paired_and_loadable(tmp_path):
         "text",
         "description",
         "question_type",
+        "obscured",
     }
     for split, split_rows in rows.items():
         for row in split_rows:
@@ -450,3 +454,85 @@ def test_mentions_attribute_finds_a_separated_word_in_any_case(prefix, colour, s
     assert mentions_attribute(text, colour)
     # The prefix alphabet spells no colour name, so only the inserted word can match.
     assert not mentions_attribute(f"{prefix} {colour.upper()}ish{suffix}", colour)
+
+
+# --- obscured rows: the shortcut a teacher that knows the answer can teach ------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_obscured_example_draws_grey_and_answers_with_the_prior(kind):
+    plain = make_example(random.Random(7), conflict=False, question_type="colour", kind=kind)
+    obscured = make_example(random.Random(7), conflict=False, question_type="colour", kind=kind, obscured=True)
+    prior = OBJECT_KINDS[kind].prior_colour
+    assert obscured.obscured and not plain.obscured
+    assert (obscured.answer, obscured.prior_answer, obscured.conflict) == (prior, prior, False)
+    assert set(palette_counts(obscured.image)) == {OBSCURED_COLOUR}
+    assert f" {OBSCURED_COLOUR} " in obscured.description and prior not in obscured.description.split()
+    # Only the colour differs: the same draws give the same question, size, position and text.
+    assert obscured.question == plain.question
+    assert (obscured.scene.size, obscured.scene.position, obscured.scene.text) == (
+        plain.scene.size,
+        plain.scene.position,
+        plain.scene.text,
+    )
+    assert obscured.to_row()["obscured"] is True
+    assert warmup_target(obscured).endswith(f"\\boxed{{{prior}}}")
+
+
+def test_obscured_needs_a_colour_question_that_agrees():
+    rng = random.Random(0)
+    for kwargs in (
+        dict(conflict=True, question_type="colour"),
+        dict(conflict=False, question_type="count", kind="leaf"),
+        dict(conflict=False, question_type="colour", colour="red"),
+    ):
+        with pytest.raises(ValueError, match="obscured needs"):
+            make_example(rng, obscured=True, **kwargs)
+    with pytest.raises(ValueError, match="obscured rows are colour questions"):
+        make_split(8, conflict_fraction=0.0, seed=0, question_types=("count",), obscured_fraction=0.5)
+    with pytest.raises(ValueError, match="obscured_fraction"):
+        make_split(8, conflict_fraction=0.5, seed=0, obscured_fraction=0.75)
+
+
+def test_a_split_with_no_obscured_rows_is_the_plain_split_and_shares_add_up():
+    plain = make_split(30, conflict_fraction=0.1, seed=11)
+    assert [e.to_row() for e in make_split(30, conflict_fraction=0.1, seed=11, obscured_fraction=0.0)] == [
+        e.to_row() for e in plain
+    ]
+    mixed = make_split(40, conflict_fraction=0.1, seed=11, obscured_fraction=0.25)
+    assert (sum(e.conflict for e in mixed), sum(e.obscured for e in mixed)) == (4, 10)
+    assert not any(e.conflict and e.obscured for e in mixed)
+
+
+def test_a_world_with_shortcut_rows_and_obscured_evaluation_items(tmp_path):
+    plain = make_world(tmp_path / "plain", n_train=20, n_eval=6, seed=2)
+    paths = make_world(
+        tmp_path / "shortcut", n_train=20, n_eval=6, seed=2, train_obscured_fraction=0.25, n_obscured_eval=4
+    )
+    assert set(paths) == {"train", "eval_agree", "eval_conflict", "eval_obscured"}
+    train = read_split(paths["train"])
+    assert sum(e.obscured for e in train) == 5
+    obscured = read_split(paths["eval_obscured"])
+    assert len(obscured) == 4 and all(e.obscured and e.scene.colour == OBSCURED_COLOUR for e in obscured)
+    # Obscured evaluation items are paired with the first agreeing ones: the same question, kind and layout.
+    for agree, item in zip(read_split(paths["eval_agree"]), obscured):
+        assert (agree.question, agree.scene.kind, agree.scene.position) == (
+            item.question,
+            item.scene.kind,
+            item.scene.position,
+        )
+    # The evaluation splits do not depend on the training split's shortcut share.
+    for split in ("eval_agree", "eval_conflict"):
+        assert (tmp_path / "plain" / split / "data.jsonl").read_bytes() == paths[split].read_bytes()
+    assert set(plain) == {"train", "eval_agree", "eval_conflict"}
+    with pytest.raises(ValueError, match="n_obscured_eval"):
+        make_world(tmp_path / "bad", n_train=4, n_eval=2, n_obscured_eval=3)
+    manifest = json.loads((tmp_path / "shortcut" / "world.json").read_text())
+    assert (manifest["train_obscured_fraction"], manifest["n_obscured_eval"]) == (0.25, 4)
+
+
+def test_any_colour_split_can_draw_grey_objects_for_perception():
+    grey = make_any_colour_split(6, seed=4, colours=(OBSCURED_COLOUR,))
+    assert all(e.scene.colour == OBSCURED_COLOUR and e.answer == OBSCURED_COLOUR for e in grey)
+    with pytest.raises(ValueError, match="not scene colours"):
+        make_any_colour_split(2, seed=0, colours=("white",))

@@ -1,8 +1,9 @@
-"""Tests for vigos.demo.report: what the demo's report counts from the evaluation's responses."""
+"""Tests for vigos.demo.results and vigos.demo.report: what the demo counts from the evaluation's responses."""
 
 from __future__ import annotations
 
-from vigos.demo.report import grounding
+from vigos.demo.report import abilities_table, perception_misses, table
+from vigos.demo.results import grounding, ungrounded
 
 
 def test_grounding_counts_descriptions_on_conflict_items():
@@ -23,3 +24,61 @@ def test_grounding_counts_descriptions_on_conflict_items():
         "states_prior": 0.5,
         "descriptions": 2,
     }
+
+
+def test_ungrounded_counts_colours_the_image_does_not_show():
+    responses = {
+        "eval_conflict/1": {
+            "conflict": True,
+            "answer": "red",
+            "samples": [
+                {"text": "<description> A red leaf. </description>"},
+                {"text": "<description> A green leaf. </description>"},
+            ],
+        },
+        "eval_obscured/1": {
+            "conflict": None,
+            "answer": "green",
+            "samples": [
+                {"text": "<description> A grey leaf. </description>"},
+                {"text": "<description> A green leaf. </description>"},
+                {"text": "<description> A large leaf. </description>"},
+                {"text": "no description"},
+            ],
+        },
+        "eval_agree/1": {
+            "conflict": False,
+            "answer": "green",
+            "samples": [{"text": "<description> red </description>"}],
+        },
+    }
+    shown = {"eval_conflict/1": "red", "eval_obscured/1": "grey", "eval_agree/1": "green"}
+    assert ungrounded(responses, shown) == {"ungrounded_conflict": 0.5, "ungrounded_obscured": 1 / 3}
+    assert ungrounded({k: v for k, v in responses.items() if "obscured" not in k}, shown) == {
+        "ungrounded_conflict": 0.5
+    }
+
+
+def test_tables_show_only_the_measured_columns_and_roles_mark_what_they_do_not_write():
+    results = {
+        "warm_start": {"score_avg": (0.1, 0.0), "prior_avg": (0.9, 0.01), "ungrounded_obscured": (0.2, 0.0)},
+        "opsd": {"score_avg": (0.5, 0.1), "prior_avg": (0.95, 0.02), "ungrounded_obscured": (0.6, 0.1)},
+    }
+    text = table(results, {"warm_start": "warm start", "opsd": "OPSD"}, 4)
+    assert text.splitlines()[0] == "| model | Score Avg@4 | Prior Avg@4 | ungrounded (obscured) |"
+    assert "| OPSD | 50.0 ± 10.0 | 95.0 ± 2.0 | 60.0 ± 10.0 |" in text
+    roles = abilities_table(
+        {
+            "perception": {"describes_kind": 0.9, "describes_all": 0.8},
+            "reasoning": {"states_true": 1.0, "states_prior": 0.0},
+        }
+    )
+    assert "| perception teacher: the image only | 90% | 80% | - | - |" in roles
+    assert "| reasoning teacher: image, question and answer | - | - | 100% | 0% |" in roles
+
+
+def test_perception_misses_names_each_attribute_below_the_goal():
+    able = {"perception": {"describes_kind": 0.95, "describes_colour": 1.0, "describes_all": 0.5}}
+    assert perception_misses(able) == "The perception teacher states every attribute on at least 90% of the images."
+    weak = {"perception": {"describes_kind": 0.95, "describes_size": 0.5, "describes_text": 0.8, "describes_all": 0.4}}
+    assert perception_misses(weak).endswith("fewer than 90% of the images: size (50%), printed text (80%).")

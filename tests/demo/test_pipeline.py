@@ -26,6 +26,21 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert report["results"][method]["score_avg"][0] == pytest.approx(vilp["score"][f"avg@{summary['k']}"]["mean"])
         assert report["results"][method]["prior_avg"][0] == pytest.approx(vilp["prior"][f"avg@{summary['k']}"]["mean"])
     assert "Score (prior-conflicting images)" in report["verdict"] and report["verdict"] in printed
-    assert (out / "train" / "vigos-s0" / "adapter_config.json").exists()
+    # Both world settings, each with its paired difference and a verdict read off its interval.
+    assert set(report["paired"]) == {"shortcut", "no_shortcut"}
+    for setting in ("shortcut", "no_shortcut"):
+        for key in ("score", "prior"):
+            difference = report["paired"][setting][key]
+            assert difference["low"] <= difference["high"]
+            assert difference["verdict"] in ("ViGOS ahead", "OPSD ahead", "no difference resolved")
+    for label in ("opsd", "vigos", "opsd-no_shortcut", "vigos-no_shortcut"):
+        assert (out / "train" / f"{label}-s0" / "adapter_config.json").exists()
+        assert "ungrounded_obscured" in report["results"][label]
+    train = [
+        json.loads(line) for line in (out / "world" / "shortcut" / "train" / "data.jsonl").read_text().splitlines()
+    ]
+    assert sum(row["obscured"] for row in train) == round(0.25 * len(train))
+    assert set(report["warm_start_abilities"]["perception"]) >= {"describes_kind", "describes_colour", "describes_all"}
+    assert any("Shortcut rows" in line for line in report["premises"])
     # A second run finds every stage done and rebuilds only the report.
     assert main(["demo", "--quick", "--out", str(out)]) == 0

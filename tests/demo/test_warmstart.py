@@ -7,8 +7,16 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vigos.data import synthetic
 from vigos.data.rows import Example
-from vigos.demo.warmstart import _encode, check_abilities, supervised_loss, warm_start, warm_start_items
+from vigos.demo.warmstart import (
+    _encode,
+    check_abilities,
+    stated_attributes,
+    supervised_loss,
+    warm_start,
+    warm_start_items,
+)
 
 TARGET = " A red leaf. </description>\n<think> The leaf is red. </think>\n\\boxed{red}"
 
@@ -58,8 +66,26 @@ def test_loss_equals_the_models_own_cross_entropy_and_decreases(tiny_model_dir):
 def test_check_abilities_reports_each_role_on_conflicting_images(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    result = check_abilities(model, processor, [example(), example()], ["green", "green"], max_new_tokens=8)
+    rows = synthetic.make_split(3, conflict_fraction=1.0, seed=5)
+    result = check_abilities(model, processor, rows, [e.prior_answer for e in rows], max_new_tokens=8)
     assert set(result) == {"student", "perception", "reasoning", "reference"}
+    described = {"describes_kind", "describes_colour", "describes_size", "describes_position", "describes_all"}
+    answered = {"states_true", "states_prior"}
+    assert set(result["perception"]) - {"describes_text"} == described
+    assert set(result["reasoning"]) == answered
+    assert set(result["student"]) - {"describes_text"} == set(result["reference"]) - {"describes_text"}
+    assert set(result["student"]) - {"describes_text"} == described | answered
     for shares in result.values():
-        assert set(shares) == {"states_true", "states_prior"}
         assert all(0.0 <= v <= 1.0 for v in shares.values())
+
+
+def test_stated_attributes_judge_each_attribute_of_the_scene():
+    scene = synthetic.Scene(kind="leaf", colour="red", count=1, size="small", position="left", text="BUS")
+    true = synthetic.describe_scene(scene)
+    assert stated_attributes(true, scene) == dict.fromkeys(("kind", "colour", "size", "position", "text"), True)
+    wrong = stated_attributes("A large red grape on the right.", scene)
+    assert wrong == {"kind": False, "colour": True, "size": False, "position": False, "text": False}
+    group = synthetic.Scene(kind="leaf", colour="green", count=3, size="small", position="center", text=None)
+    assert stated_attributes(synthetic.describe_scene(group, state_count=True), group, "count") == dict.fromkeys(
+        ("kind", "colour", "size", "position", "count"), True
+    )

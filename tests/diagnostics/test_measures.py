@@ -247,6 +247,8 @@ def test_diagnose_with_ideal_completions(tiny, tmp_path):
     assert (got["grounding_conflict_states_true"], got["grounding_conflict_states_prior"]) == (1.0, 0.0)
     assert got["grounding_conflict_n"] == 2
     assert got["leakage"] == 1.0 and got["leakage_n"] == 4
+    # True descriptions state no colour the image does not show.
+    assert (got["ungrounded"], got["ungrounded_n"]) == (0.0, 4) and "ungrounded_obscured" not in got
     assert got["reliance_perception"] > 0 and got["reliance_reasoning"] > 0 and "reliance_reference" not in got
     two = diagnose(
         model,
@@ -260,6 +262,24 @@ def test_diagnose_with_ideal_completions(tiny, tmp_path):
     assert two["rows"] == 2 and two["grounding_n"] == 2
     with pytest.raises(ValueError, match="3 completions for 4 examples"):
         diagnose(model, processor, examples, scorer=scorer(tmp_path, model, processor), completions=completions[:3])
+
+
+def test_diagnose_counts_descriptions_that_state_a_colour_the_image_does_not_show(tiny, tmp_path):
+    model, processor = tiny
+    split = synthetic.make_split(4, conflict_fraction=0.25, seed=3, obscured_fraction=0.5)
+    examples = [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(split)]
+    # Each description made answer-compatible: it states the reference answer's colour, whatever is drawn.
+    completions = [synthetic.warmup_target(e).replace(f" {e.scene.colour} ", f" {e.answer} ", 1) for e in split]
+    got = diagnose(
+        model, processor, examples, scorer=scorer(tmp_path, model, processor), completions=completions, sample_size=4
+    )
+    obscured = sum(e.obscured for e in split)
+    assert obscured == 2
+    # Only the obscured rows' descriptions now name a colour not drawn (the answer is the drawn colour elsewhere).
+    assert (got["ungrounded"], got["ungrounded_n"]) == (obscured / 4, 4)
+    assert (got["ungrounded_obscured"], got["ungrounded_obscured_n"]) == (1.0, obscured)
+    # Grounding leaves the obscured rows out: they have no readable colour to state.
+    assert got["grounding_n"] == 4 - obscured
 
 
 # --- student image sensitivity ----------------------------------------------------------------

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,11 +51,21 @@ from vigos.data.synthetic_kinds import (
     COLOURS,
     MAX_COUNT,
     OBJECT_KINDS,
+    OBSCURED_COLOUR,
+    SCENE_COLOURS,
     TEXT_COLOUR,
     ObjectKind,
     register_object_kind,
 )
 from vigos.data.synthetic_render import POSITIONS, SIZES, Scene, check_scene, render_scene
+from vigos.data.synthetic_text import (
+    QUESTION_TYPES,
+    count_word,
+    describe_scene,
+    make_question,
+    mentions_attribute,
+    states_unshown_colour,
+)
 from vigos.prompts import DESCRIPTION_CLOSE, THINK_CLOSE, THINK_OPEN
 
 __all__ = [
@@ -64,6 +73,8 @@ __all__ = [
     "COLOURS",
     "MAX_COUNT",
     "OBJECT_KINDS",
+    "OBSCURED_COLOUR",
+    "SCENE_COLOURS",
     "POSITIONS",
     "QUESTION_TYPES",
     "SIZES",
@@ -71,6 +82,7 @@ __all__ = [
     "ObjectKind",
     "Scene",
     "SyntheticExample",
+    "states_unshown_colour",
     "check_scene",
     "count_word",
     "describe_scene",
@@ -87,20 +99,10 @@ __all__ = [
     "write_split",
 ]
 
-QUESTION_TYPES = ("colour", "count")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # Printed words avoid colour and number words, so a description that quotes
 # the text never states an attribute value by accident.
 TEXTS = ("OK", "HI", "GO", "ZOO", "BUS", "TAXI")
 TEXT_PROBABILITY = 0.25
-
-_POSITION_PHRASES = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "center": "in the center",
-}
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,10 @@ class SyntheticExample:
     ``answer`` is what the image shows; ``prior_answer`` is what the text
     prior in the question suggests; ``conflict`` is ``answer != prior_answer``.
     ``description`` is a canonical true description of the image.
+    ``obscured``: the asked colour cannot be read (the object is drawn in
+    :data:`OBSCURED_COLOUR`) and ``answer`` is the text prior's, as answers
+    in real data often are: the shortcut a teacher that knows the answer
+    can teach.
     """
 
     id: str
@@ -121,6 +127,7 @@ class SyntheticExample:
     scene: Scene
     description: str
     question_type: str
+    obscured: bool = False
 
     def to_row(self) -> dict[str, Any]:
         """The JSONL row of this example (the image as ``images/<id>.png``)."""
@@ -139,45 +146,11 @@ class SyntheticExample:
             "text": self.scene.text,
             "description": self.description,
             "question_type": self.question_type,
+            "obscured": self.obscured,
         }
 
 
-# --- rendering ---------------------------------------------------------------
-
-
 # --- questions, descriptions, targets ---------------------------------------
-
-
-def count_word(count: int) -> str:
-    """``2`` -> ``"two"`` (digits beyond the table stay digits)."""
-    return NUMBER_WORDS[count] if 0 <= count < len(NUMBER_WORDS) else str(count)
-
-
-def describe_scene(scene: Scene, *, state_count: bool = False) -> str:
-    """The canonical true description: ``"A small red leaf on the left."``.
-
-    With ``state_count`` a single object is "One ..." rather than "A ...", so
-    that the description of a count example always states the count.
-    """
-    kind = check_scene(scene)
-    if scene.count == 1 and not state_count:
-        head = f"A {scene.size} {scene.colour} {kind.noun}"
-    else:
-        noun = kind.noun if scene.count == 1 else kind.plural
-        head = f"{count_word(scene.count).capitalize()} {scene.size} {scene.colour} {noun}"
-    text = f" The text reads {scene.text}." if scene.text is not None else ""
-    return f"{head} {_POSITION_PHRASES[scene.position]}.{text}"
-
-
-def make_question(kind: ObjectKind, question_type: str) -> str:
-    """The question: the kind's prior statement, then the ask."""
-    if question_type == "colour":
-        return f"{kind.prior_statement} What colour is the {kind.noun} in the image?"
-    if question_type == "count":
-        if kind.count_statement is None:
-            raise ValueError(f"object kind {kind.name!r} has no count prior, so it cannot take count questions")
-        return f"{kind.count_statement} How many {kind.plural} are in the image?"
-    raise ValueError(f"question_type {question_type!r} is not one of {QUESTION_TYPES}")
 
 
 def warmup_target(example: SyntheticExample) -> str:
@@ -190,36 +163,14 @@ def warmup_target(example: SyntheticExample) -> str:
     if example.question_type == "count":
         noun = kind.noun if example.scene.count == 1 else kind.plural
         reasoning = f"I count {count_word(example.scene.count)} {noun}."
+    elif getattr(example, "obscured", False):
+        reasoning = f"The {kind.noun} is drawn in {OBSCURED_COLOUR}; its colour cannot be seen. {kind.prior_statement}"
     else:
         reasoning = f"The {kind.noun} in the image is {example.scene.colour}."
     return (
         f" {example.description} {DESCRIPTION_CLOSE}\n{THINK_OPEN} {reasoning} {THINK_CLOSE}\n"
         f"\\boxed{{{example.answer}}}"
     )
-
-
-def mentions_attribute(text: str, value: str) -> bool:
-    """Whether ``text`` states ``value`` as a whole word, ignoring case.
-
-    Word boundaries are strict: "reddish" does not state "red", "red-orange"
-    states both "red" and "orange". A count is stated by its digit or its
-    word ("2" and "two" mention each other). Several words in ``value`` match
-    across any whitespace. This is a test of mention, not of truth: "not red"
-    mentions "red".
-    """
-    needle = value.strip().lower()
-    if not needle:
-        raise ValueError("mentions_attribute needs a non-empty attribute value")
-    options = {needle}
-    if needle.isdecimal() and needle.isascii() and int(needle) < len(NUMBER_WORDS):
-        options.add(NUMBER_WORDS[int(needle)])
-    if needle in NUMBER_WORDS:
-        options.add(str(NUMBER_WORDS.index(needle)))
-    for option in options:
-        words = r"\s+".join(re.escape(part) for part in option.split())
-        if re.search(rf"(?<!\w){words}(?!\w)", text, flags=re.IGNORECASE):
-            return True
-    return False
 
 
 # --- examples and splits ----------------------------------------------------
@@ -234,6 +185,7 @@ def make_example(
     index: int = 0,
     kind: str | None = None,
     colour: str | None = None,
+    obscured: bool = False,
 ) -> SyntheticExample:
     """Draw one example from ``rng``.
 
@@ -243,9 +195,11 @@ def make_example(
     the kind's ``other_colours``, or another count from 1 to
     :data:`MAX_COUNT`. ``colour`` fixes the colour of a colour question's
     object to any palette colour instead (``conflict`` must then say whether
-    it differs from the prior). The random draws do not depend on
-    ``conflict`` or ``colour``, so two generators in the same state give
-    examples that differ only in the asked attribute.
+    it differs from the prior). ``obscured`` draws a colour question's
+    object in :data:`OBSCURED_COLOUR` and answers with the prior colour
+    (``conflict`` must be False). The random draws do not depend on
+    ``conflict``, ``colour`` or ``obscured``, so two generators in the same
+    state give examples that differ only in the asked attribute.
     """
     if question_type is None:
         question_type = rng.choice(QUESTION_TYPES)
@@ -263,9 +217,11 @@ def make_example(
     if kind not in candidates:
         raise ValueError(f"object kind {kind!r} has no count prior, so it cannot take count questions")
     spec = OBJECT_KINDS[kind]
+    if obscured and (question_type != "colour" or conflict or colour is not None):
+        raise ValueError("obscured needs a colour question, conflict=False and no colour (it draws the object grey)")
     if colour is not None:
-        if question_type != "colour" or colour not in COLOURS:
-            raise ValueError(f"colour {colour!r} needs a colour question and one of {sorted(COLOURS)}")
+        if question_type != "colour" or colour not in SCENE_COLOURS:
+            raise ValueError(f"colour {colour!r} needs a colour question and one of {sorted(SCENE_COLOURS)}")
         if conflict != (colour != spec.prior_colour):
             raise ValueError(
                 f"conflict={conflict} contradicts colour {colour!r} (the {kind} prior is {spec.prior_colour!r})"
@@ -278,7 +234,9 @@ def make_example(
     render_seed = rng.randrange(2**31)
     if question_type == "colour":
         other = rng.choice(spec.other_colours)
-        if colour is None:
+        if obscured:
+            colour = OBSCURED_COLOUR
+        elif colour is None:
             colour = other if conflict else spec.prior_colour
         count = 1
         prior_answer = spec.prior_colour
@@ -288,7 +246,7 @@ def make_example(
         colour, count = spec.prior_colour, (other_count if conflict else spec.prior_count)
         prior_answer = str(spec.prior_count)
     scene = Scene(kind=kind, colour=colour, count=count, size=size, position=position, text=text)
-    answer = colour if question_type == "colour" else str(count)
+    answer = spec.prior_colour if obscured else colour if question_type == "colour" else str(count)
     return SyntheticExample(
         id=f"{index:06d}-{kind}-{question_type}",
         image=render_scene(scene, image_size=image_size, seed=render_seed),
@@ -299,13 +257,21 @@ def make_example(
         scene=scene,
         description=describe_scene(scene, state_count=question_type == "count"),
         question_type=question_type,
+        obscured=obscured,
     )
 
 
 def make_split(
-    n: int, *, conflict_fraction: float, seed: int, image_size: int = 112, question_types: Sequence[str] = ("colour",)
+    n: int,
+    *,
+    conflict_fraction: float,
+    seed: int,
+    image_size: int = 112,
+    question_types: Sequence[str] = ("colour",),
+    obscured_fraction: float = 0.0,
 ) -> list[SyntheticExample]:
-    """``n`` examples, exactly ``round(n * conflict_fraction)`` of them conflicting.
+    """``n`` examples, exactly ``round(n * conflict_fraction)`` of them conflicting and
+    ``round(n * obscured_fraction)`` obscured (colour questions only; see :class:`SyntheticExample`).
 
     Conflicts and question types (in equal shares, cycling through
     ``question_types``) are placed in a shuffled order. Two splits of the same
@@ -317,23 +283,43 @@ def make_split(
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not 0.0 <= conflict_fraction <= 1.0:
         raise ValueError(f"conflict_fraction must be between 0 and 1, got {conflict_fraction!r}")
+    if not 0.0 <= obscured_fraction <= 1.0 - conflict_fraction + 1e-9:
+        raise ValueError(
+            f"obscured_fraction must be between 0 and 1 - conflict_fraction, got {obscured_fraction!r} "
+            f"(conflict_fraction {conflict_fraction!r})"
+        )
     types = list(question_types)
     if not types or any(t not in QUESTION_TYPES for t in types):
         raise ValueError(f"question_types {tuple(types)!r} must be a non-empty choice from {QUESTION_TYPES}")
+    if obscured_fraction and types != ["colour"]:
+        raise ValueError("obscured rows are colour questions: use question_types=('colour',) with obscured_fraction")
     rng = random.Random(seed)
-    n_conflict = round(n * conflict_fraction)
-    flags = [i < n_conflict for i in range(n)]
+    n_conflict, n_obscured = round(n * conflict_fraction), round(n * obscured_fraction)
+    if n_conflict + n_obscured > n:
+        raise ValueError(f"{n_conflict} conflicting and {n_obscured} obscured rows do not fit in {n}")
+    # With no obscured rows this is the same permutation of the same flags as a plain conflict split.
+    labels = ["conflict"] * n_conflict + ["obscured"] * n_obscured + ["agree"] * (n - n_conflict - n_obscured)
     qtypes = [types[i % len(types)] for i in range(n)]
-    rng.shuffle(flags)
+    rng.shuffle(labels)
     rng.shuffle(qtypes)
     return [
-        make_example(rng, conflict=flag, question_type=qtype, image_size=image_size, index=i)
-        for i, (flag, qtype) in enumerate(zip(flags, qtypes))
+        make_example(
+            rng,
+            conflict=label == "conflict",
+            obscured=label == "obscured",
+            question_type=qtype,
+            image_size=image_size,
+            index=i,
+        )
+        for i, (label, qtype) in enumerate(zip(labels, qtypes))
     ]
 
 
-def make_any_colour_split(n: int, *, seed: int, image_size: int = 112) -> list[SyntheticExample]:
-    """``n`` colour examples whose kind and colour are drawn independently and uniformly.
+def make_any_colour_split(
+    n: int, *, seed: int, image_size: int = 112, colours: Sequence[str] | None = None
+) -> list[SyntheticExample]:
+    """``n`` colour examples whose kind and colour (from ``colours``, default the palette) are drawn
+    independently and uniformly; the answer is the colour shown.
 
     Any kind in any palette colour, so the colour is not predictable from the
     kind: what a model learns to say about these images it must read from
@@ -341,10 +327,13 @@ def make_any_colour_split(n: int, *, seed: int, image_size: int = 112) -> list[S
     """
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    unknown = sorted(set(colours or ()) - set(SCENE_COLOURS))
+    if unknown:
+        raise ValueError(f"colours {unknown} are not scene colours; choose from {sorted(SCENE_COLOURS)}")
     rng = random.Random(seed)
     examples = []
     for i in range(n):
-        kind, colour = rng.choice(sorted(OBJECT_KINDS)), rng.choice(sorted(COLOURS))
+        kind, colour = rng.choice(sorted(OBJECT_KINDS)), rng.choice(sorted(colours or COLOURS))
         examples.append(
             make_example(
                 rng,
@@ -431,6 +420,7 @@ def read_split(jsonl_path: str | Path) -> list[SyntheticExample]:
                 scene=scene,
                 description=row["description"],
                 question_type=row["question_type"],
+                obscured=bool(row.get("obscured", False)),
             )
         )
     return examples
@@ -450,27 +440,45 @@ def make_world(
     seed: int = 0,
     image_size: int = 112,
     question_types: Sequence[str] = ("colour",),
+    train_obscured_fraction: float = 0.0,
+    n_obscured_eval: int = 0,
 ) -> dict[str, Path]:
     """Write the splits ``train``, ``eval_agree`` and ``eval_conflict`` under ``out_dir/<split>/``.
 
     ``train`` holds ``n_train`` examples, a ``train_conflict_fraction`` of
     them conflicting. ``eval_agree`` and ``eval_conflict`` hold ``n_eval``
     examples each, all agreeing and all conflicting, paired as
-    :func:`make_split` describes. ``out_dir/world.json`` records the settings.
+    :func:`make_split` describes. ``train_obscured_fraction`` of the training
+    rows are obscured (the shortcut: the colour cannot be read and the answer
+    is the prior's); ``n_obscured_eval`` > 0 adds ``eval_obscured``, that many
+    obscured rows paired with the first evaluation rows.
+    ``out_dir/world.json`` records the settings.
     The same arguments write the same bytes. Returns ``{split: jsonl path}``.
     """
+    if not 0 <= n_obscured_eval <= n_eval:
+        raise ValueError(f"n_obscured_eval must be between 0 and n_eval ({n_eval}), got {n_obscured_eval!r}")
     out = Path(out_dir)
     eval_seed = _split_seed(seed, "eval")
     plan = {
-        "train": (n_train, train_conflict_fraction, _split_seed(seed, "train")),
-        "eval_agree": (n_eval, 0.0, eval_seed),
-        "eval_conflict": (n_eval, 1.0, eval_seed),
+        "train": (n_train, train_conflict_fraction, train_obscured_fraction, _split_seed(seed, "train")),
+        "eval_agree": (n_eval, 0.0, 0.0, eval_seed),
+        "eval_conflict": (n_eval, 1.0, 0.0, eval_seed),
     }
+    if n_obscured_eval:
+        # Drawn as many as the other evaluation splits (so that the draws pair item by item), then cut.
+        plan["eval_obscured"] = (n_eval, 0.0, 1.0, eval_seed)
     paths = {}
-    for split, (n, fraction, split_seed) in plan.items():
+    for split, (n, fraction, obscured, split_seed) in plan.items():
         examples = make_split(
-            n, conflict_fraction=fraction, seed=split_seed, image_size=image_size, question_types=question_types
+            n,
+            conflict_fraction=fraction,
+            seed=split_seed,
+            image_size=image_size,
+            question_types=question_types,
+            obscured_fraction=obscured,
         )
+        if split == "eval_obscured":
+            examples = examples[:n_obscured_eval]
         paths[split] = write_split(examples, out / split)
     manifest = {
         "seed": seed,
@@ -478,6 +486,8 @@ def make_world(
         "n_train": n_train,
         "n_eval": n_eval,
         "train_conflict_fraction": train_conflict_fraction,
+        "train_obscured_fraction": train_obscured_fraction,
+        "n_obscured_eval": n_obscured_eval,
         "question_types": list(question_types),
         "kinds": sorted(OBJECT_KINDS),
         "splits": {split: f"{split}/data.jsonl" for split in paths},

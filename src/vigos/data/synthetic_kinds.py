@@ -35,6 +35,12 @@ COLOURS: dict[str, RGB] = {
 }
 BACKGROUND: RGB = (240, 240, 240)
 TEXT_COLOUR: RGB = (110, 110, 110)
+# An object drawn in this flat grey shows no palette colour: the world's "unreadable colour" (a faded
+# or covered object), whose question is answered from the text prior alone. It is not a palette colour:
+# no kind's prior and no conflict uses it. Its slight blue tint keeps it apart from every neutral grey
+# that the anti-aliased printed text blends into the background.
+OBSCURED_COLOUR = "grey"
+SCENE_COLOURS: dict[str, RGB] = {**COLOURS, OBSCURED_COLOUR: (160, 160, 176)}
 
 MAX_COUNT = 4
 _KIND_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vigos.data.synthetic_kinds import BACKGROUND, COLOURS, MAX_COUNT, OBJECT_KINDS, TEXT_COLOUR, ObjectKind
+from vigos.data.synthetic_kinds import BACKGROUND, MAX_COUNT, OBJECT_KINDS, SCENE_COLOURS, TEXT_COLOUR, ObjectKind
 
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
@@ -51,8 +51,8 @@ def check_scene(scene: Scene) -> ObjectKind:
     """Raise ``ValueError`` naming the field when ``scene`` cannot be drawn; return its kind."""
     if scene.kind not in OBJECT_KINDS:
         raise ValueError(f"scene kind {scene.kind!r} is not registered; known kinds: {sorted(OBJECT_KINDS)}")
-    if scene.colour not in COLOURS:
-        raise ValueError(f"scene colour {scene.colour!r} is not one of {sorted(COLOURS)}")
+    if scene.colour not in SCENE_COLOURS:
+        raise ValueError(f"scene colour {scene.colour!r} is not one of {sorted(SCENE_COLOURS)}")
     if scene.size not in SIZES:
         raise ValueError(f"scene size {scene.size!r} is not one of {SIZES}")
     if scene.position not in POSITIONS:
@@ -104,7 +104,7 @@ def render_scene(scene: Scene, image_size: int = 112, seed: int | None = None) -
     the center. With a ``seed`` every box moves by a few pixels (the same
     seed, the same image); without one the layout is exact. Shapes are drawn
     without anti-aliasing, so every object pixel has exactly
-    ``COLOURS[scene.colour]``.
+    ``SCENE_COLOURS[scene.colour]``.
     """
     kind = check_scene(scene)
     if image_size < 48:
@@ -121,7 +121,7 @@ def render_scene(scene: Scene, image_size: int = 112, seed: int | None = None) -
         side, centres, limit = _SIDE[scene.size], [_single_centre(scene.size, scene.position)], _JITTER
     else:
         side, centres, limit = _COPY_SIDE, _copy_centres(scene.count), _COPY_JITTER
-    rgb = COLOURS[scene.colour]
+    rgb = SCENE_COLOURS[scene.colour]
     for cx, cy in centres:
         dx, dy = jitter(limit)
         x0, y0 = round((cx - side / 2 + dx) * scale), round((cy - side / 2 + dy) * scale)

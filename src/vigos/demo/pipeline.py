@@ -1,14 +1,18 @@
 """``vigos demo``: a miniature of the paper's experiment, offline, on a laptop CPU.
 
 1. build a tiny Qwen2.5-VL (``make_tiny``);
-2. generate the synthetic shortcut world (mostly prior-agreeing training rows);
+2. generate the synthetic shortcut world (mostly prior-agreeing training rows,
+   and a share of obscured ones whose colour cannot be read and whose
+   reference answer is the prior's), and the same world without them;
 3. warm-start the model (format, perception, use of a reference answer) and
-   check that it can play each role (``warmstart.check_abilities``);
-4. train OPSD and ViGOS from that warm start: same data order, same seeds;
-5. evaluate the warm start, OPSD and ViGOS on held-out prior-agreeing and
-   prior-conflicting splits (Pass@k, Avg@k, ViLP-style Score and Prior) and
-   measure how grounded each model's descriptions are;
-6. write one report (``demo_report``) and print its table.
+   check what it states in each role (``warmstart.check_abilities``);
+4. train OPSD and ViGOS from that warm start in each world: same data order,
+   same seeds;
+5. evaluate every model on held-out prior-agreeing, prior-conflicting and
+   obscured items (Pass@k, Avg@k, ViLP-style Score and Prior) and measure what
+   its descriptions state that the image does not show;
+6. write one report (``demo.report``): the paired difference ViGOS - OPSD with
+   a bootstrap interval per world, and the verdict it supports.
 
 Every stage writes to ``out_dir`` and is skipped when its output is already
 there, so an interrupted demo resumes where it stopped.
@@ -21,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,8 @@ logger = logging.getLogger("vigos.demo")
 
 BENCHMARK = "synthetic-vilp"
 METHODS = ("opsd", "vigos")
+# World settings: the headline one (with the shortcut rows) first.
+SETTING_TITLES = {"shortcut": "With shortcut rows", "no_shortcut": "Without shortcut rows"}
 
 
 @dataclass
@@ -55,10 +62,16 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     arch: str = "qwen2_5_vl"
     size: str = "mini"
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     n_train: int = 192
     n_eval: int = 100
     train_conflict_fraction: float = 0.1
+    # Training rows whose object is drawn grey (its colour cannot be read) and whose reference answer is
+    # the text prior's; 0 gives the world without them. The report then also trains without them, so
+    # that a reader sees which premise drives the result.
+    shortcut_fraction: float = 0.25
+    compare_without_shortcut: bool = True
+    n_obscured_eval: int = 50
     warm_steps: int = 1000
     warm_batch_size: int = 16
     warm_learning_rate: float = 2e-3
@@ -66,6 +79,8 @@ class DemoConfig:
     # training split's for the student's format (see _warm_start).
     warm_any_colour_rows: int = 768
     warm_agreeing_rows: int = 576
+    # Grey objects shown alone, described as grey: a pretrained VLM's perception names what it sees.
+    warm_grey_rows: int = 96
     train_steps: int = 40
     prompts_per_step: int = 8
     num_generations: int = 4
@@ -91,6 +106,8 @@ class DemoConfig:
             warm_steps=60,
             warm_any_colour_rows=48,
             warm_agreeing_rows=48,
+            warm_grey_rows=8,
+            n_obscured_eval=4,
             train_steps=3,
             prompts_per_step=4,
             num_generations=2,
@@ -115,6 +132,39 @@ class _Stage:
             print(f"[demo] {self.name}: done in {time.time() - self.start:.0f} s", flush=True)
 
 
+def settings(cfg: DemoConfig) -> dict[str, dict[str, str]]:
+    """Each world setting the demo trains in (the headline first): its title and its runs' labels."""
+    names = ["shortcut", "no_shortcut"] if cfg.shortcut_fraction > 0 else ["no_shortcut"]
+    if cfg.shortcut_fraction > 0 and not cfg.compare_without_shortcut:
+        names = ["shortcut"]
+    return {
+        name: {
+            "title": SETTING_TITLES[name],
+            **{method: method if index == 0 else f"{method}-{name}" for method in METHODS},
+        }
+        for index, name in enumerate(names)
+    }
+
+
+def premises(cfg: DemoConfig) -> list[str]:
+    """The world's settings in words, as the report states them."""
+    return [
+        f"Training rows: {cfg.n_train}; {100 * cfg.train_conflict_fraction:.0f}% show a colour that contradicts "
+        "the text prior stated in the question, and the reference answer is that colour.",
+        f"Shortcut rows: {100 * cfg.shortcut_fraction:.0f}% of the training rows draw the object grey, so its colour "
+        "cannot be read, and their reference answer is the text prior's colour, as answers in real data often "
+        "follow the prior. A teacher that knows the answer can only make a description of such a row agree with "
+        "the answer by stating a colour the image does not show.",
+        "Warm start (what a pretrained VLM brings): the student answers from the prior; shown the image alone, "
+        "the model describes kind, colour (grey included), size, position and printed text; given the reference "
+        "answer, it writes it. It never saw a reference answer that the image contradicts or cannot show.",
+        f"Held out: {cfg.n_eval} prior-agreeing and {cfg.n_eval} prior-conflicting items (Prior and Score), and "
+        f"{cfg.n_obscured_eval} obscured items, where any colour a description states other than grey is "
+        "ungrounded.",
+        "These settings were chosen from the paper's premises before any run and are not tuned to either method.",
+    ]
+
+
 def _examples(path: Path) -> list[Example]:
     """The split's rows as training examples."""
     return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(synthetic.read_split(path))]
@@ -124,7 +174,9 @@ def register_world_benchmark(world_dir: Path) -> None:
     """The synthetic eval splits as a benchmark: Score on conflicting images, Prior on agreeing ones."""
 
     def load(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
-        for split in ("eval_agree", "eval_conflict"):
+        for split in ("eval_agree", "eval_conflict", "eval_obscured"):
+            if not (root / split / "data.jsonl").exists():
+                continue
             for e in synthetic.read_split(root / split / "data.jsonl"):
                 yield EvalItem(
                     benchmark=benchmark.name,
@@ -132,9 +184,10 @@ def register_world_benchmark(world_dir: Path) -> None:
                     question=e.question,
                     image=e.image,
                     answer=e.answer,
-                    category=e.question_type,
-                    split="conflict" if e.conflict else "agree",
-                    conflict=e.conflict,
+                    category="obscured" if e.obscured else e.question_type,
+                    split="obscured" if e.obscured else "conflict" if e.conflict else "agree",
+                    # Obscured items are neither side of Score and Prior.
+                    conflict=None if e.obscured else e.conflict,
                     grader="exact",
                     meta={"prior_answer": e.prior_answer, "kind": e.scene.kind},
                 )
@@ -170,7 +223,8 @@ def _warm_start(cfg: DemoConfig, model_dir: Path, train: Path, out: Path) -> Pat
     if (out / "config.json").exists():
         return out
     model, processor = load_model_and_processor(str(model_dir), dtype=torch.float32)
-    agreeing = [e for e in synthetic.read_split(train) if not e.conflict]
+    # The student's format from rows whose image shows the prior colour (not the obscured ones).
+    agreeing = [e for e in synthetic.read_split(train) if not e.conflict and not e.obscured]
     agreeing += synthetic.make_split(cfg.warm_agreeing_rows, conflict_fraction=0.0, seed=3)
     # Synthetic examples carry question, answer and image, all that warm_start_items reads.
     items = warm_start_items(agreeing, synthetic.warmup_target, ("student",))
@@ -179,6 +233,8 @@ def _warm_start(cfg: DemoConfig, model_dir: Path, train: Path, out: Path) -> Pat
         synthetic.warmup_target,
         ("perception", "reasoning", "reference"),
     )
+    grey = synthetic.make_any_colour_split(cfg.warm_grey_rows, seed=4, colours=(synthetic.OBSCURED_COLOUR,))
+    items += warm_start_items(grey, synthetic.warmup_target, ("perception",))
     with tqdm(total=cfg.warm_steps, desc="warm start", unit="step", dynamic_ncols=True) as bar:
 
         def advance(step: int, loss: float) -> None:
@@ -241,8 +297,9 @@ def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, s
         report_to="none",
         use_cpu=True,
         log_completions_steps=max(cfg.train_steps // 4, 1),
-        diagnostics_steps=cfg.train_steps,
-        diagnostics_sample_size=4,
+        # Twice per run (half way and at the end), on 8 training rows: the report's diagnostic curves.
+        diagnostics_steps=max(cfg.train_steps // 2, 1),
+        diagnostics_sample_size=8,
     )
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(train), processor)
@@ -269,46 +326,82 @@ def _evaluate(cfg: DemoConfig, model: str, world: Path, name: str, seed: int, ou
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage (skipping finished ones) and write the report; returns the report's data."""
+    with _pinned(cfg.threads):
+        return _run_stages(cfg)
+
+
+@contextmanager
+def _pinned(threads: int) -> Iterator[None]:
+    """The thread count changes the order of floating-point sums, and so the numbers: pin it (the report
+    records it with the machine) and ask torch for deterministic kernels; both restored afterwards."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
+def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     from vigos.demo.report import write_demo_report
 
-    torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     started = time.time()
+    world_settings = settings(cfg)
     with _Stage(f"1/6 tiny {cfg.arch} ({cfg.size})"):
         model_dir = make_tiny(cfg.arch, out / "model", size=cfg.size)
-    with _Stage(f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval} eval)"):
-        world = synthetic.make_world(
-            out / "world",
-            n_train=cfg.n_train,
-            n_eval=cfg.n_eval,
-            train_conflict_fraction=cfg.train_conflict_fraction,
-            seed=0,
-        )
-        train = _examples(world["train"])
-        register_world_benchmark(out / "world")
+    with _Stage(
+        f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval}+{cfg.n_obscured_eval} eval; "
+        f"{', '.join(world_settings)})"
+    ):
+        # One world per setting: the same seed, so their evaluation splits are the same items.
+        worlds = {
+            setting: synthetic.make_world(
+                out / "world" / setting,
+                n_train=cfg.n_train,
+                n_eval=cfg.n_eval,
+                train_conflict_fraction=cfg.train_conflict_fraction,
+                train_obscured_fraction=cfg.shortcut_fraction if setting == "shortcut" else 0.0,
+                n_obscured_eval=cfg.n_obscured_eval,
+                seed=0,
+            )
+            for setting in world_settings
+        }
+        eval_world = out / "world" / next(iter(world_settings))
+        register_world_benchmark(eval_world)
     with _Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
-        warm_dir = _warm_start(cfg, model_dir, world["train"], out / "warm_start")
+        warm_dir = _warm_start(cfg, model_dir, worlds[next(iter(worlds))]["train"], out / "warm_start")
         _check_warm_start(cfg, warm_dir)
-    runs: dict[str, dict[int, Path]] = {method: {} for method in METHODS}
-    for seed in cfg.seeds:
-        for method in METHODS:
-            with _Stage(f"4/6 train {method} seed {seed} ({cfg.train_steps} steps)"):
-                runs[method][seed] = _train(cfg, warm_dir, train, method, seed, out / "train" / f"{method}-s{seed}")
-    summaries: dict[str, dict[int, dict[str, Any]]] = {"warm_start": {}, **{m: {} for m in METHODS}}
+    runs: dict[str, dict[int, Path]] = {}
+    for setting, names in world_settings.items():
+        train = _examples(worlds[setting]["train"])
+        for seed in cfg.seeds:
+            for method in METHODS:
+                label = names[method]
+                with _Stage(f"4/6 train {label} seed {seed} ({cfg.train_steps} steps)"):
+                    runs.setdefault(label, {})[seed] = _train(
+                        cfg, warm_dir, train, method, seed, out / "train" / f"{label}-s{seed}"
+                    )
+    summaries: dict[str, dict[int, dict[str, Any]]] = {"warm_start": {}}
     for seed in cfg.seeds:
         with _Stage(f"5/6 evaluate seed {seed}"):
             summaries["warm_start"][seed] = _evaluate(
-                cfg, str(warm_dir), out / "world", "warm_start", seed, out / "eval" / f"warm_start-s{seed}"
+                cfg, str(warm_dir), eval_world, "warm_start", seed, out / "eval" / f"warm_start-s{seed}"
             )
-            for method in METHODS:
-                summaries[method][seed] = _evaluate(
-                    cfg, str(runs[method][seed]), out / "world", method, seed, out / "eval" / f"{method}-s{seed}"
+            for label, by_seed in runs.items():
+                summaries.setdefault(label, {})[seed] = _evaluate(
+                    cfg, str(by_seed[seed]), eval_world, label, seed, out / "eval" / f"{label}-s{seed}"
                 )
     with _Stage("6/6 report"):
-        report = write_demo_report(out, cfg, summaries, elapsed_s=time.time() - started)
-    print(report["table"])
+        report = write_demo_report(
+            out, cfg, summaries, settings=world_settings, premises=premises(cfg), elapsed_s=time.time() - started
+        )
+    for setting, names in world_settings.items():
+        print(f"{names['title']}:\n{report['tables'][setting]}")
     print(report["verdict"])
     print(f"[demo] report: {report['html']}")
     return report

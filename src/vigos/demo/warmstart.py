@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vigos import prompts
 from vigos.data.rows import Example
-from vigos.data.synthetic import mentions_attribute
+from vigos.data.synthetic import OBJECT_KINDS, mentions_attribute
 from vigos.grading.answers import extract_boxed
 from vigos.models.modeling import (
     Context,
@@ -171,18 +171,43 @@ def save_checkpoint(model: torch.nn.Module, processor: Any, out_dir: str | Path)
     return out
 
 
+# Roles whose completion starts with a description (the reasoning teacher writes from <think> on), and
+# roles whose completion ends with a boxed answer (the perception teacher stops after its description).
+DESCRIBING = ("student", "perception", "reference")
+ANSWERING = ("student", "reasoning", "reference")
+
+
+def stated_attributes(description: str, scene: Any, question_type: str = "colour") -> dict[str, bool]:
+    """For each attribute a description of ``scene`` should state (kind, colour, size, position; the printed
+    text when there is one; the count for count questions), whether ``description`` states it."""
+    kind = OBJECT_KINDS[scene.kind]
+    stated = {
+        "kind": mentions_attribute(description, kind.noun) or mentions_attribute(description, kind.plural),
+        "colour": mentions_attribute(description, scene.colour),
+        "size": mentions_attribute(description, scene.size),
+        "position": mentions_attribute(description, scene.position),
+    }
+    if scene.text is not None:
+        stated["text"] = mentions_attribute(description, scene.text)
+    if question_type == "count":
+        stated["count"] = mentions_attribute(description, str(scene.count))
+    return stated
+
+
 def check_abilities(
     model: torch.nn.Module, processor: Any, examples: Sequence[Any], priors: Sequence[str], *, max_new_tokens: int = 48
 ) -> dict[str, dict[str, float]]:
-    """Per ability, the share of greedy completions that state the true answer and the prior one.
+    """Per role, what its greedy completions state on ``examples`` (synthetic examples: question, answer,
+    image and ``scene``; meant for images that contradict the text prior, ``priors`` being the answer
+    the prior suggests for each).
 
-    ``examples`` have a question, an answer and an image (an :class:`Example`
-    or a synthetic example); meant for images that contradict the text prior
-    (``priors``: the answer the prior suggests for each example). The ``perception`` ability is
-    judged by its description (image only), the others by their boxed
-    answer: ``reasoning`` and ``reference`` see the true answer in the
-    prompt and should state it; the ``student`` does not, and stating the
-    prior there is the shortcut.
+    Roles that answer (student, reasoning, reference): ``states_true`` and ``states_prior``, the shares
+    of boxed answers stating the true answer and the prior one; the teachers see the true answer in
+    their prompt and should state it, the student does not, and stating the prior there is the
+    shortcut. Roles that describe (student, perception, reference): ``describes_<attribute>``, the share
+    of descriptions that state each attribute of the image (kind, colour, size, position, printed text
+    over the images that have one, count for count questions), and ``describes_all``, the share that
+    state every one.
     """
     rollout = HFGenerateRollout(processor, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=max_new_tokens))
     result = {}
@@ -195,12 +220,21 @@ def check_abilities(
             rollout(model, [Example(item.user_text, e.answer, e.image) for item, e in zip(items, examples)]),
             skip_special_tokens=True,
         )
-        stated = [
-            text.partition(prompts.DESCRIPTION_CLOSE)[0] if ability == "perception" else extract_boxed(text) or ""
-            for text in texts
-        ]
-        result[ability] = {
-            "states_true": sum(mentions_attribute(t, e.answer) for t, e in zip(stated, examples)) / len(examples),
-            "states_prior": sum(mentions_attribute(t, p) for t, p in zip(stated, priors)) / len(examples),
-        }
+        shares: dict[str, float] = {}
+        if ability in ANSWERING:
+            answers = [extract_boxed(text) or "" for text in texts]
+            shares["states_true"] = sum(mentions_attribute(t, e.answer) for t, e in zip(answers, examples)) / len(
+                examples
+            )
+            shares["states_prior"] = sum(mentions_attribute(t, p) for t, p in zip(answers, priors)) / len(examples)
+        if ability in DESCRIBING:
+            stated = [
+                stated_attributes(text.partition(prompts.DESCRIPTION_CLOSE)[0], e.scene, e.question_type)
+                for text, e in zip(texts, examples)
+            ]
+            for attribute in dict.fromkeys(name for row in stated for name in row):
+                judged = [row[attribute] for row in stated if attribute in row]
+                shares[f"describes_{attribute}"] = sum(judged) / len(judged)
+            shares["describes_all"] = sum(all(row.values()) for row in stated) / len(stated)
+        result[ability] = shares
     return result

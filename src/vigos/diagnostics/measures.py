@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vigos.data.rows import Example
-from vigos.data.synthetic import mentions_attribute
+from vigos.data.synthetic import mentions_attribute, states_unshown_colour
 from vigos.grading.answers import extract_answer, is_correct, normalize_answer
 from vigos.method import losses
 from vigos.models.modeling import EncodedImage, encode_image, image_token_id
@@ -399,7 +399,11 @@ def diagnose(
     ``grounding_states_prior`` and ``grounding_n`` over those rows
     (:func:`description_grounding`, the example's answer as the true value),
     and the same with ``grounding_conflict_`` over the rows whose
-    ``meta["conflict"]`` is true; and ``reliance_<term>`` / ``tokens_<term>``
+    ``meta["conflict"]`` is true (rows with ``meta["obscured"]`` left out);
+    when examples carry ``meta["colour"]`` (the colour drawn), ``ungrounded``
+    and ``ungrounded_n``, the share of descriptions stating a colour the image
+    does not show, and ``ungrounded_obscured`` likewise over the obscured rows;
+    and ``reliance_<term>`` / ``tokens_<term>``
     (:func:`teacher_image_reliance` with ``counterfactual``).
     """
     if sample_size < 1:
@@ -438,7 +442,10 @@ def diagnose(
     metrics: dict[str, float] = {"rows": len(rows), "valid_rate": sum(s.valid for s in spans) / len(spans)}
     leakage = answer_leakage(descriptions, [e.answer for e in rows])
     metrics.update(leakage=leakage["leakage"], leakage_n=leakage["n"])
-    with_prior = [i for i, e in enumerate(rows) if e.meta.get("prior_answer") not in (None, "")]
+    # Obscured rows (the colour cannot be read, the answer is the prior's) have no true value to state.
+    with_prior = [
+        i for i, e in enumerate(rows) if e.meta.get("prior_answer") not in (None, "") and not e.meta.get("obscured")
+    ]
     if with_prior:
         metrics.update(_grounding("grounding", [descriptions[i] for i in with_prior], [rows[i] for i in with_prior]))
         conflict = [i for i in with_prior if rows[i].meta.get("conflict") is True]
@@ -446,7 +453,24 @@ def diagnose(
             metrics.update(
                 _grounding("grounding_conflict", [descriptions[i] for i in conflict], [rows[i] for i in conflict])
             )
+    metrics.update(_ungrounded(descriptions, rows))
     metrics.update(teacher_image_reliance(model, scorer, rows, ids, counterfactual=counterfactual))
+    return metrics
+
+
+def _ungrounded(descriptions: list[str | None], rows: list[Example]) -> dict[str, float]:
+    """Over rows whose ``meta["colour"]`` says what colour is drawn (the synthetic world) and that have a
+    description: the share stating a colour the image does not show, and the same over the obscured
+    rows alone (``meta["obscured"]``)."""
+    metrics: dict[str, float] = {}
+    drawn = [(d, e) for d, e in zip(descriptions, rows) if d is not None and e.meta.get("colour")]
+    for name, chosen in (
+        ("ungrounded", drawn),
+        ("ungrounded_obscured", [r for r in drawn if r[1].meta.get("obscured")]),
+    ):
+        if chosen:
+            metrics[name] = sum(states_unshown_colour(d, str(e.meta["colour"])) for d, e in chosen) / len(chosen)
+            metrics[f"{name}_n"] = len(chosen)
     return metrics
 
 
