@@ -1,19 +1,17 @@
-"""The synthetic world: pixels match the scene, labels match the pixels, splits are reproducible."""
+"""The synthetic world: labels match the pixels, splits are reproducible (pixels: test_synthetic_render.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import random
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from synthetic_pixels import KINDS, palette_counts
 from vigos.data.synthetic import (
     make_any_colour_split,
     make_example,
@@ -24,166 +22,7 @@ from vigos.data.synthetic import (
     warmup_target,
     write_split,
 )
-from vigos.data.synthetic_kinds import (
-    BACKGROUND,
-    COLOURS,
-    MAX_COUNT,
-    OBJECT_KINDS,
-    OBSCURED_COLOUR,
-    SCENE_COLOURS,
-    TEXT_COLOUR,
-    ObjectKind,
-    register_object_kind,
-)
-from vigos.data.synthetic_render import POSITIONS, SIZES, Scene, render_scene
-
-KINDS = sorted(OBJECT_KINDS)
-COUNT_KINDS = [name for name in KINDS if OBJECT_KINDS[name].prior_count is not None]
-
-
-# --- pixel helpers ------------------------------------------------------------
-
-
-def palette_counts(image: Image.Image) -> Counter:
-    """How many pixels have exactly each scene colour (the palette and the obscured grey), by name."""
-    by_rgb = {rgb: name for name, rgb in SCENE_COLOURS.items()}
-    return Counter(by_rgb[p] for p in image.get_flattened_data() if p in by_rgb)
-
-
-def object_pixels(image: Image.Image, colour: str) -> list[tuple[int, int]]:
-    rgb, width = SCENE_COLOURS[colour], image.width
-    return [(i % width, i // width) for i, p in enumerate(image.get_flattened_data()) if p == rgb]
-
-
-def components(pixels: list[tuple[int, int]]) -> int:
-    """Connected components of a pixel set, 8-connectivity, by flood fill."""
-    remaining, found = set(pixels), 0
-    while remaining:
-        found += 1
-        stack = [remaining.pop()]
-        while stack:
-            x, y = stack.pop()
-            for dx, dy in itertools.product((-1, 0, 1), repeat=2):
-                neighbour = (x + dx, y + dy)
-                if neighbour in remaining:
-                    remaining.remove(neighbour)
-                    stack.append(neighbour)
-    return found
-
-
-def in_region(centroid: tuple[float, float], position: str, size: int) -> bool:
-    """The centroid lies in the part of the canvas that ``position`` names."""
-    x, y = (c / size - 0.5 for c in centroid)
-    near, off = 0.08, 0.1  # displacement needed toward the side; slack across it
-    return {
-        "left": x < -near and abs(y) < off,
-        "right": x > near and abs(y) < off,
-        "top": y < -near and abs(x) < off,
-        "bottom": y > near and abs(x) < off,
-        "center": abs(x) < off and abs(y) < off,
-    }[position]
-
-
-def centroid(pixels: list[tuple[int, int]]) -> tuple[float, float]:
-    return sum(x for x, _ in pixels) / len(pixels), sum(y for _, y in pixels) / len(pixels)
-
-
-# --- pixels -------------------------------------------------------------------
-
-
-def test_colours_are_far_apart_and_off_the_background():
-    assert OBSCURED_COLOUR not in COLOURS and set(SCENE_COLOURS) == {*COLOURS, OBSCURED_COLOUR}
-    for a, b in itertools.combinations(SCENE_COLOURS, 2):
-        assert math.dist(SCENE_COLOURS[a], SCENE_COLOURS[b]) >= 90, (a, b)
-    for name, rgb in SCENE_COLOURS.items():
-        assert math.dist(rgb, BACKGROUND) >= 90, name
-        assert math.dist(rgb, TEXT_COLOUR) >= 90, name
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("position", POSITIONS)
-def test_single_object_pixels(kind, size, position):
-    spec = OBJECT_KINDS[kind]
-    for seed, colour in ((1, spec.prior_colour), (2, spec.other_colours[-1])):
-        image = render_scene(Scene(kind, colour, 1, size, position, None), seed=seed)
-        assert image.size == (112, 112) and image.mode == "RGB"
-        counts = palette_counts(image)
-        assert set(counts) == {colour}, f"only the scene colour is drawn, got {counts}"
-        pixels = object_pixels(image, colour)
-        assert in_region(centroid(pixels), position, 112), (centroid(pixels), position)
-        assert components(pixels) == 1, "each kind draws one connected shape"
-        assert all(image.getpixel(corner) == BACKGROUND for corner in itertools.product((0, 111), repeat=2))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_large_objects_cover_more_than_small(kind):
-    colour = OBJECT_KINDS[kind].prior_colour
-    area = {
-        size: len(object_pixels(render_scene(Scene(kind, colour, 1, size, "center", None)), colour)) / 112**2
-        for size in SIZES
-    }
-    assert area["large"] > 2 * area["small"]
-    assert area["large"] >= 0.15 and area["small"] >= 0.05, area
-
-
-@pytest.mark.parametrize("kind", COUNT_KINDS)
-@pytest.mark.parametrize("count", range(1, MAX_COUNT + 1))
-def test_count_scenes_draw_separate_copies(kind, count):
-    colour = OBJECT_KINDS[kind].prior_colour
-    for seed in (None, 3, 4):
-        image = render_scene(Scene(kind, colour, count, "small", "center", "TAXI"), seed=seed)
-        pixels = object_pixels(image, colour)
-        assert components(pixels) == count
-        assert in_region(centroid(pixels), "center", 112)
-        assert set(palette_counts(image)) == {colour}
-
-
-@pytest.mark.parametrize("position", POSITIONS)
-@pytest.mark.parametrize("size", SIZES)
-def test_printed_text_never_covers_the_object(position, size):
-    for kind in KINDS:
-        colour = OBJECT_KINDS[kind].prior_colour
-        plain = render_scene(Scene(kind, colour, 1, size, position, None), seed=5)
-        printed = render_scene(Scene(kind, colour, 1, size, position, "TAXI"), seed=5)
-        assert object_pixels(printed, colour) == object_pixels(plain, colour)
-        text_pixels = [p for p in printed.get_flattened_data() if p not in (BACKGROUND, COLOURS[colour])]
-        assert len(text_pixels) > 20, "the text is visible"
-        assert all(r == g == b for r, g, b in text_pixels), "text is grey, never a palette colour"
-
-
-def test_render_is_deterministic_per_seed_and_jittered_across_seeds():
-    scene = Scene("apple", "red", 1, "large", "left", "OK")
-    assert render_scene(scene, seed=7).tobytes() == render_scene(scene, seed=7).tobytes()
-    assert render_scene(scene).tobytes() == render_scene(scene).tobytes()
-    assert len({render_scene(scene, seed=s).tobytes() for s in range(8)}) > 1
-
-
-def test_other_image_sizes_scale_the_layout():
-    image = render_scene(Scene("stop_sign", "blue", 1, "large", "right", "GO"), image_size=224, seed=1)
-    pixels = object_pixels(image, "blue")
-    assert image.size == (224, 224)
-    assert in_region(centroid(pixels), "right", 224) and len(pixels) / 224**2 >= 0.15
-    with pytest.raises(ValueError, match="image_size"):
-        render_scene(Scene("stop_sign", "blue", 1, "large", "right", None), image_size=16)
-
-
-@pytest.mark.parametrize(
-    "scene, field",
-    [
-        (Scene("unicorn", "red", 1, "large", "left", None), "kind"),
-        (Scene("apple", "white", 1, "large", "left", None), "colour"),
-        (Scene("apple", "red", 1, "huge", "left", None), "size"),
-        (Scene("apple", "red", 1, "large", "middle", None), "position"),
-        (Scene("apple", "red", 0, "small", "center", None), "count"),
-        (Scene("apple", "red", 2, "large", "left", None), "count > 1"),
-        (Scene("apple", "red", 1, "large", "left", "A VERY LONG SIGN"), "text"),
-    ],
-)
-def test_bad_scenes_name_the_field(scene, field):
-    with pytest.raises(ValueError, match=field):
-        render_scene(scene)
-
+from vigos.data.synthetic_kinds import COLOURS, OBJECT_KINDS, OBSCURED_COLOUR
 
 # --- labels -------------------------------------------------------------------
 
@@ -353,66 +192,6 @@ def test_split_sizes_and_bad_options(tmp_path):
     with pytest.raises(ValueError, match="twice"):
         write_split(split[:1] * 2, tmp_path / "dup")
     assert not (tmp_path / "dup").exists(), "nothing is written for a bad split"
-
-
-# --- extension ----------------------------------------------------------------
-
-
-def draw_ball(draw: ImageDraw.ImageDraw, box, rgb) -> None:
-    draw.ellipse(box, fill=rgb)
-
-
-@pytest.fixture
-def ball():
-    kind = ObjectKind(
-        "ball",
-        "orange",
-        ("blue", "pink"),
-        draw_ball,
-        "Basketballs are orange.",
-        noun="basketball",
-        prior_count=1,
-        count_statement="A game uses one ball.",
-    )
-    register_object_kind(kind)
-    try:
-        yield kind
-    finally:
-        OBJECT_KINDS.pop("ball")
-
-
-def test_registered_kind_is_usable(ball):
-    rng = random.Random(0)
-    example = make_example(rng, conflict=True, question_type="colour", kind="ball")
-    assert example.question == "Basketballs are orange. What colour is the basketball in the image?"
-    assert example.answer in ("blue", "pink") and example.prior_answer == "orange"
-    assert set(palette_counts(example.image)) == {example.answer}
-    counted = make_example(rng, conflict=True, question_type="count", kind="ball")
-    assert components(object_pixels(counted.image, "orange")) == counted.scene.count != 1
-    drawn = {make_example(random.Random(s), conflict=False).scene.kind for s in range(200)}
-    assert "ball" in drawn
-    with pytest.raises(ValueError, match="already registered"):
-        register_object_kind(ball)
-    register_object_kind(ball, replace=True)
-
-
-@pytest.mark.parametrize(
-    "fields, message",
-    [
-        (dict(name="Bad Name"), "name"),
-        (dict(prior_colour="white"), "prior_colour"),
-        (dict(other_colours=()), "empty"),
-        (dict(other_colours=("orange", "blue")), "must not hold the prior"),
-        (dict(prior_count=2), "both"),
-        (dict(prior_count=9, count_statement="Many."), "between"),
-    ],
-)
-def test_object_kind_validation(fields, message):
-    base = dict(
-        name="ball", prior_colour="orange", other_colours=("blue",), draw=draw_ball, prior_statement="Balls are orange."
-    )
-    with pytest.raises(ValueError, match=message):
-        ObjectKind(**{**base, **fields})
 
 
 # --- mentions_attribute ---------------------------------------------------------
