@@ -79,8 +79,11 @@ class DemoConfig:
     # training split's for the student's format (see _warm_start).
     warm_any_colour_rows: int = 768
     warm_agreeing_rows: int = 576
-    # Grey objects shown alone, described as grey: a pretrained VLM's perception names what it sees.
-    warm_grey_rows: int = 96
+    # Grey objects shown alone and described as grey, for the perception role. Off: in the one full run
+    # with 96 such rows (AMD EPYC, 5 seeds) the perception role's colour reading fell from 100% to 79% of
+    # prior-conflicting images and neither method learned to read colours (Score 3% OPSD, 10% ViGOS),
+    # so the teachers never see a grey object before training.
+    warm_grey_rows: int = 0
     train_steps: int = 40
     prompts_per_step: int = 8
     num_generations: int = 4
@@ -106,7 +109,6 @@ class DemoConfig:
             warm_steps=60,
             warm_any_colour_rows=48,
             warm_agreeing_rows=48,
-            warm_grey_rows=8,
             n_obscured_eval=4,
             train_steps=3,
             prompts_per_step=4,
@@ -156,8 +158,10 @@ def premises(cfg: DemoConfig) -> list[str]:
         "follow the prior. A teacher that knows the answer can only make a description of such a row agree with "
         "the answer by stating a colour the image does not show.",
         "Warm start (what a pretrained VLM brings): the student answers from the prior; shown the image alone, "
-        "the model describes kind, colour (grey included), size, position and printed text; given the reference "
-        "answer, it writes it. It never saw a reference answer that the image contradicts or cannot show.",
+        "the model is taught to describe kind, colour, size, position and printed text (the roles table shows "
+        "what it learned); given the reference answer, it writes it. It never saw a reference answer that the "
+        "image contradicts or cannot show"
+        + (", nor a grey object." if not cfg.warm_grey_rows else "; it saw grey objects, described as grey."),
         f"Held out: {cfg.n_eval} prior-agreeing and {cfg.n_eval} prior-conflicting items (Prior and Score), and "
         f"{cfg.n_obscured_eval} obscured items, where any colour a description states other than grey is "
         "ungrounded.",
@@ -233,8 +237,9 @@ def _warm_start(cfg: DemoConfig, model_dir: Path, train: Path, out: Path) -> Pat
         synthetic.warmup_target,
         ("perception", "reasoning", "reference"),
     )
-    grey = synthetic.make_any_colour_split(cfg.warm_grey_rows, seed=4, colours=(synthetic.OBSCURED_COLOUR,))
-    items += warm_start_items(grey, synthetic.warmup_target, ("perception",))
+    if cfg.warm_grey_rows:
+        grey = synthetic.make_any_colour_split(cfg.warm_grey_rows, seed=4, colours=(synthetic.OBSCURED_COLOUR,))
+        items += warm_start_items(grey, synthetic.warmup_target, ("perception",))
     with tqdm(total=cfg.warm_steps, desc="warm start", unit="step", dynamic_ncols=True) as bar:
 
         def advance(step: int, loss: float) -> None:
@@ -297,9 +302,9 @@ def _train(cfg: DemoConfig, warm_dir: Path, train: list[Example], method: str, s
         report_to="none",
         use_cpu=True,
         log_completions_steps=max(cfg.train_steps // 4, 1),
-        # Twice per run (half way and at the end), on 8 training rows: the report's diagnostic curves.
+        # Twice per run (half way and at the end): the report's diagnostic curves.
         diagnostics_steps=max(cfg.train_steps // 2, 1),
-        diagnostics_sample_size=8,
+        diagnostics_sample_size=4,
     )
     model = apply_lora(model, args)
     trainer = ViGOSTrainer(model, args, ExampleDataset(train), processor)
@@ -358,7 +363,8 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
         f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval}+{cfg.n_obscured_eval} eval; "
         f"{', '.join(world_settings)})"
     ):
-        # One world per setting: the same seed, so their evaluation splits are the same items.
+        # One world per setting (the one without shortcut rows always: the warm start reads it); the same
+        # seed, so their evaluation splits are the same items.
         worlds = {
             setting: synthetic.make_world(
                 out / "world" / setting,
@@ -369,12 +375,13 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
                 n_obscured_eval=cfg.n_obscured_eval,
                 seed=0,
             )
-            for setting in world_settings
+            for setting in {**world_settings, "no_shortcut": None}
         }
         eval_world = out / "world" / next(iter(world_settings))
         register_world_benchmark(eval_world)
     with _Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
-        warm_dir = _warm_start(cfg, model_dir, worlds[next(iter(worlds))]["train"], out / "warm_start")
+        # The same warm start for every setting: the student's format from the world without shortcut rows.
+        warm_dir = _warm_start(cfg, model_dir, worlds["no_shortcut"]["train"], out / "warm_start")
         _check_warm_start(cfg, warm_dir)
     runs: dict[str, dict[int, Path]] = {}
     for setting, names in world_settings.items():
