@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vigos.demo.report import abilities_table, perception_misses, table
 from vigos.demo.results import grounding, ungrounded
+from vigos.demo.warmstart import TAUGHT_PERCEPTION
 
 
 def test_grounding_counts_descriptions_on_conflict_items():
@@ -82,3 +83,16 @@ def test_perception_misses_names_each_attribute_below_the_goal():
     assert perception_misses(able) == "The perception teacher states every attribute on at least 90% of the images."
     weak = {"perception": {"describes_kind": 0.95, "describes_size": 0.5, "describes_text": 0.8, "describes_all": 0.4}}
     assert perception_misses(weak).endswith("fewer than 90% of the images: size (50%), printed text (80%).")
+
+
+def test_perception_misses_says_why_from_the_images_it_was_taught_on():
+    abilities = {
+        "perception": {"describes_kind": 0.1, "describes_colour": 1.0, "describes_position": 0.3},
+        TAUGHT_PERCEPTION: {"describes_kind": 0.12, "describes_colour": 1.0, "describes_position": 0.95},
+    }
+    sentence = perception_misses(abilities)
+    assert "fewer than 90% of the images: kind (10%), position (30%)." in sentence
+    assert "so the warm start did not teach them: kind (12%)." in sentence
+    assert "without carrying the attribute to fresh ones: position (95%)." in sentence
+    roles = abilities_table(abilities)
+    assert "| perception teacher, on images it was taught on | 12% | 100% | 95% |" in roles

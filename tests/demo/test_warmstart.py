@@ -77,6 +77,13 @@ def test_check_abilities_reports_each_role_on_conflicting_images(tiny_model_dir)
     assert set(result["student"]) - {"describes_text"} == described | answered
     for shares in result.values():
         assert all(0.0 <= v <= 1.0 for v in shares.values())
+    # One role alone gives the same shares as in the full check (greedy decoding).
+    alone = check_abilities(
+        model, processor, rows, [e.prior_answer for e in rows], max_new_tokens=8, roles=["perception"]
+    )
+    assert alone == {"perception": result["perception"]}
+    with pytest.raises(ValueError, match="unknown roles \\['teacher'\\]"):
+        check_abilities(model, processor, rows, [e.prior_answer for e in rows], roles=["teacher"])
 
 
 def test_stated_attributes_judge_each_attribute_of_the_scene():

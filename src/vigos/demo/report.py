@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from vigos.demo.results import RESPONSES, collect, paired
 from vigos.demo.study import PairedDifference
+from vigos.demo.warmstart import TAUGHT_PERCEPTION
 from vigos.eval.run_folder import read_responses
 
 LABELS = {"warm_start": "warm start", "opsd": "OPSD", "vigos": "ViGOS"}
@@ -91,6 +92,7 @@ def verdict(paired: dict[str, dict[str, PairedDifference]], settings: dict[str, 
 
 ROLES = {
     "perception": "perception teacher: the image only",
+    TAUGHT_PERCEPTION: "perception teacher, on images it was taught on",
     "reasoning": "reasoning teacher: image, question and answer",
     "reference": "reference teacher: image, question, answer and format",
     "student": "student: image and question",
@@ -109,21 +111,39 @@ _ABILITY_COLUMNS = (
 
 
 def perception_misses(abilities: dict[str, dict[str, float]], goal: float = 0.9) -> str:
-    """One sentence: whether the perception teacher states each attribute on at least ``goal`` of the images,
-    and which it misses."""
+    """Whether the perception teacher states each attribute on at least ``goal`` of the fresh images, which
+    it misses, and (when it was also checked on images it was taught on) why: an attribute missed there
+    too was never learned; one stated there was learned on those images but not carried to fresh ones."""
+    fresh, taught = abilities.get("perception", {}), abilities.get(TAUGHT_PERCEPTION, {})
     shares = {
-        name: abilities.get("perception", {})[key]
+        name: fresh[key]
         for key, name in _ABILITY_COLUMNS
-        if key.startswith("describes_") and key != "describes_all" and key in abilities.get("perception", {})
+        if key.startswith("describes_") and key != "describes_all" and key in fresh
     }
-    missed = [f"{name} ({100 * share:.0f}%)" for name, share in shares.items() if share < goal]
     if not shares:
         return "The perception teacher was not checked."
+    missed = {name: share for name, share in shares.items() if share < goal}
     if not missed:
         return f"The perception teacher states every attribute on at least {100 * goal:.0f}% of the images."
-    return f"The perception teacher states these attributes on fewer than {100 * goal:.0f}% of the images: " + (
-        ", ".join(missed) + "."
+    sentence = f"The perception teacher states these attributes on fewer than {100 * goal:.0f}% of the images: " + (
+        ", ".join(f"{name} ({100 * share:.0f}%)" for name, share in missed.items()) + "."
     )
+    keys = {name: key for key, name in _ABILITY_COLUMNS}
+    judged = {name: taught[keys[name]] for name in missed if keys[name] in taught}
+    unlearned = [f"{name} ({100 * share:.0f}%)" for name, share in judged.items() if share < goal]
+    memorised = [f"{name} ({100 * share:.0f}%)" for name, share in judged.items() if share >= goal]
+    if unlearned:
+        sentence += (
+            " On images it was taught on it misses them too, so the warm start did not teach them: "
+            + ", ".join(unlearned)
+            + "."
+        )
+    if memorised:
+        sentence += (
+            " On images it was taught on it states them, so it learned those images without carrying the "
+            "attribute to fresh ones: " + ", ".join(memorised) + "."
+        )
+    return sentence
 
 
 def abilities_table(abilities: dict[str, dict[str, float]]) -> str:
@@ -235,9 +255,11 @@ def write_demo_report(
     differences = {setting: paired(out, names["vigos"], names["opsd"], seeds, k) for setting, names in settings.items()}
     headline = next(iter(settings.values()))
     labels = {"warm_start": LABELS["warm_start"], headline["opsd"]: "OPSD", headline["vigos"]: "ViGOS"}
+    # The picture shows every setting's runs: with more than one, each label names its world.
     every = dict(labels)
-    for names in list(settings.values())[1:]:
-        every |= {names[m]: f"{LABELS[m]} ({names['title'].lower()})" for m in ("opsd", "vigos")}
+    if len(settings) > 1:
+        for names in settings.values():
+            every |= {names[m]: f"{LABELS[m]} ({names['title'].lower()})" for m in ("opsd", "vigos")}
     tables = {
         setting: table(results, {"warm_start": LABELS["warm_start"], names["opsd"]: "OPSD", names["vigos"]: "ViGOS"}, k)
         for setting, names in settings.items()
@@ -267,12 +289,19 @@ def write_demo_report(
         f"Tiny {cfg.arch} ({cfg.size}), {len(seeds)} seed(s) per method (the same seeds and data order for both), "
         f"{cfg.n_train} training rows, {cfg.n_eval}+{cfg.n_eval} evaluation rows (and {cfg.n_obscured_eval} "
         f"obscured ones), {cfg.train_steps} training steps per run, k={k}; {elapsed_s / 60:.1f} minutes in all "
-        f"on {data['machine']['cpu']} ({data['machine']['torch_threads']} torch threads, torch "
+        f"on {data['machine']['cpu']} (training and evaluation in {cfg.workers} process(es) of {cfg.threads} "
+        f"torch thread(s), the warm start with {data['machine']['torch_threads']}; torch "
         f"{data['machine']['torch']})."
     )
     abilities_intro = (
         f"Before training, on {cfg.n_eval} fresh prior-conflicting images (greedy decoding), the warm start in "
-        "each role states these attributes in its description and these answers:"
+        "each role states these attributes in its description and these answers"
+        + (
+            f' (the perception row "on images it was taught on": {cfg.n_eval} images of its own warm-start '
+            "data, which tells an attribute never learned from one learned but not carried to fresh images):"
+            if TAUGHT_PERCEPTION in abilities
+            else ":"
+        )
     )
     md = ["# ViGOS demo: does the student look at the image?", "", intro, "", "## The world", ""]
     md += [f"- {line}" for line in premises] + [""]

@@ -47,6 +47,8 @@ class WarmStartItem:
 
 
 ABILITIES = ("student", "perception", "reasoning", "reference")
+# The abilities' key of the perception role checked on images it was taught on, beside the fresh ones.
+TAUGHT_PERCEPTION = "perception_taught"
 
 
 def warm_start_items(
@@ -195,7 +197,13 @@ def stated_attributes(description: str, scene: Any, question_type: str = "colour
 
 
 def check_abilities(
-    model: torch.nn.Module, processor: Any, examples: Sequence[Any], priors: Sequence[str], *, max_new_tokens: int = 48
+    model: torch.nn.Module,
+    processor: Any,
+    examples: Sequence[Any],
+    priors: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    roles: Sequence[str] = ABILITIES,
 ) -> dict[str, dict[str, float]]:
     """Per role, what its greedy completions state on ``examples`` (synthetic examples: question, answer,
     image and ``scene``; meant for images that contradict the text prior, ``priors`` being the answer
@@ -207,11 +215,14 @@ def check_abilities(
     shortcut. Roles that describe (student, perception, reference): ``describes_<attribute>``, the share
     of descriptions that state each attribute of the image (kind, colour, size, position, printed text
     over the images that have one, count for count questions), and ``describes_all``, the share that
-    state every one.
+    state every one. ``roles`` limits the check to some of the roles.
     """
+    unknown = set(roles) - set(ABILITIES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ABILITIES)}")
     rollout = HFGenerateRollout(processor, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=max_new_tokens))
     result = {}
-    for ability in ABILITIES:
+    for ability in roles:
         items = warm_start_items(examples, lambda example: "", (ability,))
         # A rollout fills its template with the question alone; a template that is only that field, given
         # each item's finished user text as the question, lets the prompts that hold the answer through.
