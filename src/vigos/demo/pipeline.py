@@ -23,12 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
-import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -41,6 +37,7 @@ from transformers import set_seed
 from vigos.data import synthetic
 from vigos.data.examples import ExampleDataset
 from vigos.data.rows import Example
+from vigos.demo.jobs import Stage, pinned, run_jobs
 from vigos.demo.warmstart import TAUGHT_PERCEPTION, check_abilities, save_checkpoint, warm_start, warm_start_items
 from vigos.errors import ConfigError
 from vigos.eval.benchmarks import register_benchmark
@@ -127,22 +124,6 @@ class DemoConfig:
             eval_k=2,
             max_completion_length=40,
         )
-
-
-class _Stage:
-    """Prints a one-line summary of a stage and its duration."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self) -> _Stage:
-        self.start = time.time()
-        print(f"[demo] {self.name} ...", flush=True)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            print(f"[demo] {self.name}: done in {time.time() - self.start:.0f} s", flush=True)
 
 
 def settings(cfg: DemoConfig) -> dict[str, dict[str, str]]:
@@ -365,74 +346,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for name in ("workers", "threads"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"DemoConfig.{name} must be at least 1, got {getattr(cfg, name)}")
-    with _pinned(cfg.workers * cfg.threads):
+    with pinned(cfg.workers * cfg.threads):
         return _run_stages(cfg)
-
-
-def _timed(job: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.time()
-    return job(), time.time() - start
-
-
-def _run_jobs(cfg: DemoConfig, stage: str, jobs: dict[str, Callable[[], Any]], finished: set[str]) -> dict[str, Any]:
-    """Run independent ``jobs`` (title: job): one after another under ``cfg.threads`` threads when
-    ``cfg.workers`` is 1, else in ``cfg.workers`` processes of ``cfg.threads`` threads each. A job's
-    result does not depend on which process runs it or when, only on the thread count. The ``finished``
-    ones only read their results back, here."""
-    results = {title: jobs[title]() for title in jobs if title in finished}
-    pending = {title: job for title, job in jobs.items() if title not in finished}
-    if not pending:
-        return results
-    if cfg.workers == 1:
-        with _pinned(cfg.threads):
-            for title, job in pending.items():
-                with _Stage(f"{stage} {title}"):
-                    results[title] = job()
-        return {title: results[title] for title in jobs}
-    print(f"[demo] {stage}: {len(pending)} runs in {cfg.workers} processes of {cfg.threads} thread(s) ...", flush=True)
-    started = time.time()
-    # Spawned workers inherit the environment: one thread each, and no progress bars interleaving.
-    environment = {"OMP_NUM_THREADS": str(cfg.threads), "TQDM_DISABLE": "1"}
-    saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
-    try:
-        with ProcessPoolExecutor(
-            cfg.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_pin_worker,
-            initargs=(cfg.threads,),
-        ) as pool:
-            futures = {pool.submit(_timed, job): title for title, job in pending.items()}
-            for future in as_completed(futures):
-                results[futures[future]], seconds = future.result()
-                print(f"[demo] {stage} {futures[future]}: done in {seconds:.0f} s", flush=True)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    print(f"[demo] {stage}: done in {time.time() - started:.0f} s", flush=True)
-    return {title: results[title] for title in jobs}
-
-
-def _pin_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-@contextmanager
-def _pinned(threads: int) -> Iterator[None]:
-    """The thread count changes the order of floating-point sums, and so the numbers: pin it (the report
-    records it with the machine) and ask torch for deterministic kernels; both restored afterwards."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1])
 
 
 def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
@@ -443,9 +358,9 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     started = time.time()
     world_settings = settings(cfg)
-    with _Stage(f"1/6 tiny {cfg.arch} ({cfg.size})"):
+    with Stage(f"1/6 tiny {cfg.arch} ({cfg.size})"):
         model_dir = make_tiny(cfg.arch, out / "model", size=cfg.size)
-    with _Stage(
+    with Stage(
         f"2/6 synthetic world ({cfg.n_train} train, {cfg.n_eval}+{cfg.n_eval}+{cfg.n_obscured_eval} eval; "
         f"{', '.join(world_settings)})"
     ):
@@ -464,7 +379,7 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
             for setting in {**world_settings, "no_shortcut": None}
         }
         eval_world = out / "world" / next(iter(world_settings))
-    with _Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
+    with Stage(f"3/6 warm start ({cfg.warm_steps} steps)"):
         # The same warm start for every setting: the student's format from the world without shortcut rows.
         warm_dir = _warm_start(cfg, model_dir, worlds["no_shortcut"]["train"], out / "warm_start")
         _check_warm_start(cfg, warm_dir)
@@ -476,11 +391,12 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
         for seed in cfg.seeds
         for method in METHODS
     }
-    trained = _run_jobs(
-        cfg,
+    trained = run_jobs(
         f"4/6 train ({cfg.train_steps} steps)",
         train_jobs,
         {title for title, job in train_jobs.items() if (job.args[-1] / "adapter_config.json").exists()},
+        workers=cfg.workers,
+        threads=cfg.threads,
     )
     labels = ["warm_start"] + [names[method] for names in world_settings.values() for method in METHODS]
     eval_jobs = {
@@ -496,14 +412,15 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
         for seed in cfg.seeds
         for label in labels
     }
-    evaluated = _run_jobs(
-        cfg,
+    evaluated = run_jobs(
         "5/6 evaluate",
         eval_jobs,
         {title for title, job in eval_jobs.items() if (job.args[-1] / "summary.json").exists()},
+        workers=cfg.workers,
+        threads=cfg.threads,
     )
     summaries = {label: {seed: evaluated[f"{label} seed {seed}"] for seed in cfg.seeds} for label in labels}
-    with _Stage("6/6 report"):
+    with Stage("6/6 report"):
         report = write_demo_report(
             out, cfg, summaries, settings=world_settings, premises=premises(cfg), elapsed_s=time.time() - started
         )
