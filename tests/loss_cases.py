@@ -44,3 +44,13 @@ def clip_for(kind: str, values: torch.Tensor) -> torch.Tensor | float | None:
         ordered = values[MASK].sort().values
         return ((ordered[1] + ordered[2]) / 2).item()
     return None
+
+
+def assert_same_term(got: torch.Tensor, expected: torch.Tensor, inputs: tuple, rtol: float, atol: float) -> None:
+    """``got`` equals ``expected`` in value and in its (non-zero) gradient wrt each of ``inputs``."""
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
+    got_grads = torch.autograd.grad(got, inputs, retain_graph=True)
+    expected_grads = torch.autograd.grad(expected, inputs, retain_graph=True)
+    for got_grad, expected_grad in zip(got_grads, expected_grads, strict=True):
+        assert expected_grad.abs().max() > 0
+        torch.testing.assert_close(got_grad, expected_grad, rtol=rtol, atol=atol)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,15 @@ def test_an_unwritable_output_dir_fails_before_the_model_loads(tmp_path, capsys,
     err = one_line_error(capsys)
     assert f"vigos train: output_dir {str(output_dir)!r} {reason}" in err and "set output_dir to a" in err
     assert not (tmp_path / "cache").exists()  # the model was not built
+
+
+@pytest.mark.slow
+def test_train_with_sampled_token_losses(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"]
+    assert main([*args, "--perception_divergence", "sampled_k1", "--reasoning_divergence", "sampled_k3"]) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss_perception" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in steps)

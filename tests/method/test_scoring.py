@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from plain import clipped, kl, pieces_to_ids, plain_logits
+from scoring_cases import unclipped_config as config
 from vigos import prompts
 from vigos.data.rows import Example
 from vigos.method.teachers import make_teacher_policy
-from vigos.training.config import ViGOSConfig
 from vigos.training.recipe import score_completions
 
 # Pieces tokenized one by one, so that token boundaries fall where the pieces meet.
@@ -27,18 +27,6 @@ INVALID = {
     "unclosed_box": [" A red square. ", "</description><think>", " red ", "</think> \\boxed{red"],
     "empty_description": ["</description><think>", " red ", "</think> \\boxed{red}"],
 }
-
-
-def config(**kw):
-    base = dict(
-        output_dir="unused",
-        report_to="none",
-        token_loss_clip=None,
-        description_end_clip=None,
-        reasoning_start_clip=None,
-        loss_chunk_size=3,
-    )
-    return ViGOSConfig(**{**base, **kw})
 
 
 def expected_vigos(model, processor, example, cfg, completions):

@@ -227,7 +227,7 @@ def teacher_image_reliance(
     true_images = [encoded[id(e.image)] for e in examples]
     other_images = _counterfactual_images(scorer.processor, examples, true_images, counterfactual)
 
-    head = scorer.teacher.head(model)
+    heads = {t.name: scorer.teacher_head(model, t.name) for t in scorer.terms}
     temperature = scorer.options.distill_temperature
     chunk_size = scorer.options.loss_chunk_size or 1024
     group = scorer.options.teacher_batch_size
@@ -243,7 +243,7 @@ def teacher_image_reliance(
         other_states = scorer.teacher_states(*args, other_images[rows], spans[rows])
         for name, states in true_states.items():
             counts[name] += states.shape[0]
-            sums[name] += _kl_sum(states, other_states[name], head, temperature, chunk_size)
+            sums[name] += _kl_sum(states, other_states[name], heads[name], temperature, chunk_size)
     result: dict[str, float] = {}
     for name, count in counts.items():
         if count:

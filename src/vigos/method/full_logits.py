@@ -14,25 +14,27 @@ from typing import Any
 
 import torch
 
-from vigos.method.losses import DivergenceFn
+from vigos.method.losses import DivergenceFn, SampledTokenLoss
 from vigos.method.score_types import ScoreOutput
 from vigos.method.scoring import Scorer
-from vigos.method.state_losses import divergence_from_logits
+from vigos.method.state_losses import divergence_from_logits, sampled_loss_from_logits
 from vigos.models.modeling import output_head_shape
 
 
 @dataclass(frozen=True)
 class LogitsTeacher:
-    """A teacher's full logits ``[N, V]`` at the N tokens its term supervises."""
+    """A teacher's full logits ``[N, V]`` at the N tokens its term supervises, and the student's sampled
+    token ids there ``[N]`` for a sampled-token loss."""
 
     logits: torch.Tensor
+    ids: torch.Tensor | None = None
 
     def loss_term(
         self,
         student_logits: torch.Tensor,
         student_head: None,
         teacher_head: None,
-        divergence: DivergenceFn,
+        divergence: DivergenceFn | SampledTokenLoss,
         *,
         clip: torch.Tensor | float | None = None,
         global_count: torch.Tensor | float | int | None = None,
@@ -40,6 +42,10 @@ class LogitsTeacher:
     ) -> torch.Tensor:
         """The term against the student's logits ``[N, V]`` at the same tokens (heads and chunks unused)."""
         mask = torch.ones(student_logits.shape[0], dtype=torch.bool, device=student_logits.device)
+        if isinstance(divergence, SampledTokenLoss):
+            if self.ids is None:
+                raise ValueError("a sampled-token loss needs the sampled token ids; build the teacher with ids")
+            return sampled_loss_from_logits(student_logits, self.logits, self.ids, divergence, mask, clip, global_count)
         return divergence_from_logits(student_logits, self.logits, divergence, mask, clip, global_count)
 
 
@@ -74,15 +80,22 @@ class FullLogitsScorer(Scorer):
         return model(**batch, use_cache=False).logits
 
     def _teacher_forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = self._forward(model, batch)
+        # A separate teacher's head may be padded to more rows than the student's: read up to the student's.
+        logits = self._forward(model, batch)[..., : self._output_width(model)]
         self._passes.append(logits)
         return logits
 
     def _output_width(self, model: torch.nn.Module) -> int:
-        return output_head_shape(model)[0]
+        separate = next((t for t in self.separate.values() if t.model is model), None)
+        return separate.vocab_rows if separate else output_head_shape(model)[0]
 
-    def _read_teachers(self, model: torch.nn.Module, states: dict[str, torch.Tensor]) -> dict[str, LogitsTeacher]:
-        return {name: LogitsTeacher(rows) for name, rows in states.items()}
+    def _read_teachers(
+        self, model: torch.nn.Module, states: dict[str, torch.Tensor], sampled_ids: dict[str, torch.Tensor]
+    ) -> dict[str, LogitsTeacher]:
+        return {
+            name: LogitsTeacher(rows, sampled_ids[name].to(rows.device) if name in sampled_ids else None)
+            for name, rows in states.items()
+        }
 
     @contextmanager
     def _heads(self, model: torch.nn.Module) -> Iterator[tuple[None, None]]:

@@ -1,4 +1,4 @@
-"""Distillation divergences, per-token clipping and masked global means.
+"""Distillation divergences, sampled-token losses, per-token clipping and masked global means.
 
 Everything here is a pure function of tensors: no models, no prompts. The
 building blocks compose into one loss term of METHOD.md section 3:
@@ -12,7 +12,11 @@ computes the same number from final hidden states and output projections,
 chunk by chunk over tokens, so that only ``[chunk, V]`` logits are alive at any
 moment: each chunk's gradient is computed as soon as its logits are (in the
 style of fused linear + loss kernels), so nothing vocabulary-sized is saved
-for backward and no logits are recomputed.
+for backward and no logits are recomputed. (Both live in
+`vigos.method.state_losses`.)
+
+A sampled-token loss (`sampled_token_kl`) takes the place of the divergence where
+a teacher gives only its log-probability of each sampled token.
 
 Conventions:
 
@@ -42,12 +46,17 @@ __all__ = [
     "DIVERGENCES",
     "Divergence",
     "DivergenceFn",
+    "LOSS_NAMES",
+    "SAMPLED_TOKEN_LOSSES",
+    "SampledTokenLoss",
     "aggregate",
     "clip_token_values",
     "forward_kl",
     "generalized_jsd",
     "get_divergence",
+    "get_loss",
     "reverse_kl",
+    "sampled_token_kl",
     "values_with_finite_gradient",
 ]
 
@@ -212,6 +221,82 @@ class Divergence:
     def at_temperature(self, temperature: float) -> Divergence:
         """The same divergence at another temperature."""
         return replace(self, temperature=temperature)
+
+
+SAMPLED_TOKEN_ESTIMATORS = ("k1", "k3")
+
+
+def sampled_token_kl(student_log_probs: Tensor, teacher_log_probs: Tensor, estimator: str = "k1") -> Tensor:
+    """The sampled-token loss per token: reverse KL(student || teacher) estimated at the student's own
+    sampled token, with the policy gradient as its gradient.
+
+    With ``s = log p_S(y)`` and ``t = log p_T(y)`` at the sampled token ``y`` (the student's rollout
+    drew it, so ``y ~ p_S``), the estimate is ``k1 = s - t`` or ``k3 = r - 1 - log r`` with
+    ``r = exp(t - s)`` (never negative, lower variance). Its gradient is that of ``-A * s`` with the
+    detached advantage ``A = -k``: the student's log-probability of its token weighted by how much
+    more (``A > 0``) or less the teacher likes it. With ``k1``, ``A = t - s``, the reverse-KL
+    gradient OPSD and Tinker use. The value is the estimate itself (the surrogate adds
+    ``A * (s - s.detach())``, which is 0), so a logged term reads as a KL.
+
+    Args:
+        student_log_probs: ``[N]`` the student's log-probability of each sampled token (may require grad).
+        teacher_log_probs: ``[N]`` the teacher's log-probability of the same tokens (no gradient taken).
+        estimator: "k1" or "k3".
+
+    Returns:
+        ``[N]`` per-token values in at least float32.
+    """
+    if estimator not in SAMPLED_TOKEN_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {SAMPLED_TOKEN_ESTIMATORS}, got {estimator!r}")
+    if student_log_probs.shape != teacher_log_probs.shape:
+        raise ValueError(
+            "student_log_probs and teacher_log_probs must have the same shape [N], got "
+            f"{tuple(student_log_probs.shape)} and {tuple(teacher_log_probs.shape)}"
+        )
+    dtype = torch.promote_types(student_log_probs.dtype, torch.float32)
+    student = student_log_probs.to(dtype)
+    log_ratio = teacher_log_probs.detach().to(dtype) - student.detach()
+    estimate = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
+    return estimate + estimate * (student - student.detach())
+
+
+SAMPLED_TOKEN_LOSSES: dict[str, str] = {"sampled_k1": "k1", "sampled_k3": "k3"}
+"""Sampled-token losses by name, each `sampled_token_kl` with its estimator. They need only each side's
+log-probability of the sampled token, so any teacher that returns one number per token can teach."""
+
+LOSS_NAMES = (*DIVERGENCES, *SAMPLED_TOKEN_LOSSES)
+"""Every name a loss term may use: the divergences over the vocabulary, then the sampled-token losses."""
+
+
+@dataclass(frozen=True)
+class SampledTokenLoss:
+    """A registered sampled-token loss and its temperature, as one value passed down to the losses.
+
+    Calling it gives ``[N]`` per-token values (`sampled_token_kl`) from the student's and the teacher's
+    log-probabilities ``[N]`` of the sampled tokens, already tempered by ``temperature``.
+    """
+
+    name: str
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLED_TOKEN_LOSSES:
+            valid = ", ".join(repr(known) for known in LOSS_NAMES)
+            raise ValueError(f"unknown loss {self.name!r}; valid names are: {valid}")
+        _check_temperature(self.temperature)
+
+    def __call__(self, student_log_probs: Tensor, teacher_log_probs: Tensor) -> Tensor:
+        return sampled_token_kl(student_log_probs, teacher_log_probs, SAMPLED_TOKEN_LOSSES[self.name])
+
+
+def get_loss(name: str, *, beta: float = 0.5, temperature: float = 1.0) -> Divergence | SampledTokenLoss:
+    """The loss called ``name`` (one of ``LOSS_NAMES``) with its options bound; the error lists the names."""
+    if name in SAMPLED_TOKEN_LOSSES:
+        return SampledTokenLoss(name, temperature)
+    if name not in DIVERGENCES:
+        valid = ", ".join(repr(known) for known in LOSS_NAMES)
+        raise ValueError(f"unknown loss {name!r}; valid names are: {valid}")
+    return Divergence(name, beta, temperature)
 
 
 def get_divergence(name: str, *, beta: float = 0.5, temperature: float = 1.0) -> Divergence:

@@ -13,19 +13,19 @@ student's sequence and, with its own ``P``, in each teacher's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from vigos.data.rows import Example
-from vigos.grading.answers import extract_answer, is_correct
 from vigos.method import losses
+from vigos.method.score_metrics import step_metrics
 from vigos.method.score_types import ScoreOutput, ScoringOptions, TeacherJob
 from vigos.method.spans import CompletionSpans, SpanParser, span_mask
-from vigos.method.state_losses import HiddenTeacher, TopKTeacher, top_k_teacher
-from vigos.method.teachers import TeacherPolicy, TeacherTerm
+from vigos.method.state_losses import HiddenTeacher, SampledTeacher, TopKTeacher, sampled_teacher, top_k_teacher
+from vigos.method.teachers import SeparateTeacher, TeacherPolicy, TeacherTerm
 from vigos.models.modeling import (
     Context,
     EncodedImage,
@@ -45,7 +45,7 @@ from vigos.prompts import PromptSpec, render_prompt
 
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 # A teacher's side of one loss term, as ``_read_teachers`` chose to keep it (see vigos.method.state_losses).
-TeacherRows = HiddenTeacher | TopKTeacher
+TeacherRows = HiddenTeacher | TopKTeacher | SampledTeacher
 
 
 @contextmanager
@@ -75,7 +75,8 @@ class Scorer:
     """Computes the ViGOS/OPSD loss for given completions of given examples.
 
     The student and every teacher pass keep only final hidden states; a teacher is then read once per
-    call as hidden states or, with ``teacher_top_k``, as its top-k tokens (`_read_teachers`), and each
+    call as hidden states, as its log-probability of each sampled token (a term whose loss is a
+    sampled-token loss) or, with ``teacher_top_k``, as its top-k tokens (`_read_teachers`), and each
     term's loss is chunked over its tokens. `vigos.method.full_logits.FullLogitsScorer` is the public
     release's full-logits way, kept as the reference the fast path is tested and benchmarked against.
     """
@@ -90,12 +91,20 @@ class Scorer:
         options: ScoringOptions | None = None,
         reduce_sum: ReduceSum | None = None,
         lockstep: bool = False,
+        separate_teachers: Mapping[str, SeparateTeacher] | None = None,
     ):
         self.processor = processor
         # Sharded weights (FSDP, ZeRO-3) are gathered collectively in every forward
         # pass, so every process must run as many passes as the others.
         self.lockstep = lockstep
         self.terms = list(terms)
+        # Terms whose teacher is another model (by term name); the others run the policy's weights.
+        self.separate = dict(separate_teachers or {})
+        unknown = sorted(set(self.separate) - {t.name for t in self.terms})
+        if unknown:
+            raise ValueError(
+                f"separate teachers for {unknown}, but this method's terms are {[t.name for t in self.terms]}"
+            )
         self.student_prompt = student_prompt
         self.teacher = teacher or TeacherPolicy()
         self.options = options or ScoringOptions()
@@ -105,7 +114,9 @@ class Scorer:
         self.image_token = image_token_id(processor)
         self.parser = SpanParser(tokenizer)
         self.divergences = {
-            t.name: losses.Divergence(t.divergence, self.options.jsd_beta, self.options.distill_temperature)
+            t.name: losses.get_loss(
+                t.divergence, beta=self.options.jsd_beta, temperature=self.options.distill_temperature
+            )
             for t in self.terms
         }
 
@@ -167,6 +178,12 @@ class Scorer:
         text = spec.text(example.question, example.answer if answer else None)
         return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill, image.count), image)
 
+    def teacher_head(self, model: torch.nn.Module, name: str) -> torch.Tensor:
+        """Term ``name``'s teacher's output head [V, H_teacher], detached: a separate teacher's own, else
+        the policy's under the teacher's weights (whole: call inside ``gathered_output_head`` under ZeRO-3)."""
+        separate = self.separate.get(name)
+        return separate.head() if separate else self.teacher.head(model)
+
     def __call__(
         self,
         model: torch.nn.Module,
@@ -203,7 +220,7 @@ class Scorer:
                 shared_images,
                 times=times,
             )
-            teachers = self._read_teachers(model, teacher_states)
+            teachers = self._read_teachers(model, teacher_states, self._sampled_ids(completion_ids, supervised))
         # The teachers' encode serves the student only when the tower computes the same function for both.
         if features is not None and not image_features_reusable(model):
             features = None
@@ -222,7 +239,17 @@ class Scorer:
             loss, terms = self._loss(
                 heads, student_output, teachers, student_prompts, completion_ids, supervised, totals[1:]
             )
-        metrics = self._metrics(examples, completion_ids, spans, local_totals, terms, loss, float(totals[0]))
+        metrics = step_metrics(
+            self.processor.tokenizer,
+            examples,
+            completion_ids,
+            spans,
+            local_totals,
+            terms,
+            loss,
+            float(totals[0]),
+            self.reduce_sum,
+        )
         metrics.update({f"time_{stage}": seconds for stage, seconds in times.items()})
         return ScoreOutput(loss, terms, metrics, spans, completion_ids, supervised)
 
@@ -243,22 +270,59 @@ class Scorer:
         """The last dimension of `_forward`'s output."""
         return output_head_shape(model)[1]
 
-    def _read_teachers(self, model: torch.nn.Module, states: dict[str, torch.Tensor]) -> dict[str, TeacherRows]:
-        """Each term's teacher, from its hidden states [N_term, H]: kept as they are, or (``teacher_top_k``)
+    def _sampled_ids(
+        self, completion_ids: list[list[int]], supervised: dict[str, list[tuple[int, int] | None]]
+    ) -> dict[str, torch.Tensor]:
+        """For each sampled-token term, the student's token ids [N_term] at its supervised tokens, in the
+        row-major order of the teacher's and the student's gathers."""
+        return {
+            term.name: torch.tensor(
+                [ids[j] for ids, r in zip(completion_ids, supervised[term.name]) if r for j in range(*r)],
+                dtype=torch.long,
+            )
+            for term in self.terms
+            if isinstance(self.divergences[term.name], losses.SampledTokenLoss)
+        }
+
+    def _read_teachers(
+        self, model: torch.nn.Module, states: dict[str, torch.Tensor], sampled_ids: dict[str, torch.Tensor]
+    ) -> dict[str, TeacherRows]:
+        """Each term's teacher, from its hidden states [N_term, H]: its log-probability of each sampled
+        token (a sampled-token term, ``sampled_ids`` [N_term]), kept as they are, or (``teacher_top_k``)
         turned into its top-k tokens and tail mass. The one place the representation is chosen."""
         k = self.options.teacher_top_k
-        if k is None:
-            return {name: HiddenTeacher(rows) for name, rows in states.items()}
-        with gathered_output_head(model, needed_in_backward=False):
-            head = self.teacher.head(model)
-            if k > head.shape[0]:
-                raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
-            return {
-                name: top_k_teacher(
-                    rows.to(head.dtype), head, k, self.options.distill_temperature, self.options.loss_chunk_size
-                )
-                for name, rows in states.items()
-            }
+        temperature, chunk = self.options.distill_temperature, self.options.loss_chunk_size
+        teachers: dict[str, TeacherRows] = {}
+        for name in self.separate:
+            rows, head = states[name], self.teacher_head(model, name)
+            if name in sampled_ids:
+                teachers[name] = sampled_teacher(rows, head, sampled_ids[name].to(rows.device), temperature, chunk)
+            elif k is None:
+                teachers[name] = HiddenTeacher(rows, head)
+            else:
+                teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
+        policy = {name: rows for name, rows in states.items() if name not in self.separate}
+        if k is None and not set(sampled_ids) & set(policy):
+            teachers.update({name: HiddenTeacher(rows) for name, rows in policy.items()})
+        elif policy:
+            with gathered_output_head(model, needed_in_backward=False):
+                head = self.teacher.head(model)
+                for name, rows in policy.items():
+                    rows = rows.to(head.dtype)
+                    if name in sampled_ids:
+                        ids = sampled_ids[name].to(rows.device)
+                        teachers[name] = sampled_teacher(rows, head, ids, temperature, chunk)
+                    elif k is None:
+                        teachers[name] = HiddenTeacher(rows)
+                    else:
+                        teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
+        return {name: teachers[name] for name in states}
+
+    @staticmethod
+    def _checked_top_k(k: int, head: torch.Tensor) -> int:
+        if k > head.shape[0]:
+            raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
+        return k
 
     @contextmanager
     def _heads(self, model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -369,11 +433,8 @@ class Scorer:
     ) -> tuple[dict[str, torch.Tensor], ImageFeatures | None]:
         """Each teacher pass's output ([B, L, D], `_teacher_forward`'s) gathered to {term: [N_term, D]}.
         With ``images``, each is run through the vision tower once, under the teacher's weights, and
-        the features stand in for the pixels in every pass; they are returned (else None)."""
-        width = self._output_width(model)
-        size = self.options.teacher_batch_size
-        # Every process holds as many rows, so this many passes per term is the most any process runs.
-        most_passes = -(-len(examples) // size)
+        the features stand in for the pixels in every pass of the policy's teachers; they are returned
+        (else None). A separate teacher model encodes its own pixels in its passes."""
         states: dict[str, torch.Tensor] = {}
         features = None
         was_training = model.training
@@ -384,35 +445,49 @@ class Scorer:
                     with _timed(times, "vision"):
                         features = encode_image_features(model, images)
                 for term in self.terms:
-                    term_jobs = jobs[term.name]
-                    # Contexts of similar length share a pass (less padding); states go back in row order.
-                    by_length = sorted(range(len(term_jobs)), key=lambda job: term_jobs[job].context.length)
-                    gathered: list[torch.Tensor | None] = [None] * len(term_jobs)
-                    for offset in range(0, len(term_jobs), size):
-                        chunk = by_length[offset : offset + size]
-                        batch = self._collate([term_jobs[job].context for job in chunk], model, features)
-                        output = self._teacher_forward(model, batch)
-                        for row, job in enumerate(chunk):
-                            first, count = term_jobs[job].first, term_jobs[job].count
-                            gathered[job] = output[row, first : first + count]
-                    if self.lockstep and examples:
-                        # Passes on a throwaway context (one row's prompt, image included, so that
-                        # the vision tower runs too) until this process has run as many as any.
-                        filler = Context(
-                            self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False),
-                            [],
-                            image_of[0],
-                        )
-                        for _ in range(most_passes - -(-len(term_jobs) // size)):
-                            final_hidden_states(model, self._collate([filler], model))
-                    states[term.name] = (
-                        torch.cat(gathered)
-                        if gathered
-                        else torch.zeros((0, width), device=next(model.parameters()).device)
-                    )
+                    if term.name not in self.separate:
+                        states[term.name] = self._term_states(model, jobs[term.name], features, examples, image_of)
         finally:
             model.train(was_training)
-        return states, features
+        for name, separate in self.separate.items():
+            states[name] = self._term_states(separate.model, jobs[name], None, examples, image_of, lockstep=False)
+        return {term.name: states[term.name] for term in self.terms}, features
+
+    def _term_states(
+        self,
+        model: torch.nn.Module,
+        term_jobs: list[TeacherJob],
+        features: ImageFeatures | None,
+        examples: Sequence[Example],
+        image_of: list[EncodedImage],
+        *,
+        lockstep: bool | None = None,
+    ) -> torch.Tensor:
+        """One term's teacher passes on ``model`` gathered to [N_term, D]."""
+        size = self.options.teacher_batch_size
+        # Contexts of similar length share a pass (less padding); states go back in row order.
+        by_length = sorted(range(len(term_jobs)), key=lambda job: term_jobs[job].context.length)
+        gathered: list[torch.Tensor | None] = [None] * len(term_jobs)
+        for offset in range(0, len(term_jobs), size):
+            chunk = by_length[offset : offset + size]
+            batch = self._collate([term_jobs[job].context for job in chunk], model, features)
+            output = self._teacher_forward(model, batch)
+            for row, job in enumerate(chunk):
+                first, count = term_jobs[job].first, term_jobs[job].count
+                gathered[job] = output[row, first : first + count]
+        if (self.lockstep if lockstep is None else lockstep) and examples:
+            # Every process holds as many rows, so this many passes per term is the most any process runs:
+            # passes on a throwaway context (one row's prompt, image included, so that the vision tower
+            # runs too) until this process has run as many as any.
+            most_passes = -(-len(examples) // size)
+            filler = Context(
+                self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False), [], image_of[0]
+            )
+            for _ in range(most_passes - -(-len(term_jobs) // size)):
+                final_hidden_states(model, self._collate([filler], model))
+        if gathered:
+            return torch.cat(gathered)
+        return torch.zeros((0, self._output_width(model)), device=next(model.parameters()).device)
 
     def _clip_values(
         self, term: TeacherTerm, rows: list[tuple[int, int] | None], row_index: torch.Tensor, token_index: torch.Tensor
@@ -434,51 +509,3 @@ class Scorer:
             first = token_index == bounds[row_index, 0]
             clip[first] = clip[first].clamp(max=options.reasoning_start_clip)
         return clip
-
-    def _metrics(
-        self,
-        examples: Sequence[Example],
-        completion_ids: list[list[int]],
-        spans: list[CompletionSpans],
-        local_totals: torch.Tensor,
-        terms: dict[str, torch.Tensor],
-        loss: torch.Tensor,
-        step_rollouts: float,
-    ) -> dict[str, float]:
-        """This call's share of the step's metrics over all processes: sums across
-        processes, divided by the step's rollouts (``loss_*`` are already shares)."""
-        tokenizer = self.processor.tokenizer
-        correct = 0
-        for example, ids, s in zip(examples, completion_ids, spans):
-            prediction = s.answer if s.valid else None
-            if prediction is None:
-                prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
-            correct += bool(is_correct(prediction, example.answer))
-        names = list(terms)
-        local = torch.tensor(
-            [
-                sum(s.valid for s in spans),
-                sum(s.tagless for s in spans),
-                sum(s.length for s in spans),
-                correct,
-                float(loss.detach()),
-            ]
-            + [float(terms[name].detach()) for name in names],
-            dtype=torch.float32,
-        )
-        summed = self.reduce_sum(torch.cat([local_totals.cpu(), local]).to(loss.device)).tolist()
-        rollouts, counts = summed[0], summed[1 : 1 + len(names)]
-        valid, tagless, length, correct, total_loss, *values = summed[1 + len(names) :]
-        n = max(step_rollouts, 1.0)
-        metrics = {
-            "loss": total_loss,
-            "valid_rate": valid / n,
-            "fallback_rate": (rollouts - valid) / n,
-            "tagless_rate": tagless / n,
-            "completion_length": length / n,
-            "answer_accuracy": correct / n,
-        }
-        for name, value, count in zip(names, values, counts):
-            metrics[f"loss_{name}"] = value
-            metrics[f"tokens_{name}"] = count / n
-        return metrics

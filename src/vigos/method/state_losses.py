@@ -1,10 +1,12 @@
 """Per-token divergences from model states.
 
 Full logits (the plain path), final hidden states through the output head in chunks (the fused
-path), and a teacher's top-k. A teacher's side of a loss term comes in one of two representations,
-chosen once per scoring call: `HiddenTeacher` (its final hidden states, the exact loss) or
-`TopKTeacher` (its k most likely tokens and the mass of the rest); both give the term through
-``loss_term``, so the scorer never branches on which it holds.
+path), a teacher's top-k, and a teacher's log-probability of each sampled token. A teacher's side of
+a loss term comes in one of three representations, chosen once per scoring call: `HiddenTeacher`
+(its final hidden states, the exact loss), `TopKTeacher` (its k most likely tokens and the mass of
+the rest) or `SampledTeacher` (its log-probability of the student's sampled token, for a
+sampled-token loss); each gives the term through ``loss_term``, so the scorer never branches on
+which it holds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from vigos.method.losses import (
     DIVERGENCES,
     Divergence,
     DivergenceFn,
+    SampledTokenLoss,
     _check_mask,
     _check_scalar_clip,
     _check_temperature,
@@ -108,9 +111,9 @@ def divergence_from_hidden(
 
     Args:
         student_hidden: ``[N, H]`` student final hidden states (requires grad).
-        teacher_hidden: ``[N, H]`` teacher final hidden states (no grad).
+        teacher_hidden: ``[N, H_teacher]`` teacher final hidden states (no grad).
         student_head: ``[V, H]`` output projection weight of the student.
-        teacher_head: ``[V, H]`` output projection weight of the teacher.
+        teacher_head: ``[V, H_teacher]`` output projection weight of the teacher.
         divergence: ``f(student_logits, teacher_logits) -> [N]``.
         mask: ``[N]`` bool, the supervised tokens.
         clip: None, a scalar, or an ``[N]`` per-token clip (``inf`` = none).
@@ -122,16 +125,18 @@ def divergence_from_hidden(
         Scalar loss term; exactly 0 (with a graph to the student inputs) when
         no token is supervised.
     """
-    if student_hidden.dim() != 2 or teacher_hidden.shape != student_hidden.shape:
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or teacher_hidden.shape[0] != student_hidden.shape[0]:
         raise ValueError(
-            "student_hidden and teacher_hidden must both be [N, H] with the same shape, got "
+            "student_hidden and teacher_hidden must be [N, H] and [N, H_teacher] with the same N, got "
             f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}"
         )
-    hidden_size = student_hidden.shape[1]
-    if student_head.dim() != 2 or student_head.shape[1] != hidden_size or teacher_head.shape != student_head.shape:
+    student_shape = (student_head.shape[0], student_hidden.shape[1])
+    if student_head.dim() != 2 or tuple(student_head.shape) != student_shape:
+        raise ValueError(f"student_head must be [V, H] with H = {student_shape[1]}, got {tuple(student_head.shape)}")
+    if tuple(teacher_head.shape) != (student_shape[0], teacher_hidden.shape[1]):
         raise ValueError(
-            f"student_head and teacher_head must both be [V, H] with H = {hidden_size}, got "
-            f"{tuple(student_head.shape)} and {tuple(teacher_head.shape)}"
+            f"teacher_head must be [V, H_teacher] = {[student_shape[0], teacher_hidden.shape[1]]} (the student's "
+            f"vocabulary, the teacher's hidden size), got {tuple(teacher_head.shape)}"
         )
     rows, student_rows, row_clips = _supervised_rows(student_hidden, mask, clip, chunk_size)
     teacher_rows = teacher_hidden.detach().index_select(0, rows)
@@ -175,9 +180,12 @@ def _supervised_rows(
 
 @dataclass(frozen=True)
 class HiddenTeacher:
-    """A teacher's final hidden states ``[N, H]`` at the N tokens its term supervises (no grad)."""
+    """A teacher's final hidden states ``[N, H]`` at the N tokens its term supervises (no grad), and its
+    own output head ``[V, H]`` when it is another model than the student (None: the head the scorer
+    passes, the policy's)."""
 
     hidden: Tensor
+    head: Tensor | None = None
 
     def loss_term(
         self,
@@ -191,13 +199,14 @@ class HiddenTeacher:
         chunk_size: int | None = 1024,
     ) -> Tensor:
         """The term against the student's rows ``[N, H]``: `divergence_from_hidden` with every row supervised,
-        the teacher's rows projected through ``teacher_head`` ``[V, H]``."""
+        the teacher's rows projected through its own head, else ``teacher_head`` ``[V, H]``."""
         mask = torch.ones(student_hidden.shape[0], dtype=torch.bool, device=student_hidden.device)
+        head = teacher_head if self.head is None else self.head
         return divergence_from_hidden(
             student_hidden,
-            self.hidden.to(student_hidden.dtype),
+            self.hidden.to(head.dtype),
             student_head,
-            teacher_head,
+            head,
             divergence,
             mask=mask,
             clip=clip,
@@ -350,5 +359,143 @@ def divergence_from_top_k(
             coarse_divergence,
             coarsen,
             chunk_size,
+        )
+    return total / _token_count(mask, global_count, total)
+
+
+# --- Sampled-token losses: each side's log-probability of the student's own sampled token ---------
+
+
+def sampled_log_probs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """Tempered log-probabilities ``[N, 1]`` of the tokens ``ids`` ``[N, 1]`` from ``logits`` ``[N, V]``,
+    in float32 or wider; differentiable wrt ``logits``."""
+    _check_temperature(temperature)
+    log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    return log_probs.gather(-1, ids)
+
+
+def sampled_loss_from_logits(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    ids: Tensor,
+    loss: SampledTokenLoss,
+    mask: Tensor,
+    clip: Tensor | float | None = None,
+    global_count: Tensor | float | int | None = None,
+) -> Tensor:
+    """One sampled-token loss term from full logits ``[N, V]`` at the sampled tokens ``ids`` ``[N]``:
+    loss, clip, masked global mean. The naive reference path."""
+    column = ids.view(-1, 1)
+
+    def values_of(student: Tensor, teacher: Tensor) -> Tensor:
+        read = partial(sampled_log_probs, ids=column, temperature=loss.temperature)
+        return loss(read(student)[:, 0], read(teacher)[:, 0])
+
+    values = values_with_finite_gradient(values_of, student_logits, teacher_logits.detach())
+    return aggregate(clip_token_values(values, clip), mask, global_count)
+
+
+@dataclass(frozen=True)
+class SampledTeacher:
+    """A teacher at N tokens, kept as its tempered log-probability ``log_probs`` ``[N]`` of the token the
+    student sampled there, ``ids`` ``[N]``: all a sampled-token loss reads, one number per token."""
+
+    log_probs: Tensor
+    ids: Tensor
+    temperature: float
+
+    def loss_term(
+        self,
+        student_hidden: Tensor,
+        student_head: Tensor,
+        teacher_head: Tensor | None,
+        loss: SampledTokenLoss,
+        *,
+        clip: Tensor | float | None = None,
+        global_count: Tensor | float | int | None = None,
+        chunk_size: int | None = 1024,
+    ) -> Tensor:
+        """The term against the student's rows ``[N, H]``: `sampled_loss_from_hidden` with every row
+        supervised (``teacher_head`` is not needed: the teacher is already read)."""
+        mask = torch.ones(student_hidden.shape[0], dtype=torch.bool, device=student_hidden.device)
+        return sampled_loss_from_hidden(
+            student_hidden,
+            student_head,
+            self,
+            loss,
+            mask=mask,
+            clip=clip,
+            global_count=global_count,
+            chunk_size=chunk_size,
+        )
+
+
+def sampled_teacher(
+    teacher_hidden: Tensor, teacher_head: Tensor, ids: Tensor, temperature: float = 1.0, chunk_size: int | None = 1024
+) -> SampledTeacher:
+    """The teacher's log-probability of each sampled token ``ids`` ``[N]``, from its final hidden states
+    ``[N, H]`` and output projection ``[V, H]``, projected ``chunk_size`` rows at a time (None: at once)."""
+    if ids.shape != teacher_hidden.shape[:1]:
+        raise ValueError(f"ids must be [N] with N = {teacher_hidden.shape[0]} rows, got {tuple(ids.shape)}")
+    step = chunk_size or max(teacher_hidden.shape[0], 1)
+    columns = ids.view(-1, 1)
+    with torch.no_grad():
+        log_probs = [
+            sampled_log_probs(
+                F.linear(teacher_hidden[start : start + step], teacher_head.detach()),
+                columns[start : start + step],
+                temperature,
+            )
+            for start in range(0, max(teacher_hidden.shape[0], 1), step)
+        ]
+    return SampledTeacher(torch.cat(log_probs)[:, 0], ids, float(temperature))
+
+
+def sampled_loss_from_hidden(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    teacher: SampledTeacher,
+    loss: SampledTokenLoss,
+    mask: Tensor,
+    clip: Tensor | float | None = None,
+    global_count: Tensor | float | int | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """One sampled-token loss term against a `SampledTeacher`: loss, clip, masked global mean.
+
+    As `divergence_from_top_k`, with one bin per row (the sampled token): the student's rows ``[N, H]``
+    are projected through ``student_head`` ``[V, H]`` a chunk at a time (autograd per chunk, nothing
+    vocabulary-sized kept for backward; None: all rows through plain autograd, the reference).
+    """
+    if student_hidden.dim() != 2 or teacher.log_probs.shape[0] != student_hidden.shape[0]:
+        raise ValueError(
+            f"student_hidden must be [N, H] with N = the teacher's {teacher.log_probs.shape[0]} rows, "
+            f"got {tuple(student_hidden.shape)}"
+        )
+    if not isinstance(loss, SampledTokenLoss):
+        raise ValueError(f"a sampled-token teacher needs a SampledTokenLoss value; got {loss!r}")
+    if loss.temperature != teacher.temperature:
+        raise ValueError(
+            f"the loss's temperature {loss.temperature} differs from the sampled teacher's {teacher.temperature}; "
+            "build both with the same distillation temperature"
+        )
+    rows, student_rows, row_clips = _supervised_rows(student_hidden, mask, clip, chunk_size)
+    teacher_log_probs = teacher.log_probs.index_select(0, rows).view(-1, 1)
+    ids = teacher.ids.index_select(0, rows).view(-1, 1)
+    read = partial(sampled_log_probs, temperature=teacher.temperature)
+
+    def per_row(student: Tensor, teacher_column: Tensor) -> Tensor:
+        return loss(student[:, 0], teacher_column[:, 0])
+
+    if chunk_size is None:
+        values = values_with_finite_gradient(
+            lambda logits, teacher_column: per_row(read(logits, ids), teacher_column),
+            F.linear(student_rows, student_head),
+            teacher_log_probs,
+        )
+        total = torch.clamp(values, max=row_clips).sum()
+    else:
+        total = chunked_top_k_divergence_sum(
+            student_rows, student_head, teacher_log_probs, ids, row_clips, per_row, read, chunk_size
         )
     return total / _token_count(mask, global_count, total)

@@ -4,7 +4,9 @@ A method is data: a list of :class:`TeacherTerm`, each naming a teacher's
 prompt, the span of the student's completion it supervises, the rollouts it
 applies to, its divergence and its weight (METHOD.md section 3).
 
-A :class:`TeacherPolicy` decides whose weights a teacher pass runs:
+A :class:`TeacherPolicy` decides whose weights a teacher pass runs when the
+teacher is the trained model itself (a :class:`SeparateTeacher` is another
+model, frozen, and runs its own):
 
 * ``fixed``: the initial policy. With LoRA, the same network with the adapter
   switched off (no second copy of the weights); with full fine-tuning, the
@@ -207,6 +209,24 @@ class SnapshotTeacher(TeacherPolicy):
             return
         for name, p in _trained_parameters(unwrap(model)).items():
             self.snapshot[name].lerp_(p.detach(), 1.0 - self.decay)
+
+
+@dataclass(frozen=True)
+class SeparateTeacher:
+    """A teacher that is another model than the trained one (a larger VLM of the same family as the
+    perception teacher, say): loaded once, frozen, with its own output head. It reads the student's
+    prompts and images as the student's processor encodes them, so it must share the student's
+    vocabulary and image processing (`vigos.models.loading.load_teacher_model` checks both); its
+    hidden size may differ."""
+
+    model: torch.nn.Module
+    source: str
+    # The student's output head's row count: a teacher head padded to more rows is read up to it.
+    vocab_rows: int
+
+    def head(self) -> torch.Tensor:
+        """Its output projection [V, H_teacher] over the student's V rows, detached."""
+        return output_head(self.model).detach()[: self.vocab_rows]
 
 
 TEACHER_KINDS = ("fixed", "current", "ema")

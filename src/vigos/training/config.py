@@ -14,7 +14,8 @@ from transformers import TrainingArguments
 
 from vigos import prompts
 from vigos.method.score_types import ScoringOptions
-from vigos.method.teachers import TeacherPolicy, make_teacher_policy, opsd_terms, vigos_terms
+from vigos.method.teachers import SeparateTeacher, TeacherPolicy, make_teacher_policy, opsd_terms, vigos_terms
+from vigos.models.modeling import output_head_shape
 from vigos.training.option_checks import check_options, check_trainer_numbers
 
 # What an inference engine reserves per prompt when max_images_per_row is None (no cap on the rows).
@@ -135,6 +136,23 @@ class ViGOSConfig(TrainingArguments):
         metadata=_help("Teacher weights: 'fixed' (initial policy; LoRA adapter off), 'current' or 'ema'."),
     )
     ema_decay: float = field(default=0.99, metadata=_help("Decay of the EMA teacher."))
+    perception_teacher_model: str | None = field(
+        default=None,
+        metadata=_help(
+            "Another model as the perception teacher: a checkpoint directory, hub id or tiny:<arch>[:<size>], "
+            "loaded once, frozen, in the model's dtype on its device. It must share the student's tokenizer and "
+            "image processing (checked at start); its size may differ. Unset: the trained model ('teacher')."
+        ),
+    )
+    reasoning_teacher_model: str | None = field(
+        default=None, metadata=_help("Another model as the reasoning teacher (as perception_teacher_model).")
+    )
+    reference_teacher_model: str | None = field(
+        default=None, metadata=_help("Another model as the reference teacher (as perception_teacher_model).")
+    )
+    privileged_teacher_model: str | None = field(
+        default=None, metadata=_help("Another model as OPSD's privileged teacher (as perception_teacher_model).")
+    )
     perception_weight: float = field(default=1.0, metadata=_help("λ_p: weight of the perception teacher's term."))
     reasoning_weight: float = field(default=1.0, metadata=_help("λ_r: weight of the reasoning teacher's term."))
     reference_weight: float = field(
@@ -142,11 +160,20 @@ class ViGOSConfig(TrainingArguments):
     )
     opsd_weight: float = field(default=1.0, metadata=_help("Weight of the single OPSD term."))
     perception_divergence: str = field(
-        default="forward_kl", metadata=_help("Divergence of the perception teacher: forward_kl, reverse_kl or jsd.")
+        default="forward_kl",
+        metadata=_help(
+            "Loss of the perception teacher: a divergence over the vocabulary (forward_kl, reverse_kl, jsd) or a "
+            "sampled-token loss (sampled_k1, sampled_k3: reverse KL at the student's sampled token, policy-gradient "
+            "style; needs only the teacher's log-probability of that token)."
+        ),
     )
-    reasoning_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the reasoning teacher."))
-    reference_divergence: str = field(default="reverse_kl", metadata=_help("Divergence of the reference teacher."))
-    opsd_divergence: str = field(default="forward_kl", metadata=_help("Divergence of the OPSD teacher."))
+    reasoning_divergence: str = field(
+        default="forward_kl", metadata=_help("Loss of the reasoning teacher (names as above).")
+    )
+    reference_divergence: str = field(
+        default="reverse_kl", metadata=_help("Loss of the reference teacher (names as above).")
+    )
+    opsd_divergence: str = field(default="forward_kl", metadata=_help("Loss of the OPSD teacher (names as above)."))
     jsd_beta: float = field(
         default=_SCORING.jsd_beta, metadata=_help("beta of the generalized JSD (0: forward KL, 1: reverse KL).")
     )
@@ -374,16 +401,52 @@ class ViGOSConfig(TrainingArguments):
             )
         return HFGenerateRollout(processor, params, student, sampler=self.rollout_sampler)
 
+    def teacher_models(self) -> dict[str, str]:
+        """The terms whose teacher is another model: {term name: where to load it from}."""
+        roles = {term.name: getattr(self, f"{term.name}_teacher_model") for term in self.teacher_terms()}
+        return {name: source for name, source in roles.items() if source}
+
+    def separate_teachers(self, processor: Any, model: Any) -> dict[str, SeparateTeacher]:
+        """Load each of `teacher_models` once (two roles naming one source share it), frozen, in the
+        dtype and on the device of ``model``'s parameters."""
+        from vigos.models.loading import load_teacher_model
+
+        parameter = next(model.parameters())
+        vocab_rows = output_head_shape(model)[0]
+        loaded: dict[str, SeparateTeacher] = {}
+        teachers = {}
+        for name, source in self.teacher_models().items():
+            if source not in loaded:
+                option = f"{name}_teacher_model"
+                teacher = load_teacher_model(
+                    source,
+                    processor,
+                    option=option,
+                    vocab_rows=vocab_rows,
+                    dtype=parameter.dtype,
+                    device=parameter.device,
+                )
+                loaded[source] = SeparateTeacher(teacher, source, vocab_rows)
+            teachers[name] = loaded[source]
+        return teachers
+
     def teacher_policy(self, model: Any) -> TeacherPolicy:
         """The teacher ``teacher`` names for ``model`` (build it before training starts)."""
         return make_teacher_policy(self.teacher, model, ema_decay=self.ema_decay)
 
     def build_scorer(
-        self, processor: Any, *, teacher: TeacherPolicy | None = None, reduce_sum: Any = None, lockstep: bool = False
+        self,
+        processor: Any,
+        *,
+        teacher: TeacherPolicy | None = None,
+        reduce_sum: Any = None,
+        lockstep: bool = False,
+        separate_teachers: dict[str, SeparateTeacher] | None = None,
     ):
         """The :class:`vigos.method.scoring.Scorer` this config describes (``teacher``: see
         :meth:`teacher_policy`; None scores with the model as it is; ``lockstep``: the same number of
-        forward passes on every process, which sharded weights need)."""
+        forward passes on every process, which sharded weights need; ``separate_teachers``: see
+        :meth:`separate_teachers`)."""
         from vigos.method.full_logits import FullLogitsScorer
         from vigos.method.scoring import Scorer
 
@@ -396,4 +459,5 @@ class ViGOSConfig(TrainingArguments):
             options=ScoringOptions.from_settings(self),
             reduce_sum=reduce_sum,
             lockstep=lockstep,
+            separate_teachers=separate_teachers,
         )

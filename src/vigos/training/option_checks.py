@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from vigos import prompts
-from vigos.method.losses import DIVERGENCES
+from vigos.method.losses import LOSS_NAMES
 from vigos.method.teachers import TEACHER_KINDS
 from vigos.rollout.hf import SAMPLERS
 
@@ -52,6 +52,27 @@ def _range(
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
 
 
+# Each method's teacher roles, which a `<role>_teacher_model` option may name another model for.
+TEACHER_ROLES = {"vigos": ("perception", "reasoning", "reference"), "opsd": ("privileged",)}
+
+
+def _check_teacher_models(config: Any) -> None:
+    for role in ("perception", "reasoning", "reference", "privileged"):
+        option, value = f"{role}_teacher_model", getattr(config, f"{role}_teacher_model")
+        if not value:
+            continue
+        if role not in TEACHER_ROLES[config.method]:
+            raise ValueError(
+                f"{option} is set, but method {config.method!r} has no {role} teacher; its teachers are "
+                f"{', '.join(TEACHER_ROLES[config.method])}: set one of their *_teacher_model options instead"
+            )
+        if value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{option} {value!r}: a served teacher is not supported yet; give a checkpoint directory, a hub id "
+                "or tiny:<arch>[:<size>]"
+            )
+
+
 def check_options(config: Any) -> None:
     """The values of the options ``ViGOSConfig`` adds to ``TrainingArguments``."""
     _check_report_to(config.report_to)
@@ -60,7 +81,8 @@ def check_options(config: Any) -> None:
     _choice("bad_rows", config.bad_rows, BAD_ROWS)
     _choice("loss_normalization", config.loss_normalization, LOSS_NORMALIZATIONS)
     for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
-        _choice(name, getattr(config, name), tuple(DIVERGENCES))
+        _choice(name, getattr(config, name), LOSS_NAMES)
+    _check_teacher_models(config)
     _range("temperature", config.temperature, low=0.0, low_open=True)
     _range("top_p", config.top_p, low=0.0, high=1.0, low_open=True)
     _range("top_k", config.top_k, low=0)

@@ -196,9 +196,11 @@ def score_completions(
     """Score ``completions`` (one per example) with ``method``'s teachers and return the loss,
     each term and the metrics. ``config`` is a :class:`vigos.training.config.ViGOSConfig` (defaults if None);
     ``teacher`` defaults to the one ``config.teacher`` names, as in training (``fixed``: the adapter
-    switched off, or a frozen copy of a model without one)."""
+    switched off, or a frozen copy of a model without one); the roles ``config`` gives another model
+    (``perception_teacher_model`` and the like) are loaded for this call."""
     from vigos.training.config import ViGOSConfig
 
     config = config or ViGOSConfig(method=method, output_dir="vigos_output", report_to="none")
     teacher = teacher or config.teacher_policy(model)
-    return config.build_scorer(processor, teacher=teacher)(model, examples, completions)
+    separate = config.separate_teachers(processor, model)
+    return config.build_scorer(processor, teacher=teacher, separate_teachers=separate)(model, examples, completions)

@@ -73,7 +73,11 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
             processing_class, model_path=getattr(unwrap(self.model), "name_or_path", None)
         )
         self.scorer = args.build_scorer(
-            processing_class, teacher=self.teacher, reduce_sum=self._reduce_sum, lockstep=self._weights_sharded()
+            processing_class,
+            teacher=self.teacher,
+            reduce_sum=self._reduce_sum,
+            lockstep=self._weights_sharded(),
+            separate_teachers=args.separate_teachers(processing_class, self.model),
         )
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._metric_steps: set[int] = set()
