@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vigos.demo.report import abilities_table, perception_misses, table
+import json
+
+from vigos.demo.report import abilities_table, curves_figure, perception_misses, table
 from vigos.demo.results import grounding, ungrounded
 from vigos.demo.warmstart import TAUGHT_PERCEPTION
 
@@ -96,3 +98,19 @@ def test_perception_misses_says_why_from_the_images_it_was_taught_on():
     assert "without carrying the attribute to fresh ones: position (95%)." in sentence
     roles = abilities_table(abilities)
     assert "| perception teacher, on images it was taught on | 12% | 100% | 95% |" in roles
+
+
+def test_curves_draw_sparse_series_with_markers_and_shares_on_the_whole_range(tmp_path):
+    run = tmp_path / "train" / "vigos-s0"
+    run.mkdir(parents=True)
+    records = [{"step": step, "loss": 1.0 / step, "valid_rate": 0.5} for step in range(1, 31)]
+    records += [{"step": 10, "diag_ungrounded": 0.3}, {"step": 20, "diag_ungrounded": 0.25}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    figure, names = curves_figure(tmp_path, {"vigos": "ViGOS"})
+    assert names == ["loss", "valid_rate", "diag_ungrounded"]
+    panels = {axes.get_title(): axes for axes in figure.axes}
+    assert panels["loss"].lines[0].get_marker() in ("None", None, "")
+    assert panels["diag_ungrounded"].lines[0].get_marker() == "o"
+    for share in ("valid_rate", "diag_ungrounded"):
+        assert panels[share].get_ylim() == (-0.05, 1.05)
+    assert panels["loss"].get_ylim() != (-0.05, 1.05)

@@ -43,6 +43,15 @@ CURVES = (
 )
 
 
+# Curves that are shares of rollouts: drawn on the whole range [0, 1].
+_SHARES = {
+    "answer_accuracy",
+    "diag_grounding_states_true",
+    "diag_grounding_states_prior",
+    "diag_ungrounded",
+    "diag_ungrounded_obscured",
+}
+
 # Series with at most this many points get markers (a single point drawn as a line would be invisible).
 _SPARSE_POINTS = 12
 
@@ -178,7 +187,10 @@ def _plot_scores(results: dict[str, Any], labels: dict[str, str], k: int, path: 
     FigureCanvasAgg(figure).print_png(str(path))
 
 
-def _plot_curves(out: Path, labels: dict[str, str], path: Path) -> list[str]:
+def curves_figure(out: Path, labels: dict[str, str]) -> tuple[Figure, list[str]]:
+    """One panel per curve that any run of ``labels`` (label: legend name) logged in
+    ``out/train/<label>-s<seed>/metrics.jsonl``, and the curves' names. A sparse series (the diagnostics,
+    run a few times per run) is drawn with markers; shares of rollouts on the whole range [0, 1]."""
     logs: dict[str, list[list[dict[str, Any]]]] = {}
     for label in labels:
         for metrics in sorted((out / "train").glob(f"{label}-s*/metrics.jsonl")):
@@ -205,7 +217,7 @@ def _plot_curves(out: Path, labels: dict[str, str], path: Path) -> list[str]:
                         linestyle="-" if len(points) > 1 else "none",
                         label=labels[label] if run_index == 0 else None,
                     )
-        if name.endswith("_rate") or name.startswith("diag_grounding") or name == "answer_accuracy":
+        if name in _SHARES or name.endswith("_rate"):
             axes.set_ylim(-0.05, 1.05)  # shares: the whole range, so runs and panels compare at a glance
         axes.set_xlabel("step", fontsize=7)
         axes.set_title(name, fontsize=9)
@@ -213,6 +225,11 @@ def _plot_curves(out: Path, labels: dict[str, str], path: Path) -> list[str]:
         if index == 0:
             axes.legend(fontsize=7)
     figure.tight_layout()
+    return figure, names
+
+
+def _plot_curves(out: Path, labels: dict[str, str], path: Path) -> list[str]:
+    figure, names = curves_figure(out, labels)
     FigureCanvasAgg(figure).print_png(str(path))
     return names
 
