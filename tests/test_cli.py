@@ -202,3 +202,16 @@ def test_train_with_sampled_token_losses(tmp_path, monkeypatch):
     steps = [r for r in steps if "loss_perception" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in steps)
+
+
+@pytest.mark.slow
+def test_train_the_outcome_reward_baseline_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    config = str(ROOT / "configs" / "grpo_tiny.yaml")
+    assert main(["train", "--config", config, "--output_dir", str(out), "--max_steps", "2"]) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss_reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert not any(key.startswith("loss_") and key != "loss_reward" for key in steps[0])
+    assert (out / "adapter_model.safetensors").exists()

@@ -30,6 +30,7 @@ def test_from_settings_reads_each_value_the_config_holds(tiny_model_dir):
         "teacher_batch_size": 3,
         "teacher_top_k": 5,
         "reuse_image_features": False,
+        "reward_weight": 0.25,
     }
     assert set(changed) == {option.name for option in dataclasses.fields(ScoringOptions)}
     config = ViGOSConfig(output_dir="unused", report_to="none", **changed)

@@ -39,7 +39,7 @@ def test_every_own_field_has_help():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"method": "grpo"}, "method must be one of vigos, opsd"),
+        ({"method": "ppo"}, "method must be one of vigos, opsd, grpo"),
         ({"teacher": "frozen"}, "teacher must be one of fixed, current, ema"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"top_p": 1.5}, "top_p must be"),

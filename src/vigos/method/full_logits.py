@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from vigos.method.losses import DivergenceFn, SampledTokenLoss
+from vigos.method.losses import DivergenceFn, SampledTokenLoss, policy_gradient
 from vigos.method.score_types import ScoreOutput
 from vigos.method.scoring import Scorer
-from vigos.method.state_losses import divergence_from_logits, sampled_loss_from_logits
+from vigos.method.state_losses import divergence_from_logits, sampled_log_probs, sampled_loss_from_logits
 from vigos.models.modeling import output_head_shape
 
 
@@ -96,6 +96,12 @@ class FullLogitsScorer(Scorer):
             name: LogitsTeacher(rows, sampled_ids[name].to(rows.device) if name in sampled_ids else None)
             for name, rows in states.items()
         }
+
+    def _reward_term(
+        self, rows: torch.Tensor, head: None, ids: torch.Tensor, advantages: torch.Tensor, count: torch.Tensor
+    ) -> torch.Tensor:
+        log_probs = sampled_log_probs(rows, ids.view(-1, 1))[:, 0]
+        return policy_gradient(log_probs, advantages).sum() / count.clamp(min=1)
 
     @contextmanager
     def _heads(self, model: torch.nn.Module) -> Iterator[tuple[None, None]]:

@@ -55,6 +55,7 @@ __all__ = [
     "generalized_jsd",
     "get_divergence",
     "get_loss",
+    "policy_gradient",
     "reverse_kl",
     "sampled_token_kl",
     "values_with_finite_gradient",
@@ -258,6 +259,26 @@ def sampled_token_kl(student_log_probs: Tensor, teacher_log_probs: Tensor, estim
     log_ratio = teacher_log_probs.detach().to(dtype) - student.detach()
     estimate = -log_ratio if estimator == "k1" else torch.expm1(log_ratio) - log_ratio
     return estimate + estimate * (student - student.detach())
+
+
+def policy_gradient(student_log_probs: Tensor, advantages: Tensor) -> Tensor:
+    """The outcome-reward (REINFORCE / GRPO-style, on-policy) loss per token: ``-A * log p_S(y)``.
+
+    Args:
+        student_log_probs: ``[N]`` the student's log-probability of each sampled token (may require grad).
+        advantages: ``[N]`` each token's advantage, its rollout's reward minus the mean reward of the
+            rollouts of the same prompt (detached).
+
+    Returns:
+        ``[N]`` values in at least float32; the gradient wrt ``student_log_probs`` is ``-A``.
+    """
+    if student_log_probs.shape != advantages.shape:
+        raise ValueError(
+            "student_log_probs and advantages must have the same shape [N], got "
+            f"{tuple(student_log_probs.shape)} and {tuple(advantages.shape)}"
+        )
+    dtype = torch.promote_types(student_log_probs.dtype, torch.float32)
+    return -advantages.detach().to(dtype) * student_log_probs.to(dtype)
 
 
 SAMPLED_TOKEN_LOSSES: dict[str, str] = {"sampled_k1": "k1", "sampled_k3": "k3"}

@@ -12,6 +12,29 @@ from vigos.grading.answers import extract_answer, is_correct
 from vigos.method.spans import CompletionSpans
 
 
+def rollout_rewards(
+    tokenizer: Any, examples: Sequence[Example], completion_ids: list[list[int]], spans: list[CompletionSpans]
+) -> list[float]:
+    """Each rollout's outcome reward: 1.0 when its answer (the boxed one of a valid rollout, else the one
+    `extract_answer` finds in its text) is correct for its example's reference answer, else 0.0."""
+    rewards = []
+    for example, ids, s in zip(examples, completion_ids, spans):
+        prediction = s.answer if s.valid else None
+        if prediction is None:
+            prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
+        rewards.append(float(bool(is_correct(prediction, example.answer))))
+    return rewards
+
+
+def group_advantages(examples: Sequence[Example], rewards: Sequence[float]) -> list[float]:
+    """Each rollout's reward minus the mean reward of the rollouts of the same prompt (the same example
+    object: the trainer repeats each prompt's example for its ``num_generations`` rollouts)."""
+    groups: dict[int, list[float]] = {}
+    for example, reward in zip(examples, rewards):
+        groups.setdefault(id(example), []).append(reward)
+    return [reward - sum(groups[id(e)]) / len(groups[id(e)]) for e, reward in zip(examples, rewards)]
+
+
 def step_metrics(
     tokenizer: Any,
     examples: Sequence[Example],
@@ -25,12 +48,7 @@ def step_metrics(
 ) -> dict[str, float]:
     """This call's share of the step's metrics over all processes: sums across
     processes, divided by the step's rollouts (``loss_*`` are already shares)."""
-    correct = 0
-    for example, ids, s in zip(examples, completion_ids, spans):
-        prediction = s.answer if s.valid else None
-        if prediction is None:
-            prediction = extract_answer(tokenizer.decode(ids, skip_special_tokens=True))
-        correct += bool(is_correct(prediction, example.answer))
+    correct = sum(rollout_rewards(tokenizer, examples, completion_ids, spans))
     names = list(terms)
     local = torch.tensor(
         [

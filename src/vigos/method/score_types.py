@@ -31,6 +31,9 @@ class ScoringOptions:
     # image inside the student's pass, with gradient. The full-logits scorer
     # encodes the image once per context, as the release does.
     reuse_image_features: bool = True
+    # Weight of the outcome-reward term (0: off): every completion token's policy gradient, with the
+    # rollout's graded answer minus the mean over the rollouts of the same prompt as its advantage.
+    reward_weight: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> ScoringOptions:

@@ -4,121 +4,47 @@ This is the public entry point that the trainer calls after its rollout, and
 that tests, benchmarks and comparisons with other implementations call
 directly with hand-made completions.
 
-Position arithmetic: a causal model's hidden state at position ``p`` predicts
-the token at ``p + 1``. A completion token at index ``j`` after a prompt of
-``P`` tokens is therefore predicted from position ``P + j - 1``, in the
-student's sequence and, with its own ``P``, in each teacher's.
+The teachers' side (contexts, passes, representations) is `vigos.method.teacher_passes`; this module
+adds the student's pass, each term's loss and the outcome-reward term. Position arithmetic as there.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from vigos.data.rows import Example
-from vigos.method import losses
-from vigos.method.score_metrics import step_metrics
-from vigos.method.score_types import ScoreOutput, ScoringOptions, TeacherJob
+from vigos.method.score_metrics import group_advantages, rollout_rewards, step_metrics
+from vigos.method.score_types import ScoreOutput
 from vigos.method.spans import CompletionSpans, SpanParser, span_mask
-from vigos.method.state_losses import HiddenTeacher, SampledTeacher, TopKTeacher, sampled_teacher, top_k_teacher
-from vigos.method.teachers import SeparateTeacher, TeacherPolicy, TeacherTerm
-from vigos.models.modeling import (
-    Context,
-    EncodedImage,
-    ImageFeatures,
-    collate_contexts,
-    encode_image,
-    encode_image_features,
-    final_hidden_states,
-    gathered_output_head,
-    image_features_reusable,
-    image_token_id,
-    output_head_shape,
-    takes_image_features,
-    tokenize_prompt,
-)
-from vigos.prompts import PromptSpec, render_prompt
+from vigos.method.state_losses import policy_gradient_from_hidden
+from vigos.method.teacher_passes import TeacherPasses, timed
+from vigos.method.teachers import TeacherTerm
+from vigos.models.modeling import Context, gathered_output_head, image_features_reusable, takes_image_features
 
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
-# A teacher's side of one loss term, as ``_read_teachers`` chose to keep it (see vigos.method.state_losses).
-TeacherRows = HiddenTeacher | TopKTeacher | SampledTeacher
 
 
-@contextmanager
-def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
-    """Adds the wall time of the block to ``times[stage]`` (host time: no device synchronization)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _supervised_range(term: TeacherTerm, spans: CompletionSpans) -> tuple[int, int] | None:
-    """Token range ``[start, end)`` of the completion that ``term`` supervises, or None."""
-    if term.rows == "valid" and not spans.valid or term.rows == "invalid" and spans.valid:
-        return None
-    if term.span == "description":
-        found = spans.description_span
-    elif term.span == "reasoning":
-        found = spans.reasoning_span
-    else:
-        found = (0, spans.length)
-    return found if found is not None and found[1] > found[0] else None
-
-
-class Scorer:
+class Scorer(TeacherPasses):
     """Computes the ViGOS/OPSD loss for given completions of given examples.
 
     The student and every teacher pass keep only final hidden states; a teacher is then read once per
     call as hidden states, as its log-probability of each sampled token (a term whose loss is a
     sampled-token loss) or, with ``teacher_top_k``, as its top-k tokens (`_read_teachers`), and each
-    term's loss is chunked over its tokens. `vigos.method.full_logits.FullLogitsScorer` is the public
+    term's loss is chunked over its tokens. With ``reward_weight``, an outcome-reward term (policy
+    gradient with group-relative advantages) joins them. `vigos.method.full_logits.FullLogitsScorer` is the public
     release's full-logits way, kept as the reference the fast path is tested and benchmarked against.
     """
 
-    def __init__(
-        self,
-        processor: Any,
-        terms: Sequence[TeacherTerm],
-        student_prompt: PromptSpec,
-        *,
-        teacher: TeacherPolicy | None = None,
-        options: ScoringOptions | None = None,
-        reduce_sum: ReduceSum | None = None,
-        lockstep: bool = False,
-        separate_teachers: Mapping[str, SeparateTeacher] | None = None,
-    ):
-        self.processor = processor
-        # Sharded weights (FSDP, ZeRO-3) are gathered collectively in every forward
-        # pass, so every process must run as many passes as the others.
-        self.lockstep = lockstep
-        self.terms = list(terms)
-        # Terms whose teacher is another model (by term name); the others run the policy's weights.
-        self.separate = dict(separate_teachers or {})
-        unknown = sorted(set(self.separate) - {t.name for t in self.terms})
-        if unknown:
-            raise ValueError(
-                f"separate teachers for {unknown}, but this method's terms are {[t.name for t in self.terms]}"
-            )
-        self.student_prompt = student_prompt
-        self.teacher = teacher or TeacherPolicy()
-        self.options = options or ScoringOptions()
+    def __init__(self, *args: Any, reduce_sum: ReduceSum | None = None, **kwargs: Any):
+        """`TeacherPasses`' arguments, and ``reduce_sum``: how a tensor of counts is summed over processes
+        (default: this process alone)."""
+        super().__init__(*args, **kwargs)
         self.reduce_sum = reduce_sum or (lambda t: t)
-        tokenizer = processor.tokenizer
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.image_token = image_token_id(processor)
-        self.parser = SpanParser(tokenizer)
-        self.divergences = {
-            t.name: losses.get_loss(
-                t.divergence, beta=self.options.jsd_beta, temperature=self.options.distill_temperature
-            )
-            for t in self.terms
-        }
+        self.parser = SpanParser(self.processor.tokenizer)
 
     def tokenize_completions(self, completions: Sequence[str | Sequence[int] | torch.Tensor]) -> list[list[int]]:
         """Completions as token ids; text is the part after the ``<description>`` pre-fill."""
@@ -132,12 +58,9 @@ class Scorer:
                 ids.append([int(i) for i in c])
         return ids
 
-    def supervised_ranges(self, spans: Sequence[CompletionSpans]) -> dict[str, list[tuple[int, int] | None]]:
-        """For each term, the completion token range each row's teacher supervises (None: not this row)."""
-        return {t.name: [_supervised_range(t, s) for s in spans] for t in self.terms}
-
     def totals(self, completions: Sequence[str | Sequence[int] | torch.Tensor]) -> torch.Tensor:
-        """This process's rollout count and each term's supervised token count for ``completions``.
+        """This process's rollout count and each term's supervised token count for ``completions``
+        (the reward term's, every completion token, last).
 
         Returns float32 [1 + terms]. Summed over the micro-batches of an
         optimizer step and over processes, it is what ``step_totals`` takes.
@@ -150,7 +73,14 @@ class Scorer:
         self, spans: list[CompletionSpans], supervised: dict[str, list[tuple[int, int] | None]]
     ) -> torch.Tensor:
         counts = [sum(r[1] - r[0] for r in supervised[t.name] if r) for t in self.terms]
+        if self.rewarded:
+            counts.append(sum(span.length for span in spans))
         return torch.tensor([len(spans), *counts], dtype=torch.float32)
+
+    @property
+    def rewarded(self) -> bool:
+        """Whether the loss has the outcome-reward term ("reward", after the teachers' terms)."""
+        return self.options.reward_weight > 0
 
     def _parse(
         self, completions: Sequence[str | Sequence[int] | torch.Tensor]
@@ -165,24 +95,6 @@ class Scorer:
                 )
         spans = self.parser.parse_batch(completion_ids)
         return [ids[: s.length] for ids, s in zip(completion_ids, spans)], spans
-
-    def _encode_images(self, examples: Sequence[Example]) -> list[EncodedImage]:
-        """Each example's image(s), processed once per distinct image object (rollouts of a prompt share it)."""
-        images: dict[int, EncodedImage] = {}
-        for example in examples:
-            if id(example.image) not in images:
-                images[id(example.image)] = encode_image(self.processor, example.image)
-        return [images[id(e.image)] for e in examples]
-
-    def _prompt_ids(self, spec: PromptSpec, example: Example, image: EncodedImage, answer: bool) -> list[int]:
-        text = spec.text(example.question, example.answer if answer else None)
-        return tokenize_prompt(self.processor, render_prompt(self.processor, text, spec.prefill, image.count), image)
-
-    def teacher_head(self, model: torch.nn.Module, name: str) -> torch.Tensor:
-        """Term ``name``'s teacher's output head [V, H_teacher], detached: a separate teacher's own, else
-        the policy's under the teacher's weights (whole: call inside ``gathered_output_head`` under ZeRO-3)."""
-        separate = self.separate.get(name)
-        return separate.head() if separate else self.teacher.head(model)
 
     def __call__(
         self,
@@ -210,8 +122,10 @@ class Scorer:
         supervised = self.supervised_ranges(spans)
         times: dict[str, float] = {}
         shared_images = list({id(image): image for image in image_of}.values())
-        shared_images = shared_images if self._shares_image_features(model) else None
-        with _timed(times, "teachers"):
+        # No policy teacher (method grpo, or every role a separate model): no encode under its weights.
+        policy_terms = any(term.name not in self.separate for term in self.terms)
+        shared_images = shared_images if policy_terms and self._shares_image_features(model) else None
+        with timed(times, "teachers"):
             teacher_states, features = self._teacher_outputs(
                 model,
                 examples,
@@ -229,15 +143,19 @@ class Scorer:
             self._prompt_ids(self.student_prompt, e, img, answer=False) for e, img in zip(examples, image_of)
         ]
         contexts = [Context(p, c, img) for p, c, img in zip(student_prompts, completion_ids, image_of)]
-        with _timed(times, "student"):
+        with timed(times, "student"):
             student_output = self._forward(model, self._collate(contexts, model, features))
 
         device = student_output.device
         local_totals = self._totals(spans, supervised).to(device)
         totals = self.reduce_sum(local_totals) if step_totals is None else step_totals.to(device)
-        with _timed(times, "loss"), self._heads(model) as heads:
+        advantages = None
+        if self.rewarded:
+            rewards = rollout_rewards(self.processor.tokenizer, examples, completion_ids, spans)
+            advantages = torch.tensor(group_advantages(examples, rewards), device=device)
+        with timed(times, "loss"), self._heads(model) as heads:
             loss, terms = self._loss(
-                heads, student_output, teachers, student_prompts, completion_ids, supervised, totals[1:]
+                heads, student_output, teachers, student_prompts, completion_ids, supervised, totals[1:], advantages
             )
         metrics = step_metrics(
             self.processor.tokenizer,
@@ -258,72 +176,6 @@ class Scorer:
         the vision tower is gathered inside the model's own passes: pixels are kept then."""
         return self.options.reuse_image_features and not self.lockstep and takes_image_features(model)
 
-    def _forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """What a pass keeps of every position: final hidden states [B, L, H]."""
-        return final_hidden_states(model, batch)
-
-    def _teacher_forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """One teacher pass, as `_forward`."""
-        return self._forward(model, batch)
-
-    def _output_width(self, model: torch.nn.Module) -> int:
-        """The last dimension of `_forward`'s output."""
-        return output_head_shape(model)[1]
-
-    def _sampled_ids(
-        self, completion_ids: list[list[int]], supervised: dict[str, list[tuple[int, int] | None]]
-    ) -> dict[str, torch.Tensor]:
-        """For each sampled-token term, the student's token ids [N_term] at its supervised tokens, in the
-        row-major order of the teacher's and the student's gathers."""
-        return {
-            term.name: torch.tensor(
-                [ids[j] for ids, r in zip(completion_ids, supervised[term.name]) if r for j in range(*r)],
-                dtype=torch.long,
-            )
-            for term in self.terms
-            if isinstance(self.divergences[term.name], losses.SampledTokenLoss)
-        }
-
-    def _read_teachers(
-        self, model: torch.nn.Module, states: dict[str, torch.Tensor], sampled_ids: dict[str, torch.Tensor]
-    ) -> dict[str, TeacherRows]:
-        """Each term's teacher, from its hidden states [N_term, H]: its log-probability of each sampled
-        token (a sampled-token term, ``sampled_ids`` [N_term]), kept as they are, or (``teacher_top_k``)
-        turned into its top-k tokens and tail mass. The one place the representation is chosen."""
-        k = self.options.teacher_top_k
-        temperature, chunk = self.options.distill_temperature, self.options.loss_chunk_size
-        teachers: dict[str, TeacherRows] = {}
-        for name in self.separate:
-            rows, head = states[name], self.teacher_head(model, name)
-            if name in sampled_ids:
-                teachers[name] = sampled_teacher(rows, head, sampled_ids[name].to(rows.device), temperature, chunk)
-            elif k is None:
-                teachers[name] = HiddenTeacher(rows, head)
-            else:
-                teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
-        policy = {name: rows for name, rows in states.items() if name not in self.separate}
-        if k is None and not set(sampled_ids) & set(policy):
-            teachers.update({name: HiddenTeacher(rows) for name, rows in policy.items()})
-        elif policy:
-            with gathered_output_head(model, needed_in_backward=False):
-                head = self.teacher.head(model)
-                for name, rows in policy.items():
-                    rows = rows.to(head.dtype)
-                    if name in sampled_ids:
-                        ids = sampled_ids[name].to(rows.device)
-                        teachers[name] = sampled_teacher(rows, head, ids, temperature, chunk)
-                    elif k is None:
-                        teachers[name] = HiddenTeacher(rows)
-                    else:
-                        teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
-        return {name: teachers[name] for name in states}
-
-    @staticmethod
-    def _checked_top_k(k: int, head: torch.Tensor) -> int:
-        if k > head.shape[0]:
-            raise ValueError(f"teacher_top_k {k} exceeds the vocabulary size {head.shape[0]}; use at most that")
-        return k
-
     @contextmanager
     def _heads(self, model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The student's and the teacher's output heads [V, H], whole for the loss (the chunked loss reads
@@ -340,6 +192,7 @@ class Scorer:
         completion_ids: list[list[int]],
         supervised: dict[str, list[tuple[int, int] | None]],
         global_counts: torch.Tensor,
+        advantages: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted loss and each term, from the student's output [B, L, D] (`_forward`'s), each
         term's teacher at its supervised tokens (`_read_teachers`'), the heads (`_heads`') and each
@@ -364,130 +217,29 @@ class Scorer:
             )
             terms[term.name] = value
             loss = loss + term.weight * value
+        if advantages is not None:
+            row_index, token_index = (
+                span_mask([(0, len(c)) for c in completion_ids], width).to(device).nonzero(as_tuple=True)
+            )
+            padded = torch.tensor([c + [0] * (width - len(c)) for c in completion_ids], device=device).view(-1, width)
+            terms["reward"] = self._reward_term(
+                student_output[row_index, prompt_lengths[row_index] + token_index - 1],
+                heads[0],
+                padded[row_index, token_index],
+                advantages[row_index],
+                global_counts[len(self.terms)],
+            )
+            loss = loss + self.options.reward_weight * terms["reward"]
         return loss, terms
 
-    def _collate(
-        self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
-    ) -> dict[str, Any]:
-        device = next(model.parameters()).device
-        batch = collate_contexts(
-            contexts, pad_token_id=self.pad_token_id, image_token=self.image_token, image_features=features
-        )
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def teacher_contexts(
-        self,
-        examples: Sequence[Example],
-        completion_ids: list[list[int]],
-        image_of: list[EncodedImage],
-        spans: Sequence[CompletionSpans],
-    ) -> dict[str, list[TeacherJob]]:
-        """Each term's teacher sequences, one per row it supervises.
-
-        A teacher reads its own prompt (ending with its pre-fill), then the
-        student's own token ids from where the term says (the completion's
-        first token, or the one that opens ``<think>``) through the last
-        supervised token: each supervised token is predicted after exactly
-        the text the student had written before it, never after a
-        re-tokenized copy of it.
-        """
-        supervised = self.supervised_ranges(spans)
-        jobs: dict[str, list[TeacherJob]] = {}
-        for term in self.terms:
-            jobs[term.name] = []
-            for row, r in enumerate(supervised[term.name]):
-                if r is None:
-                    continue
-                start = spans[row].think_token if term.reads_from == "think" else 0
-                prompt = self._prompt_ids(term.prompt, examples[row], image_of[row], answer=True)
-                context = Context(prompt, completion_ids[row][start : r[1]], image_of[row])
-                jobs[term.name].append(TeacherJob(row, context, len(prompt) + r[0] - start - 1, r[1] - r[0]))
-        return jobs
-
-    def teacher_states(
-        self,
-        model: torch.nn.Module,
-        examples: Sequence[Example],
-        completion_ids: list[list[int]],
-        image_of: list[EncodedImage],
-        spans: Sequence[CompletionSpans],
-    ) -> dict[str, torch.Tensor]:
-        """Each teacher's final hidden states at the positions that predict its supervised tokens.
-
-        Returns {term: [N_term, H]} in row-major token order, matching the
-        student's gather. Only hidden states are kept, never logits.
-        """
-        jobs = self.teacher_contexts(examples, completion_ids, image_of, spans)
-        return self._teacher_outputs(model, examples, image_of, jobs, times={})[0]
-
-    @torch.no_grad()
-    def _teacher_outputs(
-        self,
-        model: torch.nn.Module,
-        examples: Sequence[Example],
-        image_of: list[EncodedImage],
-        jobs: dict[str, list[TeacherJob]],
-        images: list[EncodedImage] | None = None,
-        *,
-        times: dict[str, float],
-    ) -> tuple[dict[str, torch.Tensor], ImageFeatures | None]:
-        """Each teacher pass's output ([B, L, D], `_teacher_forward`'s) gathered to {term: [N_term, D]}.
-        With ``images``, each is run through the vision tower once, under the teacher's weights, and
-        the features stand in for the pixels in every pass of the policy's teachers; they are returned
-        (else None). A separate teacher model encodes its own pixels in its passes."""
-        states: dict[str, torch.Tensor] = {}
-        features = None
-        was_training = model.training
-        model.eval()
-        try:
-            with self.teacher.weights(model):
-                if images:
-                    with _timed(times, "vision"):
-                        features = encode_image_features(model, images)
-                for term in self.terms:
-                    if term.name not in self.separate:
-                        states[term.name] = self._term_states(model, jobs[term.name], features, examples, image_of)
-        finally:
-            model.train(was_training)
-        for name, separate in self.separate.items():
-            states[name] = self._term_states(separate.model, jobs[name], None, examples, image_of, lockstep=False)
-        return {term.name: states[term.name] for term in self.terms}, features
-
-    def _term_states(
-        self,
-        model: torch.nn.Module,
-        term_jobs: list[TeacherJob],
-        features: ImageFeatures | None,
-        examples: Sequence[Example],
-        image_of: list[EncodedImage],
-        *,
-        lockstep: bool | None = None,
+    def _reward_term(
+        self, rows: torch.Tensor, head: torch.Tensor, ids: torch.Tensor, advantages: torch.Tensor, count: torch.Tensor
     ) -> torch.Tensor:
-        """One term's teacher passes on ``model`` gathered to [N_term, D]."""
-        size = self.options.teacher_batch_size
-        # Contexts of similar length share a pass (less padding); states go back in row order.
-        by_length = sorted(range(len(term_jobs)), key=lambda job: term_jobs[job].context.length)
-        gathered: list[torch.Tensor | None] = [None] * len(term_jobs)
-        for offset in range(0, len(term_jobs), size):
-            chunk = by_length[offset : offset + size]
-            batch = self._collate([term_jobs[job].context for job in chunk], model, features)
-            output = self._teacher_forward(model, batch)
-            for row, job in enumerate(chunk):
-                first, count = term_jobs[job].first, term_jobs[job].count
-                gathered[job] = output[row, first : first + count]
-        if (self.lockstep if lockstep is None else lockstep) and examples:
-            # Every process holds as many rows, so this many passes per term is the most any process runs:
-            # passes on a throwaway context (one row's prompt, image included, so that the vision tower
-            # runs too) until this process has run as many as any.
-            most_passes = -(-len(examples) // size)
-            filler = Context(
-                self._prompt_ids(self.student_prompt, examples[0], image_of[0], answer=False), [], image_of[0]
-            )
-            for _ in range(most_passes - -(-len(term_jobs) // size)):
-                final_hidden_states(model, self._collate([filler], model))
-        if gathered:
-            return torch.cat(gathered)
-        return torch.zeros((0, self._output_width(model)), device=next(model.parameters()).device)
+        """The outcome-reward term from the student's output rows [N, D] at every completion token (the
+        tokens ``ids`` [N], each with its rollout's advantage [N]), divided by the step's ``count``."""
+        return policy_gradient_from_hidden(
+            rows, head, ids, advantages, global_count=count, chunk_size=self.options.loss_chunk_size
+        )
 
     def _clip_values(
         self, term: TeacherTerm, rows: list[tuple[int, int] | None], row_index: torch.Tensor, token_index: torch.Tensor

@@ -31,6 +31,7 @@ from vigos.method.losses import (
     _token_count,
     aggregate,
     clip_token_values,
+    policy_gradient,
     values_with_finite_gradient,
 )
 
@@ -497,5 +498,41 @@ def sampled_loss_from_hidden(
     else:
         total = chunked_top_k_divergence_sum(
             student_rows, student_head, teacher_log_probs, ids, row_clips, per_row, read, chunk_size
+        )
+    return total / _token_count(mask, global_count, total)
+
+
+def policy_gradient_from_hidden(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    ids: Tensor,
+    advantages: Tensor,
+    *,
+    temperature: float = 1.0,
+    global_count: Tensor | float | int | None = None,
+    chunk_size: int | None = 1024,
+) -> Tensor:
+    """The outcome-reward term: `policy_gradient` at every row ``[N, H]`` (the tokens ``ids`` ``[N]`` with
+    their ``advantages`` ``[N]``), summed and divided once by ``global_count``, projected through
+    ``student_head`` ``[V, H]`` a chunk at a time as in `sampled_loss_from_hidden` (None: at once)."""
+    if student_hidden.dim() != 2 or ids.shape != student_hidden.shape[:1] or advantages.shape != ids.shape:
+        raise ValueError(
+            f"student_hidden must be [N, H] with ids and advantages [N]; got {tuple(student_hidden.shape)}, "
+            f"{tuple(ids.shape)} and {tuple(advantages.shape)}"
+        )
+    mask = torch.ones(student_hidden.shape[0], dtype=torch.bool, device=student_hidden.device)
+    _, student_rows, row_clips = _supervised_rows(student_hidden, mask, None, chunk_size)
+    columns = ids.view(-1, 1)
+    advantage_column = advantages.detach().to(row_clips.dtype).view(-1, 1)
+    read = partial(sampled_log_probs, temperature=temperature)
+
+    def per_row(student: Tensor, advantage: Tensor) -> Tensor:
+        return policy_gradient(student[:, 0], advantage[:, 0])
+
+    if chunk_size is None:
+        total = per_row(read(F.linear(student_rows, student_head), columns), advantage_column).sum()
+    else:
+        total = chunked_top_k_divergence_sum(
+            student_rows, student_head, advantage_column, columns, row_clips, per_row, read, chunk_size
         )
     return total / _token_count(mask, global_count, total)

@@ -36,7 +36,10 @@ class ViGOSConfig(TrainingArguments):
     model_name_or_path: str | None = field(default=None, metadata=_help("Model path or hub id (a chat VLM)."))
     method: str = field(
         default="vigos",
-        metadata=_help("'vigos' (three teachers on spans) or 'opsd' (one privileged teacher on every token)."),
+        metadata=_help(
+            "'vigos' (three teachers on spans), 'opsd' (one privileged teacher on every token) or 'grpo' (no "
+            "teacher: the outcome reward alone, a baseline; needs reward_weight > 0)."
+        ),
     )
     dataset: str | None = field(
         default=None,
@@ -159,6 +162,14 @@ class ViGOSConfig(TrainingArguments):
         default=2.0, metadata=_help("λ_ref: weight of the reference teacher's term (invalid rollouts).")
     )
     opsd_weight: float = field(default=1.0, metadata=_help("Weight of the single OPSD term."))
+    reward_weight: float = field(
+        default=_SCORING.reward_weight,
+        metadata=_help(
+            "Weight of an outcome-reward term (0: off): each completion token's policy gradient, with its "
+            "rollout's graded answer (1 correct, 0 not) minus the mean over the rollouts of the same prompt as "
+            "the advantage. Beside the teachers' terms, or alone with method: grpo (configs/grpo_tiny.yaml)."
+        ),
+    )
     perception_divergence: str = field(
         default="forward_kl",
         metadata=_help(
@@ -343,6 +354,8 @@ class ViGOSConfig(TrainingArguments):
 
     def teacher_terms(self) -> list:
         """The method as data: one :class:`vigos.method.teachers.TeacherTerm` per loss term."""
+        if self.method == "grpo":
+            return []  # the outcome reward alone
         if self.method == "opsd":
             return opsd_terms(
                 privileged_prompt=self.reference_prompt, divergence=self.opsd_divergence, weight=self.opsd_weight

@@ -10,7 +10,7 @@ from vigos.method.losses import LOSS_NAMES
 from vigos.method.teachers import TEACHER_KINDS
 from vigos.rollout.hf import SAMPLERS
 
-METHODS = ("vigos", "opsd")
+METHODS = ("vigos", "opsd", "grpo")
 LOSS_NORMALIZATIONS = ("step", "micro_batch")
 ROLLOUT_ENGINES = ("hf", "vllm_server", "vllm_colocate")
 BAD_ROWS = ("skip", "error")
@@ -53,7 +53,7 @@ def _range(
 
 
 # Each method's teacher roles, which a `<role>_teacher_model` option may name another model for.
-TEACHER_ROLES = {"vigos": ("perception", "reasoning", "reference"), "opsd": ("privileged",)}
+TEACHER_ROLES = {"vigos": ("perception", "reasoning", "reference"), "opsd": ("privileged",), "grpo": ()}
 
 
 def _check_teacher_models(config: Any) -> None:
@@ -62,9 +62,9 @@ def _check_teacher_models(config: Any) -> None:
         if not value:
             continue
         if role not in TEACHER_ROLES[config.method]:
+            teachers = ", ".join(TEACHER_ROLES[config.method]) or "none"
             raise ValueError(
-                f"{option} is set, but method {config.method!r} has no {role} teacher; its teachers are "
-                f"{', '.join(TEACHER_ROLES[config.method])}: set one of their *_teacher_model options instead"
+                f"{option} is set, but method {config.method!r} has no {role} teacher; its teachers: {teachers}"
             )
         if value.startswith(("http://", "https://")):
             raise ValueError(
@@ -83,6 +83,9 @@ def check_options(config: Any) -> None:
     for name in ("perception_divergence", "reasoning_divergence", "reference_divergence", "opsd_divergence"):
         _choice(name, getattr(config, name), LOSS_NAMES)
     _check_teacher_models(config)
+    _range("reward_weight", config.reward_weight, low=0.0)
+    if config.method == "grpo" and not config.reward_weight > 0:
+        raise ValueError("method 'grpo' trains on the outcome reward alone: set reward_weight above 0 (e.g. 1.0)")
     _range("temperature", config.temperature, low=0.0, low_open=True)
     _range("top_p", config.top_p, low=0.0, high=1.0, low_open=True)
     _range("top_k", config.top_k, low=0)
