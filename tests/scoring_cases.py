@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from vigos.training.config import ViGOSConfig
 
+# Two valid rollouts (a description, a reasoning, a boxed answer) and an invalid one, as text after the
+# "<description>" pre-fill; rows alternate between the scoring_setup fixture's two examples.
+COMPLETIONS = [
+    " A red square. </description>\n<think> It is red. </think>\n\\boxed{red}<|im_end|>",
+    " A blue sky on the top. </description>\n<think> The sky is blue, so blue. </think>\n\\boxed{blue}<|im_end|>",
+    " red red </description> no think \\boxed{red}<|im_end|>",
+]
+
 
 def unclipped_config(**kw) -> ViGOSConfig:
     """A config without token clips (every supervised token counts as computed) and small loss chunks

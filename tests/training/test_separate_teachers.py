@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plain import kl, pieces_to_ids, plain_logits
+from scoring_cases import COMPLETIONS
 from scoring_cases import unclipped_config as config
 from vigos import prompts
 from vigos.cli import main
@@ -23,11 +24,6 @@ from vigos.training.recipe import score_completions
 
 ROOT = Path(__file__).resolve().parents[2]
 VALID = [" A red square. ", "</description>\n", "<think>", " It is red. ", "</think>\n\\boxed{red}"]
-COMPLETIONS = [
-    " A red square. </description>\n<think> It is red. </think>\n\\boxed{red}<|im_end|>",
-    " A blue sky on the top. </description>\n<think> The sky is blue, so blue. </think>\n\\boxed{blue}<|im_end|>",
-    " red red </description> no think \\boxed{red}<|im_end|>",
-]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +123,7 @@ def test_a_teacher_with_other_image_processing_is_refused(scoring_setup, tiny_mo
     [
         (dict(method="opsd", perception_teacher_model="x"), "method 'opsd' has no perception teacher"),
         (dict(privileged_teacher_model="x"), "method 'vigos' has no privileged teacher"),
-        (dict(reasoning_teacher_model="http://127.0.0.1:8000"), "a served teacher is not supported yet"),
+        (dict(reasoning_teacher_model="http://127.0.0.1:8000"), "is a server, read as its top-k tokens"),
     ],
 )
 def test_teacher_model_options_are_checked(kw, message):

@@ -123,18 +123,17 @@ class Scorer(TeacherPasses):
         times: dict[str, float] = {}
         shared_images = list({id(image): image for image in image_of}.values())
         # No policy teacher (method grpo, or every role a separate model): no encode under its weights.
-        policy_terms = any(term.name not in self.separate for term in self.terms)
+        policy_terms = any(term.name not in self.separate and term.name not in self.served for term in self.terms)
         shared_images = shared_images if policy_terms and self._shares_image_features(model) else None
+        jobs = self.teacher_contexts(examples, completion_ids, image_of, spans)
+        sampled_ids = self._sampled_ids(completion_ids, supervised)
         with timed(times, "teachers"):
             teacher_states, features = self._teacher_outputs(
-                model,
-                examples,
-                image_of,
-                self.teacher_contexts(examples, completion_ids, image_of, spans),
-                shared_images,
-                times=times,
+                model, examples, image_of, jobs, shared_images, times=times
             )
-            teachers = self._read_teachers(model, teacher_states, self._sampled_ids(completion_ids, supervised))
+            teachers = self._read_teachers(model, teacher_states, sampled_ids)
+        with timed(times, "served_teachers"):
+            teachers.update(self._served_teachers(model, examples, jobs, sampled_ids))
         # The teachers' encode serves the student only when the tower computes the same function for both.
         if features is not None and not image_features_reusable(model):
             features = None

@@ -26,7 +26,7 @@ from vigos.method import losses
 from vigos.method.score_types import ScoringOptions, TeacherJob
 from vigos.method.spans import CompletionSpans
 from vigos.method.state_losses import HiddenTeacher, SampledTeacher, TopKTeacher, sampled_teacher, top_k_teacher
-from vigos.method.teachers import SeparateTeacher, TeacherPolicy, TeacherTerm
+from vigos.method.teachers import SeparateTeacher, ServedTeacher, TeacherPolicy, TeacherTerm
 from vigos.models.modeling import (
     Context,
     EncodedImage,
@@ -81,16 +81,19 @@ class TeacherPasses:
         teacher: TeacherPolicy | None = None,
         options: ScoringOptions | None = None,
         lockstep: bool = False,
-        separate_teachers: Mapping[str, SeparateTeacher] | None = None,
+        separate_teachers: Mapping[str, SeparateTeacher | ServedTeacher] | None = None,
     ):
         self.processor = processor
         # Sharded weights (FSDP, ZeRO-3) are gathered collectively in every forward
         # pass, so every process must run as many passes as the others.
         self.lockstep = lockstep
         self.terms = list(terms)
-        # Terms whose teacher is another model (by term name); the others run the policy's weights.
-        self.separate = dict(separate_teachers or {})
-        unknown = sorted(set(self.separate) - {t.name for t in self.terms})
+        # Terms whose teacher is another model (by term name), loaded here or served elsewhere; the others
+        # run the policy's weights.
+        others = dict(separate_teachers or {})
+        self.separate = {name: t for name, t in others.items() if isinstance(t, SeparateTeacher)}
+        self.served = {name: t for name, t in others.items() if not isinstance(t, SeparateTeacher)}
+        unknown = sorted(set(others) - {t.name for t in self.terms})
         if unknown:
             raise ValueError(
                 f"separate teachers for {unknown}, but this method's terms are {[t.name for t in self.terms]}"
@@ -275,13 +278,13 @@ class TeacherPasses:
                     with timed(times, "vision"):
                         features = encode_image_features(model, images)
                 for term in self.terms:
-                    if term.name not in self.separate:
+                    if term.name not in self.separate and term.name not in self.served:
                         states[term.name] = self._term_states(model, jobs[term.name], features, examples, image_of)
         finally:
             model.train(was_training)
         for name, separate in self.separate.items():
             states[name] = self._term_states(separate.model, jobs[name], None, examples, image_of, lockstep=False)
-        return {term.name: states[term.name] for term in self.terms}, features
+        return {term.name: states[term.name] for term in self.terms if term.name in states}, features
 
     def _term_states(
         self,
@@ -318,3 +321,60 @@ class TeacherPasses:
         if gathered:
             return torch.cat(gathered)
         return torch.zeros((0, self._output_width(model)), device=next(model.parameters()).device)
+
+    def _served_teachers(
+        self,
+        model: torch.nn.Module,
+        examples: Sequence[Example],
+        jobs: dict[str, list[TeacherJob]],
+        sampled_ids: dict[str, torch.Tensor],
+    ) -> dict[str, TeacherRows]:
+        """Each served term's teacher, from its server's prompt log-probabilities at the positions that
+        predict the supervised tokens: its log-probability of each sampled token (a sampled-token term),
+        else its ``teacher_top_k`` most likely tokens and the mass of the rest (`TopKTeacher`)."""
+        teachers: dict[str, TeacherRows] = {}
+        for name, served in self.served.items():
+            sampled = name in sampled_ids
+            k = 0 if sampled else self.options.teacher_top_k
+            if k is None:
+                raise ValueError(f"the {name} teacher is served ({served.source}): set teacher_top_k, the k it returns")
+            rows: list[list[dict[int, float] | None]] = []
+            for job in jobs[name]:
+                context = job.context
+                images = examples[job.row].image
+                images = list(images) if isinstance(images, (list, tuple)) else [images]
+                scored = served.prompt_logprobs(context.prompt_ids + context.appended_ids, images, k)
+                # Entry i is the distribution over token i, which the context's position i - 1 predicts.
+                rows.append(scored[job.first + 1 : job.first + 1 + job.count])
+            device = next(iter(sampled_ids.values())).device if sampled_ids else torch.device("cpu")
+            if sampled:
+                ids = sampled_ids[name]
+                values = [entry[int(token)] for entry, token in zip((e for row in rows for e in row), ids.tolist())]
+                teachers[name] = SampledTeacher(torch.tensor(values, device=device), ids, 1.0)
+            else:
+                teachers[name] = served_top_k(rows, k, output_head_shape(model)[0], device)
+        return teachers
+
+
+def served_top_k(
+    rows: Sequence[Sequence[dict[int, float] | None]], k: int, vocab_rows: int, device: torch.device
+) -> TopKTeacher:
+    """A `TopKTeacher` (temperature 1) from served log-probabilities: per supervised token, the ``k``
+    highest of its entry (an entry may hold one more: the prompt's own token) and the mass of the rest
+    (no tail column when k covers the vocabulary's ``vocab_rows``)."""
+    log_probs, ids = [], []
+    for entry in (e for row in rows for e in row):
+        if entry is None or len(entry) < k:
+            raise ValueError(
+                f"a served teacher returned {0 if entry is None else len(entry)} log-probabilities "
+                f"for a supervised token, fewer than teacher_top_k = {k}"
+            )
+        top = sorted(entry.items(), key=lambda item: item[1], reverse=True)[:k]
+        ids.append([token for token, _ in top])
+        log_probs.append([value for _, value in top])
+    values = torch.tensor(log_probs, dtype=torch.float32, device=device).view(-1, k)
+    if k < vocab_rows:
+        # The rest's mass from the kept ones; never quite zero (a server rounds its float32 values).
+        kept = torch.logsumexp(values, dim=-1, keepdim=True).clamp(max=-1e-7)
+        values = torch.cat([values, torch.log(-torch.expm1(kept))], dim=-1)
+    return TopKTeacher(values, torch.tensor(ids, dtype=torch.long, device=device).view(-1, k), 1.0)

@@ -21,10 +21,10 @@ teacher state, and the output head is shared unless it is itself trained.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -227,6 +227,22 @@ class SeparateTeacher:
     def head(self) -> torch.Tensor:
         """Its output projection [V, H_teacher] over the student's V rows, detached."""
         return output_head(self.model).detach()[: self.vocab_rows]
+
+
+class ServedTeacher(Protocol):
+    """A teacher role served elsewhere (an OpenAI-compatible server that returns prompt log-probabilities,
+    as vLLM's ``prompt_logprobs`` does): it takes no training memory and is read as its top-k tokens, or
+    its log-probability of each sampled token. `vigos.rollout.served_teacher.ServedTeacherClient` is one."""
+
+    source: str
+
+    def prompt_logprobs(
+        self, prompt_ids: Sequence[int], images: Sequence[Any], top_k: int
+    ) -> list[dict[int, float] | None]:
+        """For each position i of ``prompt_ids`` (shown with ``images``, in order), the log-probabilities
+        (temperature 1) of the ``top_k`` most likely tokens given the ids before i, and of the id at i
+        itself; None at position 0."""
+        ...
 
 
 TEACHER_KINDS = ("fixed", "current", "ema")

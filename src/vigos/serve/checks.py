@@ -209,17 +209,22 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _image(image_url: dict[str, Any], where: str) -> Image.Image:
-    header, _, data = image_url["url"].partition(",")
+    return image_from_data_url(image_url["url"], f"{where}.url")
+
+
+def image_from_data_url(url: str, where: str) -> Image.Image:
+    """The image a base64 ``data:image/...`` URL holds; 400 naming ``where`` for anything else."""
+    header, _, data = url.partition(",")
     if not header.startswith("data:image/") or not header.endswith(";base64"):
         raise RequestError(
-            400, f"{where}.url must be a base64 data URL (data:image/...;base64,...); this server fetches nothing"
+            400, f"{where} must be a base64 data URL (data:image/...;base64,...); this server fetches nothing"
         )
     try:
         return decode_image_bytes(base64.b64decode(data, validate=True))
     except binascii.Error as error:
-        raise RequestError(400, f"{where}.url is not valid base64 ({error})") from None
+        raise RequestError(400, f"{where} is not valid base64 ({error})") from None
     except UnreadableImageError as error:
-        raise RequestError(400, f"{where}.url holds no readable image ({error})") from None
+        raise RequestError(400, f"{where} holds no readable image ({error})") from None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ runs (and is tested) where vLLM cannot, without a GPU:
   ``continue_final_message``; ``n`` samples with the options of
   :func:`vigos.rollout.vllm_server.sampling_fields` and a per-request ``seed``; the
   answer carries ``prompt_token_ids`` and each choice's ``token_ids``;
+* ``POST /v1/completions`` with token ids as the prompt and ``prompt_logprobs``:
+  the top-k log-probabilities at every position of given ids, with the images
+  (a served teacher; :mod:`vigos.serve.prompt_scoring`);
+* ``POST /tokenize``: a text's token ids (vLLM's route; the served teacher's
+  vocabulary check);
 * ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``: PEFT LoRA
   adapters loaded into the model at run time, chosen by a request's ``model``.
 
@@ -54,6 +59,7 @@ from vigos.serve.checks import (
     ChatPrompt,
     RequestError,
     SamplingRequest,
+    boolean,
     chat_prompt,
     check_headers,
     own_origins,
@@ -61,6 +67,7 @@ from vigos.serve.checks import (
     sampling_request,
     string,
 )
+from vigos.serve.prompt_scoring import completion_answer, prompt_logprobs, prompt_scoring_request
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +182,33 @@ class PolicyServer:
                 "total_tokens": len(prompt_ids) + generated,
             },
         }
+
+    def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``/tokenize`` (vLLM's): the token ids of a text, so a client can check it shares this tokenizer."""
+        text = string(body, "prompt")
+        if text is None:
+            raise RequestError(400, "prompt must be a string")
+        ids = self.processor.tokenizer(text, add_special_tokens=boolean(body, "add_special_tokens", True))["input_ids"]
+        return {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``/v1/completions`` with ``prompt_logprobs``: the log-probabilities of given token ids (a served
+        teacher's answer; see :mod:`vigos.serve.prompt_scoring`)."""
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        request = prompt_scoring_request(body, vocab_size=vocab_size)
+        name = request.model or self.model_name
+        if name != self.model_name and name not in self.adapters:
+            raise RequestError(404, f"The model `{name}` does not exist.")
+        if len(request.prompt) + 1 > self.max_model_len:
+            raise RequestError(
+                400,
+                f"prompt: {len(request.prompt)} tokens and max_tokens=1 pass the model's context of "
+                f"{self.max_model_len} tokens",
+            )
+        logger.info("prompt scoring: model=%s tokens=%d k=%d", name, len(request.prompt), request.top_k)
+        with self._lock, self._policy(name):
+            scored, next_token = prompt_logprobs(self.model, self.processor, request)
+        return completion_answer(name, request, scored, next_token, self.processor.tokenizer)
 
     def load_adapter(self, body: dict[str, Any]) -> str:
         """``/v1/load_lora_adapter``: load the PEFT adapter at ``lora_path`` under ``lora_name``."""
@@ -324,6 +358,8 @@ class _Handler(BaseHTTPRequestHandler):
             return {"/health": lambda: "", "/v1/models": policy.models}
         return {
             "/v1/chat/completions": policy.chat_completion,
+            "/v1/completions": policy.completion,
+            "/tokenize": policy.tokenize,
             "/v1/load_lora_adapter": policy.load_adapter,
             "/v1/unload_lora_adapter": policy.unload_adapter,
         }

@@ -143,8 +143,9 @@ class ViGOSConfig(TrainingArguments):
         default=None,
         metadata=_help(
             "Another model as the perception teacher: a checkpoint directory, hub id or tiny:<arch>[:<size>], "
-            "loaded once, frozen, in the model's dtype on its device. It must share the student's tokenizer and "
-            "image processing (checked at start); its size may differ. Unset: the trained model ('teacher')."
+            "loaded once, frozen, in the model's dtype on its device; or http://HOST:PORT, a server that returns "
+            "prompt log-probabilities (vigos serve; read as teacher_top_k tokens). It must share the student's "
+            "tokenizer (and, loaded, its image processing): checked at start. Unset: the trained model ('teacher')."
         ),
     )
     reasoning_teacher_model: str | None = field(
@@ -419,18 +420,28 @@ class ViGOSConfig(TrainingArguments):
         roles = {term.name: getattr(self, f"{term.name}_teacher_model") for term in self.teacher_terms()}
         return {name: source for name, source in roles.items() if source}
 
-    def separate_teachers(self, processor: Any, model: Any) -> dict[str, SeparateTeacher]:
+    def separate_teachers(self, processor: Any, model: Any) -> dict[str, Any]:
         """Load each of `teacher_models` once (two roles naming one source share it), frozen, in the
-        dtype and on the device of ``model``'s parameters."""
+        dtype and on the device of ``model``'s parameters; a URL becomes a client of that server
+        (`vigos.rollout.served_teacher.ServedTeacherClient`), its tokenizer checked against ``processor``'s."""
         from vigos.models.loading import load_teacher_model
 
         parameter = next(model.parameters())
         vocab_rows = output_head_shape(model)[0]
-        loaded: dict[str, SeparateTeacher] = {}
+        loaded: dict[str, Any] = {}
         teachers = {}
         for name, source in self.teacher_models().items():
+            option = f"{name}_teacher_model"
+            if source.startswith(("http://", "https://")):
+                from vigos.rollout.served_teacher import ServedTeacherClient
+
+                if source not in loaded:
+                    client = ServedTeacherClient(source, option=option, timeout=self.vllm_request_timeout)
+                    client.check_vocabulary(processor.tokenizer)
+                    loaded[source] = client
+                teachers[name] = loaded[source]
+                continue
             if source not in loaded:
-                option = f"{name}_teacher_model"
                 teacher = load_teacher_model(
                     source,
                     processor,
@@ -454,7 +465,7 @@ class ViGOSConfig(TrainingArguments):
         teacher: TeacherPolicy | None = None,
         reduce_sum: Any = None,
         lockstep: bool = False,
-        separate_teachers: dict[str, SeparateTeacher] | None = None,
+        separate_teachers: dict[str, Any] | None = None,
     ):
         """The :class:`vigos.method.scoring.Scorer` this config describes (``teacher``: see
         :meth:`teacher_policy`; None scores with the model as it is; ``lockstep``: the same number of

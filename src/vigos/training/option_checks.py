@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from vigos import prompts
-from vigos.method.losses import LOSS_NAMES
+from vigos.method.losses import LOSS_NAMES, SAMPLED_TOKEN_LOSSES
 from vigos.method.teachers import TEACHER_KINDS
 from vigos.rollout.hf import SAMPLERS
 
@@ -67,10 +67,24 @@ def _check_teacher_models(config: Any) -> None:
                 f"{option} is set, but method {config.method!r} has no {role} teacher; its teachers: {teachers}"
             )
         if value.startswith(("http://", "https://")):
-            raise ValueError(
-                f"{option} {value!r}: a served teacher is not supported yet; give a checkpoint directory, a hub id "
-                "or tiny:<arch>[:<size>]"
-            )
+            _check_served_teacher(config, role, option)
+
+
+def _check_served_teacher(config: Any, role: str, option: str) -> None:
+    """A served teacher returns top-k log-probabilities at temperature 1, read by the hidden-state scorer."""
+    if config.naive_loss:
+        raise ValueError(f"{option} is a server: a served teacher needs naive_loss: false")
+    if config.distill_temperature != 1.0:
+        raise ValueError(
+            f"{option} is a server, which returns log-probabilities at temperature 1: set distill_temperature "
+            f"to 1 (got {config.distill_temperature})"
+        )
+    loss = getattr(config, f"{role}_divergence" if role != "privileged" else "opsd_divergence")
+    if config.teacher_top_k is None and loss not in SAMPLED_TOKEN_LOSSES:
+        raise ValueError(
+            f"{option} is a server, read as its top-k tokens: set teacher_top_k (vLLM caps it at its "
+            f"--max-logprobs, 20 by default), or give the role a sampled-token loss ({', '.join(SAMPLED_TOKEN_LOSSES)})"
+        )
 
 
 def check_options(config: Any) -> None:
