@@ -215,3 +215,30 @@ def test_train_the_outcome_reward_baseline_config(tmp_path, monkeypatch):
     assert [r["step"] for r in steps] == [1, 2]
     assert not any(key.startswith("loss_") and key != "loss_reward" for key in steps[0])
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_train_help_lists_every_vigos_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for option in ("--accelerate_config", "--num_processes", "--perception_teacher_model", "--reward_weight"):
+        assert option in printed, option
+    assert "Every transformers.TrainingArguments option is accepted too" in printed
+
+
+def test_a_process_count_below_one_is_refused(capsys):
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--num_processes", "0"]) == 2
+    assert "--num_processes must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_launches_itself_through_accelerate(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    accelerate = str(ROOT / "configs" / "accelerate" / "cpu_ddp.yaml")
+    args = ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"]
+    assert main([*args, "--save_steps", "2", "--accelerate_config", accelerate, "--num_processes", "2"]) == 0
+    # One RNG state per process: both processes trained.
+    assert (out / "checkpoint-2" / "rng_state_0.pth").exists() and (out / "checkpoint-2" / "rng_state_1.pth").exists()
+    assert (out / "adapter_model.safetensors").exists()

@@ -25,21 +25,61 @@ def _train(args: argparse.Namespace) -> int:
     from vigos.training.recipe import train
 
     if args.help_options:
-        from vigos.training.config import ViGOSConfig
-
-        own = {f.name for f in dataclasses.fields(ViGOSConfig)} - {
-            f.name for f in dataclasses.fields(ViGOSConfig.__mro__[1])
-        }
-        for f in dataclasses.fields(ViGOSConfig):
-            if f.name in own:
-                default = f.default if f.default is not dataclasses.MISSING else "..."
-                print(f"  --{f.name}: {f.metadata.get('help', '')} (default: {default})")
-        print("Every transformers.TrainingArguments option is accepted too.")
+        print(_train_options_help())
         return 0
+    if args.accelerate_config or args.num_processes is not None:
+        return _launch(args)
     config = load_config(args.config, parse_overrides(args.overrides))
     out = train(config)
     print(f"saved to {out}")
     return 0
+
+
+def _train_options_help() -> str:
+    """Every option ViGOS adds to ``TrainingArguments``, with its help and default."""
+    from vigos.training.config import ViGOSConfig
+
+    inherited = {f.name for f in dataclasses.fields(ViGOSConfig.__mro__[1])}
+    lines = ["ViGOS options (in the YAML file, or on the command line as --key value):"]
+    for f in dataclasses.fields(ViGOSConfig):
+        if f.name not in inherited or f.name in ViGOSConfig.__dict__.get("__annotations__", {}):
+            default = f.default if f.default is not dataclasses.MISSING else "..."
+            lines.append(f"  --{f.name}: {f.metadata.get('help', '')} (default: {default})")
+    lines.append(
+        "Every transformers.TrainingArguments option is accepted too (--learning_rate, --max_steps, "
+        "--report_to, --save_steps, ...)."
+    )
+    return "\n".join(lines)
+
+
+class _TrainHelp(argparse.Action):
+    """``vigos train --help``: the command's own arguments, then every ViGOS option."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        parser.print_help()
+        print("\n" + _train_options_help())
+        parser.exit()
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Run this same training under ``accelerate launch`` (``--accelerate_config``, ``--num_processes``),
+    as TRL's CLI does: each process then runs ``vigos train`` with the config and overrides."""
+    import subprocess
+
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if args.accelerate_config:
+        command += ["--config_file", args.accelerate_config]
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise ConfigError(f"--num_processes must be at least 1, got {args.num_processes}")
+        command += ["--num_processes", str(args.num_processes)]
+    command += ["-m", "vigos.cli", "train"]
+    if args.config:
+        command += ["--config", args.config]
+    return subprocess.run([*command, *args.overrides]).returncode
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -66,10 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="post-train a VLM with ViGOS or OPSD",
-        description=("Train from a YAML config; any option can be overridden as --key value."),
+        description="Train from a YAML config; any option below can be overridden as --key value.",
+        add_help=False,
     )
+    train.add_argument("-h", "--help", action=_TrainHelp)
     train.add_argument("--config", help="YAML file of ViGOSConfig options")
     train.add_argument("--help-options", action="store_true", help="list the ViGOS options and exit")
+    train.add_argument(
+        "--accelerate_config",
+        metavar="FILE",
+        help="run under `accelerate launch --config_file FILE` (configs/accelerate/ has DDP, FSDP, DeepSpeed)",
+    )
+    train.add_argument("--num_processes", type=int, metavar="N", help="run under `accelerate launch` with N processes")
     train.set_defaults(handler=_train)
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random VLM of a real architecture, offline")
