@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from vigos.training.model_card import CARD, exported_card
+
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,5 +102,7 @@ def export_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    print(f"wrote the merged model and its processor to {out}")
+    base = args.base or adapter_base(Path(args.adapter))
+    exported_card(Path(args.adapter), base).save(out / CARD)
+    print(f"wrote the merged model, its processor and its model card to {out}")
     return 0

@@ -177,6 +177,7 @@ def train(config: ViGOSConfig) -> Path:
     out = Path(config.output_dir)
     with reporting_full_disk(out, "the trained model"):
         trainer.save_model(str(out))
+    trainer.create_model_card()  # after the save: PEFT writes a placeholder card of its own there
     # An undestroyed gloo/NCCL group aborts its worker threads at interpreter exit (SIGABRT).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

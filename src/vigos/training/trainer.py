@@ -26,6 +26,7 @@ from vigos.prompts import DESCRIPTION_OPEN
 from vigos.rollout.hf import Rollout
 from vigos.training.checkpoints import AtomicCheckpointMixin, reporting_full_disk
 from vigos.training.config import ViGOSConfig
+from vigos.training.model_card import CARD, training_card
 
 
 class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
@@ -174,6 +175,18 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
                         "answer": spans.answer,
                     }
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The Hub model card (``README.md``) in ``output_dir``: the method, the settings that matter, the final
+        metrics and how to load the weights (`vigos.training.model_card`). ``push_to_hub`` calls it before
+        uploading; ``vigos train`` after saving. Its arguments (the Trainer's) are not used."""
+        if not self.is_world_process_zero():
+            return
+        adapter = hasattr(unwrap(self.model), "peft_config")
+        card = training_card(self.args, self.state.log_history, adapter=adapter)
+        path = Path(self.args.output_dir) / CARD
+        with reporting_full_disk(path.parent, CARD):
+            card.save(path)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the per-step mean of each ViGOS metric since the last log."""
