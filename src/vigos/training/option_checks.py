@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
@@ -26,6 +27,9 @@ def _check_report_to(names: list[str]) -> None:
             f"report_to must name integrations among {', '.join(INTEGRATION_TO_CALLBACK)}, "
             f"or be none or all; got {', '.join(map(repr, unknown))}"
         )
+    for name, modules in (("tensorboard", ("tensorboard", "tensorboardX")), ("wandb", ("wandb",))):
+        if name in names and not any(importlib.util.find_spec(module) for module in modules):
+            raise ValueError(f"report_to {name} needs the {name} package: pip install 'vigos[trackers]'")
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:

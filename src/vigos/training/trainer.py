@@ -27,6 +27,7 @@ from vigos.rollout.hf import Rollout
 from vigos.training.checkpoints import AtomicCheckpointMixin, reporting_full_disk
 from vigos.training.config import ViGOSConfig
 from vigos.training.model_card import CARD, training_card
+from vigos.training.trackers import log_completions
 
 
 class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
@@ -158,23 +159,26 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         every = self.args.log_completions_steps
         if every and step % every == 0 and self.is_world_process_zero():
             tokenizer = self.processing_class.tokenizer
+            records = [
+                {
+                    "step": step,
+                    "row": example.row,
+                    "question": example.question,
+                    "reference": example.answer,
+                    "completion": DESCRIPTION_OPEN + tokenizer.decode(ids, skip_special_tokens=True),
+                    "valid": spans.valid,
+                    "reason": spans.reason,
+                    "answer": spans.answer,
+                }
+                for example, ids, spans in list(zip(examples, scored.completion_ids, scored.spans))[
+                    : self.args.num_completions_to_log
+                ]
+            ]
             path = Path(self.args.output_dir) / "completions.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with reporting_full_disk(path.parent, path.name), path.open("a") as f:
-                for example, ids, spans in list(zip(examples, scored.completion_ids, scored.spans))[
-                    : self.args.num_completions_to_log
-                ]:
-                    record = {
-                        "step": step,
-                        "row": example.row,
-                        "question": example.question,
-                        "reference": example.answer,
-                        "completion": DESCRIPTION_OPEN + tokenizer.decode(ids, skip_special_tokens=True),
-                        "valid": spans.valid,
-                        "reason": spans.reason,
-                        "answer": spans.answer,
-                    }
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            log_completions(self.callback_handler.callbacks, records, step)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """The Hub model card (``README.md``) in ``output_dir``: the method, the settings that matter, the final
