@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from vigos.cli import main
+from vigos.demo.results import PROBE_CURVES
 
 
 @pytest.mark.slow
@@ -36,6 +37,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
             assert difference["verdict"] in ("ViGOS ahead", "OPSD ahead", "no difference resolved")
     for label in ("opsd", "vigos", "opsd-no_shortcut", "vigos-no_shortcut"):
         assert (out / "train" / f"{label}-s0" / "adapter_config.json").exists()
+        # Each run evaluated itself on the probe items as it trained.
+        logged = [
+            json.loads(line) for line in (out / "train" / f"{label}-s0" / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in logged if PROBE_CURVES[0] in r] == [1, 2, 3]
         assert "ungrounded_obscured" in report["results"][label]
     train = [
         json.loads(line) for line in (out / "world" / "shortcut" / "train" / "data.jsonl").read_text().splitlines()

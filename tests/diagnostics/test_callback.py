@@ -48,5 +48,7 @@ def test_callback_logs_every_step_without_disturbing_training(tiny_model_dir, tm
         assert any(key.startswith("reliance_") for key in line)
     logged = [h for h in trainer.state.log_history if "diag_valid_rate" in h]
     assert [h["step"] for h in logged] == [1, 2] and "diag_grounding_n" in logged[0]
+    # The step's own loss and rates are still logged at a step that ran the diagnostics.
+    assert [h["step"] for h in trainer.state.log_history if "valid_rate" in h] == [1, 2]
     _, plain = train_run(tiny_model_dir, tmp_path / "plain", with_diagnostics=False)
     assert all(torch.equal(weights[name], plain[name]) for name in plain), "diagnostics changed the training run"

@@ -38,6 +38,7 @@ from vigos.data import synthetic
 from vigos.data.examples import ExampleDataset
 from vigos.data.rows import Example
 from vigos.demo.jobs import Stage, pinned, run_jobs
+from vigos.demo.results import PROBE_BENCHMARK
 from vigos.demo.warmstart import TAUGHT_PERCEPTION, check_abilities, save_checkpoint, warm_start, warm_start_items
 from vigos.errors import ConfigError
 from vigos.eval.benchmarks import register_benchmark
@@ -75,6 +76,8 @@ class DemoConfig:
     shortcut_fraction: float = 0.25
     compare_without_shortcut: bool = True
     n_obscured_eval: int = 50
+    # Held-out agreeing and conflicting items each run evaluates itself on, four times as it trains.
+    probe_items: int = 16
     warm_steps: int = 500
     warm_batch_size: int = 16
     warm_learning_rate: float = 2e-3
@@ -118,6 +121,7 @@ class DemoConfig:
             warm_any_colour_rows=48,
             warm_agreeing_rows=48,
             n_obscured_eval=4,
+            probe_items=4,
             train_steps=3,
             prompts_per_step=4,
             num_generations=2,
@@ -166,14 +170,16 @@ def _examples(path: Path) -> list[Example]:
     return [Example(e.question, e.answer, e.image, i, e.to_row()) for i, e in enumerate(synthetic.read_split(path))]
 
 
-def register_world_benchmark(world_dir: Path) -> None:
-    """The synthetic eval splits as a benchmark: Score on conflicting images, Prior on agreeing ones."""
+def register_world_benchmark(world_dir: Path, *, name: str = BENCHMARK, per_split: int | None = None) -> None:
+    """The synthetic eval splits as a benchmark: Score on conflicting images, Prior on agreeing ones. With
+    ``per_split``, the first that many agreeing and conflicting items only (the training runs' probe)."""
+    splits = ("eval_agree", "eval_conflict") if per_split else ("eval_agree", "eval_conflict", "eval_obscured")
 
     def load(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
-        for split in ("eval_agree", "eval_conflict", "eval_obscured"):
+        for split in splits:
             if not (root / split / "data.jsonl").exists():
                 continue
-            for e in synthetic.read_split(root / split / "data.jsonl"):
+            for e in synthetic.read_split(root / split / "data.jsonl")[:per_split]:
                 yield EvalItem(
                     benchmark=benchmark.name,
                     id=f"{split}/{e.id}",
@@ -190,7 +196,7 @@ def register_world_benchmark(world_dir: Path) -> None:
 
     register_benchmark(
         Benchmark(
-            name=BENCHMARK,
+            name=name,
             description="The demo's synthetic world: prior-agreeing and prior-conflicting images.",
             expected_layout=(
                 "<world>/eval_agree/data.jsonl and <world>/eval_conflict/data.jsonl "
@@ -282,10 +288,14 @@ def _check_warm_start(cfg: DemoConfig, warm_dir: Path) -> dict[str, dict[str, fl
     return abilities
 
 
-def _train(cfg: DemoConfig, warm_dir: Path, train_split: Path, method: str, seed: int, out: Path) -> Path:
+def _train(
+    cfg: DemoConfig, warm_dir: Path, train_split: Path, eval_world: Path, method: str, seed: int, out: Path
+) -> Path:
     if (out / "adapter_config.json").exists():
         return out
     train = _examples(train_split)
+    # In this process: a worker starts with an empty registry.
+    register_world_benchmark(eval_world, name=PROBE_BENCHMARK, per_split=cfg.probe_items)
     model, processor = load_model_and_processor(str(warm_dir), dtype=torch.float32)
     args = ViGOSConfig(
         output_dir=str(out),
@@ -313,6 +323,12 @@ def _train(cfg: DemoConfig, warm_dir: Path, train_split: Path, method: str, seed
         # Twice per run (half way and at the end): the report's diagnostic curves.
         diagnostics_steps=max(cfg.train_steps // 2, 1),
         diagnostics_sample_size=4,
+        # Four times per run: Score and Prior on a few held-out items, as curves in the report.
+        eval_benchmarks=[PROBE_BENCHMARK],
+        eval_data_dir=str(eval_world),
+        eval_steps=max(cfg.train_steps // 4, 1),
+        eval_limit=None,
+        eval_k=1,
     )
     # The adapter's initial weights are drawn here, before the Trainer seeds anything:
     # seed them, or a run's result depends on what ran before it in this process.
@@ -385,7 +401,14 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
         _check_warm_start(cfg, warm_dir)
     train_jobs = {
         f"{names[method]} seed {seed}": partial(
-            _train, cfg, warm_dir, worlds[setting]["train"], method, seed, out / "train" / f"{names[method]}-s{seed}"
+            _train,
+            cfg,
+            warm_dir,
+            worlds[setting]["train"],
+            eval_world,
+            method,
+            seed,
+            out / "train" / f"{names[method]}-s{seed}",
         )
         for setting, names in world_settings.items()
         for seed in cfg.seeds

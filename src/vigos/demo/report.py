@@ -18,7 +18,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vigos.demo.results import RESPONSES, collect, paired
+from vigos.demo.results import PROBE_CURVES, RESPONSES, collect, paired
 from vigos.demo.study import PairedDifference
 from vigos.demo.warmstart import TAUGHT_PERCEPTION
 from vigos.eval.run_folder import read_responses
@@ -40,11 +40,13 @@ CURVES = (
     "diag_reliance_perception",
     "diag_reliance_reasoning",
     "diag_reliance_privileged",
+    *PROBE_CURVES,
 )
 
 
 # Curves that are shares of rollouts: drawn on the whole range [0, 1].
 _SHARES = {
+    *PROBE_CURVES,
     "answer_accuracy",
     "diag_grounding_states_true",
     "diag_grounding_states_prior",
@@ -196,7 +198,7 @@ def curves_figure(out: Path, labels: dict[str, str]) -> tuple[Figure, list[str]]
         for metrics in sorted((out / "train").glob(f"{label}-s*/metrics.jsonl")):
             records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             logs.setdefault(label, []).append(
-                [r for r in records if "valid_rate" in r or any(k.startswith("diag_") for k in r)]
+                [r for r in records if "valid_rate" in r or any(k.startswith(("diag_", "eval_")) for k in r)]
             )
     names = [c for c in CURVES if any(c in r for runs in logs.values() for run in runs for r in run)]
     rows = max((len(names) + 3) // 4, 1)

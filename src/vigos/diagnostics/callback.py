@@ -61,4 +61,4 @@ class DiagnosticsCallback(TrainerCallback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
-        trainer.log({f"diag_{name}": float(value) for name, value in metrics.items()})
+        trainer.log_beside({f"diag_{name}": float(value) for name, value in metrics.items()})

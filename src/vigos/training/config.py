@@ -325,6 +325,20 @@ class ViGOSConfig(TrainingArguments):
         default=8, metadata=_help("Training rows the diagnostics look at each time (bounds their cost).")
     )
 
+    # Benchmarks during training (every eval_steps, TrainingArguments' own option).
+    eval_benchmarks: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Evaluate the current policy on these benchmarks (registered names or YAML files, as vigos eval "
+            "takes) every eval_steps steps and log their metrics (eval_<benchmark>_avg@k, ..._score_avg@k)."
+        ),
+    )
+    eval_data_dir: str = field(default="data", metadata=_help("Where the eval_benchmarks' local copies are."))
+    eval_limit: int | None = field(
+        default=50, metadata=_help("Items of each eval benchmark each time (the first ones; None: all).")
+    )
+    eval_k: int = field(default=1, metadata=_help("Samples per item during training's evaluations (Avg@k, Pass@k)."))
+
     # Trainer defaults that a rollout trainer needs.
     remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: rows are whole examples."))
     learning_rate: float = field(default=5e-6, metadata=_help("Learning rate (release: 5e-6)."))

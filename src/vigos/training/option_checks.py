@@ -102,6 +102,12 @@ def check_options(config: Any) -> None:
         _choice(name, getattr(config, name), LOSS_NAMES)
     _check_teacher_models(config)
     _range("reward_weight", config.reward_weight, low=0.0)
+    if config.eval_benchmarks:
+        if not config.eval_steps:
+            raise ValueError("eval_benchmarks is set: set eval_steps too, the steps between evaluations")
+        _range("eval_k", config.eval_k, low=1)
+        if config.eval_limit is not None:
+            _range("eval_limit", config.eval_limit, low=1)
     if config.method == "grpo" and not config.reward_weight > 0:
         raise ValueError("method 'grpo' trains on the outcome reward alone: set reward_weight above 0 (e.g. 1.0)")
     _range("temperature", config.temperature, low=0.0, low_open=True)

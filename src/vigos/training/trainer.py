@@ -90,6 +90,10 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         if hasattr(self.rollout, "sync"):  # an engine with its own copy of the policy (vLLM)
             self.add_callback(_PolicySync(self, every=args.vllm_sync_steps))
         self.add_callback(_MetricsFile(Path(args.output_dir)))
+        if args.eval_benchmarks:
+            from vigos.eval.callback import BenchmarkCallback
+
+            self.add_callback(BenchmarkCallback(self))
         if args.diagnostics_steps:
             from vigos.diagnostics.callback import DiagnosticsCallback
 
@@ -191,6 +195,16 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
         path = Path(self.args.output_dir) / CARD
         with reporting_full_disk(path.parent, CARD):
             card.save(path)
+
+    def log_beside(self, logs: dict[str, float]) -> None:
+        """Log numbers measured beside training at this step (diagnostics, benchmarks) from a callback.
+
+        The Trainer's own ``log`` marks the step's log as done, so a callback logging from ``on_step_end``
+        would drop the step's loss and rates (which the Trainer logs after the callbacks): that flag is
+        kept as it was."""
+        due = self.control.should_log
+        self.log(logs)
+        self.control.should_log = due
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the per-step mean of each ViGOS metric since the last log."""
