@@ -13,8 +13,8 @@ from scoring_cases import unclipped_config
 from vigos import prompts
 from vigos.data.rows import Example
 from vigos.method.losses import policy_gradient
+from vigos.method.sampled_losses import policy_gradient_from_hidden, sampled_log_probs
 from vigos.method.score_metrics import group_advantages
-from vigos.method.state_losses import policy_gradient_from_hidden, sampled_log_probs
 from vigos.training.recipe import score_completions
 
 IDS = torch.tensor([3, 0, 10, 7, 7, 1, 5])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from loss_cases import MASK, N_TOKENS, VOCAB, assert_same_term, clip_for, hidden_case
 from vigos.method.losses import LOSS_NAMES, Divergence, SampledTokenLoss, get_loss, sampled_token_kl
-from vigos.method.state_losses import (
+from vigos.method.sampled_losses import (
     sampled_log_probs,
     sampled_loss_from_hidden,
     sampled_loss_from_logits,

@@ -14,7 +14,7 @@ from vigos.demo.study import PairedDifference, item_scores, paired_difference
 from vigos.eval.run_folder import read_responses
 
 # The benchmark every training run evaluates itself on as it trains (a few prior-agreeing and prior-conflicting
-# held-out items; vigos.eval.callback), and the curves its Score and Prior make in the report.
+# held-out items; vigos.eval.during_training), and the curves its Score and Prior make in the report.
 PROBE_BENCHMARK = "synthetic-vilp-probe"
 PROBE_CURVES = (f"eval_{PROBE_BENCHMARK}_score_avg@1", f"eval_{PROBE_BENCHMARK}_prior_avg@1")
 

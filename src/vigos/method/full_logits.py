@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from vigos.method.losses import DivergenceFn, SampledTokenLoss, policy_gradient
+from vigos.method.sampled_losses import sampled_log_probs, sampled_loss_from_logits
 from vigos.method.score_types import ScoreOutput
 from vigos.method.scoring import Scorer
-from vigos.method.state_losses import divergence_from_logits, sampled_log_probs, sampled_loss_from_logits
+from vigos.method.state_losses import divergence_from_logits
 from vigos.models.modeling import output_head_shape
 
 

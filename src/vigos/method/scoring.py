@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from vigos.data.rows import Example
+from vigos.method.sampled_losses import policy_gradient_from_hidden
 from vigos.method.score_metrics import group_advantages, rollout_rewards, step_metrics
 from vigos.method.score_types import ScoreOutput
 from vigos.method.spans import CompletionSpans, SpanParser, span_mask
-from vigos.method.state_losses import policy_gradient_from_hidden
 from vigos.method.teacher_passes import TeacherPasses, timed
 from vigos.method.teachers import TeacherTerm
 from vigos.models.modeling import Context, gathered_output_head, image_features_reusable, takes_image_features

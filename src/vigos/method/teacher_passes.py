@@ -23,9 +23,10 @@ import torch
 
 from vigos.data.rows import Example
 from vigos.method import losses
+from vigos.method.sampled_losses import SampledTeacher, sampled_teacher
 from vigos.method.score_types import ScoringOptions, TeacherJob
 from vigos.method.spans import CompletionSpans
-from vigos.method.state_losses import HiddenTeacher, SampledTeacher, TopKTeacher, sampled_teacher, top_k_teacher
+from vigos.method.state_losses import HiddenTeacher, TopKTeacher, top_k_teacher
 from vigos.method.teachers import SeparateTeacher, ServedTeacher, TeacherPolicy, TeacherTerm
 from vigos.models.modeling import (
     Context,
@@ -346,9 +347,9 @@ class TeacherPasses:
                 scored = served.prompt_logprobs(context.prompt_ids + context.appended_ids, images, k)
                 # Entry i is the distribution over token i, which the context's position i - 1 predicts.
                 rows.append(scored[job.first + 1 : job.first + 1 + job.count])
-            device = next(iter(sampled_ids.values())).device if sampled_ids else torch.device("cpu")
+            device = next(model.parameters()).device  # where the student's rows, and so the loss, are
             if sampled:
-                ids = sampled_ids[name]
+                ids = sampled_ids[name].to(device)
                 values = [entry[int(token)] for entry, token in zip((e for row in rows for e in row), ids.tolist())]
                 teachers[name] = SampledTeacher(torch.tensor(values, device=device), ids, 1.0)
             else:

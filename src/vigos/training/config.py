@@ -14,8 +14,7 @@ from transformers import TrainingArguments
 
 from vigos import prompts
 from vigos.method.score_types import ScoringOptions
-from vigos.method.teachers import SeparateTeacher, TeacherPolicy, make_teacher_policy, opsd_terms, vigos_terms
-from vigos.models.modeling import output_head_shape
+from vigos.method.teachers import TeacherPolicy, make_teacher_policy, opsd_terms, vigos_terms
 from vigos.training.option_checks import check_options, check_trainer_numbers
 
 # What an inference engine reserves per prompt when max_images_per_row is None (no cap on the rows).
@@ -435,38 +434,11 @@ class ViGOSConfig(TrainingArguments):
         return {name: source for name, source in roles.items() if source}
 
     def separate_teachers(self, processor: Any, model: Any) -> dict[str, Any]:
-        """Load each of `teacher_models` once (two roles naming one source share it), frozen, in the
-        dtype and on the device of ``model``'s parameters; a URL becomes a client of that server
-        (`vigos.rollout.served_teacher.ServedTeacherClient`), its tokenizer checked against ``processor``'s."""
-        from vigos.models.loading import load_teacher_model
+        """Each role's teacher that is another model, loaded or connected once (see
+        `vigos.training.teacher_models.load_separate_teachers`)."""
+        from vigos.training.teacher_models import load_separate_teachers
 
-        parameter = next(model.parameters())
-        vocab_rows = output_head_shape(model)[0]
-        loaded: dict[str, Any] = {}
-        teachers = {}
-        for name, source in self.teacher_models().items():
-            option = f"{name}_teacher_model"
-            if source.startswith(("http://", "https://")):
-                from vigos.rollout.served_teacher import ServedTeacherClient
-
-                if source not in loaded:
-                    client = ServedTeacherClient(source, option=option, timeout=self.vllm_request_timeout)
-                    client.check_vocabulary(processor.tokenizer)
-                    loaded[source] = client
-                teachers[name] = loaded[source]
-                continue
-            if source not in loaded:
-                teacher = load_teacher_model(
-                    source,
-                    processor,
-                    option=option,
-                    vocab_rows=vocab_rows,
-                    dtype=parameter.dtype,
-                    device=parameter.device,
-                )
-                loaded[source] = SeparateTeacher(teacher, source, vocab_rows)
-            teachers[name] = loaded[source]
-        return teachers
+        return load_separate_teachers(self, processor, model)
 
     def teacher_policy(self, model: Any) -> TeacherPolicy:
         """The teacher ``teacher`` names for ``model`` (build it before training starts)."""

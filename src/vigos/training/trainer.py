@@ -91,7 +91,7 @@ class ViGOSTrainer(AtomicCheckpointMixin, Trainer):
             self.add_callback(_PolicySync(self, every=args.vllm_sync_steps))
         self.add_callback(_MetricsFile(Path(args.output_dir)))
         if args.eval_benchmarks:
-            from vigos.eval.callback import BenchmarkCallback
+            from vigos.eval.during_training import BenchmarkCallback
 
             self.add_callback(BenchmarkCallback(self))
         if args.diagnostics_steps:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vigos.cli import main
-from vigos.eval.callback import benchmark_metrics
+from vigos.eval.during_training import benchmark_metrics
 from vigos.eval.fixtures import write_fixture
 from vigos.training.config import ViGOSConfig
 
