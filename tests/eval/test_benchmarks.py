@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -319,3 +320,49 @@ def test_prompt_question_without_options_has_no_trailing_lines():
     assert item.prompt_question() == "How many?"
     item.options = ["1", "3"]
     assert item.prompt_question() == "How many?\nA. 1\nB. 3"
+
+
+def test_mmvet_authors_hub_copy_with_id_and_capability_lists_loads(tmp_path):
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
+
+    # The authors' Hub copy names its rows `id` and lists the capabilities.
+    features = Features(
+        {
+            "id": Value("string"),
+            "image": ImageFeature(),
+            "question": Value("string"),
+            "answer": Value("string"),
+            "capability": Sequence(Value("string")),
+        }
+    )
+    data = {
+        "id": ["v1_7"],
+        "image": [Image.new("RGB", (8, 8), "blue")],
+        "question": ["Colour?"],
+        "answer": ["blue"],
+        "capability": [["rec", "ocr"]],
+    }
+    (tmp_path / "mmvet" / "data").mkdir(parents=True)
+    Dataset.from_dict(data, features=features).to_parquet(
+        str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet")
+    )
+    [item] = load_benchmark("mmvet", tmp_path)
+    assert (item.id, item.category, item.answer) == ("v1_7", "ocr,rec", "blue")
+
+
+def test_mmvet_official_zip_as_unpacked_one_folder_deeper_loads(tmp_path):
+    folder = write_fixture("mmvet", tmp_path / "flat", n=2)
+    nested = tmp_path / "zip" / "mmvet"
+    nested.mkdir(parents=True)
+    shutil.copytree(folder, nested / "mm-vet")  # unzip mm-vet.zip in data_dir/mmvet
+    flat, unpacked = load_benchmark("mmvet", tmp_path / "flat"), load_benchmark("mmvet", tmp_path / "zip")
+    assert [(i.id, i.question, i.answer) for i in unpacked] == [(i.id, i.question, i.answer) for i in flat]
+
+
+def test_realworldqa_older_shard_names_load(tmp_path):
+    folder = write_fixture("realworldqa", tmp_path, n=4)
+    items = load_benchmark("realworldqa", tmp_path)
+    (shard,) = (folder / "data").glob("test-*.parquet")
+    shard.rename(folder / "data" / "test_0412-00000-of-00001.parquet")
+    assert [i.id for i in load_benchmark("realworldqa", tmp_path)] == [i.id for i in items]

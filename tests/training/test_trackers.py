@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,12 @@ def test_wandb_offline_gets_every_metric_and_a_completions_table(tmp_path, monke
     _, records = _train(tmp_path, "--report_to", "wandb")
     wandb.finish()  # what the interpreter's exit does after `vigos train`
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
-    logged = _wandb_keys(next(run.glob("run-*.wandb")))
+    deadline = time.monotonic() + 60
+    logged, ended = _wandb_keys(next(run.glob("run-*.wandb")))
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logged, ended = _wandb_keys(next(run.glob("run-*.wandb")))
+    assert ended, "the W&B run file never got its exit record"
     missing = {name for name in _numbers(records) if f"train/{name}" not in logged and name not in logged}
     assert not missing, missing
     tables = sorted((run / "files" / "media" / "table").glob("completions_*.table.json"))
@@ -79,18 +85,21 @@ def test_wandb_offline_gets_every_metric_and_a_completions_table(tmp_path, monke
     assert table["columns"] == list(COLUMNS) and table["data"]
 
 
-def _wandb_keys(path: Path) -> set[str]:
-    """Every key a W&B run file logged (history and summary). The file is a LevelDB-style log of 32 KiB
-    blocks after a 7-byte header; each record is a checksum (4 bytes), a length (2), a type (1: whole,
-    2-4: first, middle, last piece) and a protobuf ``Record``."""
+def _wandb_keys(path: Path) -> tuple[set[str], bool]:
+    """Every key a W&B run file logged (history and summary), and whether its exit record is there yet
+    (the W&B service may still be writing it). The file is a LevelDB-style log of 32 KiB blocks after a
+    7-byte header; each record is a checksum (4 bytes), a length (2), a type (1: whole, 2-4: first,
+    middle, last piece) and a protobuf ``Record``."""
     from wandb.proto import wandb_internal_pb2
 
-    raw, block, position, pending, keys = path.read_bytes(), 32768, 7, b"", set()
+    raw, block, position, pending, keys, ended = path.read_bytes(), 32768, 7, b"", set(), False
     while position + 7 <= len(raw):
         if block - position % block < 7:
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", raw[position : position + 7])
+        if position + 7 + length > len(raw):
+            break  # a record still being written
         data, position = raw[position + 7 : position + 7 + length], position + 7 + length
         pending = data if kind in (1, 2) else pending + data
         if kind not in (1, 4):
@@ -99,7 +108,8 @@ def _wandb_keys(path: Path) -> set[str]:
         record.ParseFromString(pending)
         items = record.history.item if record.HasField("history") else record.summary.update
         keys |= {item.key or "/".join(item.nested_key) for item in items}
-    return keys
+        ended |= record.HasField("exit")
+    return keys, ended
 
 
 def test_a_tracker_that_is_not_installed_is_named(monkeypatch):

@@ -217,6 +217,9 @@ def _capabilities(value: Any) -> list[str]:
 
 
 def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+    # The official zip unpacks to mm-vet/ (mm-vet.json and images/ inside): read it where it lands too.
+    if not (root / "mm-vet.json").is_file() and (root / "mm-vet" / "mm-vet.json").is_file():
+        root = root / "mm-vet"
     files = _sources(benchmark, root, ("mm-vet.json", "data/test-*.parquet", "test-*.parquet"))
     image_dir = root / "images" if files[0].name == "mm-vet.json" else root
     if not image_dir.is_dir():
@@ -225,7 +228,9 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             f"Expected layout: {benchmark.expected_layout}"
         )
     for row in _rows(benchmark, files, split="test", base_dir=image_dir):
-        item_id = str(row.get("__key__") or row.require("question_id"))
+        # mm-vet.json keys its rows, lmms-lab/MMVet has question_id, the authors' Hub copy id.
+        key = row.get("__key__") or row.get("question_id")
+        item_id = str(key if key is not None else row.require("id"))
         capabilities = _capabilities(row.require("capability"))
         yield EvalItem(
             benchmark.name,
@@ -261,7 +266,9 @@ _REALWORLDQA_INSTRUCTION = re.compile(r"\s*(Please answer directly with [^\n]*)$
 
 
 def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
-    files = _sources(benchmark, root, ("data/test-*.parquet", "test-*.parquet", "*.parquet"))
+    # Shards are test-*.parquet now, test_0412-*.parquet in older snapshots of the dataset.
+    patterns = ("data/test-*.parquet", "data/test_*.parquet", "test-*.parquet", "test_*.parquet", "*.parquet")
+    files = _sources(benchmark, root, patterns)
     for index, row in enumerate(_rows(benchmark, files, split="test", base_dir=root)):
         question = row.text("question")
         instruction = _REALWORLDQA_INSTRUCTION.search(question)
@@ -389,8 +396,9 @@ _BUILTINS = (
         "mmvet",
         "MM-Vet: 218 open-ended questions over six integrated capabilities, scored by an LLM judge.",
         "data_dir/mmvet/mm-vet.json (the official release: {id: {imagename, question, answer, capability}}) "
-        "with data_dir/mmvet/images/<imagename>; or lmms-lab/MMVet parquet data_dir/mmvet/data/test-*.parquet "
-        "(question_id, image, question, answer, capability).",
+        "with data_dir/mmvet/images/<imagename> (or the zip as unpacked, data_dir/mmvet/mm-vet/...); or a "
+        "parquet copy data_dir/mmvet/data/test-*.parquet: lmms-lab/MMVet (question_id, image, question, "
+        "answer, capability as 'rec,ocr') or the authors' (id, image, question, answer, capability as a list).",
         _load_mmvet,
     ),
     Benchmark(
@@ -434,7 +442,8 @@ _BUILTINS = (
     Benchmark(
         "realworldqa",
         "RealWorldQA: 765 real-world spatial questions from xAI.",
-        "xai-org/RealworldQA: data_dir/realworldqa/data/test-*.parquet with fields image, question, answer.",
+        "xai-org/RealworldQA: data_dir/realworldqa/data/test-*.parquet (test_0412-*.parquet in older snapshots) "
+        "with fields image, question, answer.",
         _load_realworldqa,
     ),
     Benchmark(
