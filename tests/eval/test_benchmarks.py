@@ -159,32 +159,38 @@ def test_mmvet_category_joins_capabilities(tmp_path):
     assert all(item.grader == "judge" for item in items)
 
 
-def test_mmvet_lmms_lab_parquet_layout_loads(tmp_path):
+def _mmvet_parquet(root, id_field: str, capability, capability_type, extra: dict | None = None) -> None:
+    """One MM-Vet row as a parquet copy with the published schema: its id column, its capability type and
+    any ``extra`` string columns (name: value)."""
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
     features = Features(
         {
-            "question_id": Value("string"),
+            id_field: Value("string"),
             "image": ImageFeature(),
             "question": Value("string"),
             "answer": Value("string"),
-            "image_source": Value("string"),
-            "capability": Value("string"),
+            "capability": capability_type,
+            **{name: Value("string") for name in extra or {}},
         }
     )
     data = {
-        "question_id": ["v1_0"],
+        id_field: ["v1_0"],
         "image": [Image.new("RGB", (8, 8), "red")],
         "question": ["Colour?"],
         "answer": ["red"],
-        "image_source": ["x"],
-        "capability": ["rec,ocr"],
+        "capability": [capability],
+        **{name: [value] for name, value in (extra or {}).items()},
     }
-    (tmp_path / "mmvet" / "data").mkdir(parents=True)
-    Dataset.from_dict(data, features=features).to_parquet(
-        str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet")
-    )
+    (root / "mmvet" / "data").mkdir(parents=True)
+    Dataset.from_dict(data, features=features).to_parquet(str(root / "mmvet" / "data" / "test-00000-of-00001.parquet"))
+
+
+def test_mmvet_lmms_lab_parquet_layout_loads(tmp_path):
+    from datasets import Value
+
+    _mmvet_parquet(tmp_path, "question_id", "rec,ocr", Value("string"), extra={"image_source": "x"})
     [item] = load_benchmark("mmvet", tmp_path)
     assert (item.id, item.category, item.answer) == ("v1_0", "ocr,rec", "red")
 
@@ -323,32 +329,12 @@ def test_prompt_question_without_options_has_no_trailing_lines():
 
 
 def test_mmvet_authors_hub_copy_with_id_and_capability_lists_loads(tmp_path):
-    from datasets import Dataset, Features, Sequence, Value
-    from datasets import Image as ImageFeature
+    from datasets import Sequence, Value
 
     # The authors' Hub copy names its rows `id` and lists the capabilities.
-    features = Features(
-        {
-            "id": Value("string"),
-            "image": ImageFeature(),
-            "question": Value("string"),
-            "answer": Value("string"),
-            "capability": Sequence(Value("string")),
-        }
-    )
-    data = {
-        "id": ["v1_7"],
-        "image": [Image.new("RGB", (8, 8), "blue")],
-        "question": ["Colour?"],
-        "answer": ["blue"],
-        "capability": [["rec", "ocr"]],
-    }
-    (tmp_path / "mmvet" / "data").mkdir(parents=True)
-    Dataset.from_dict(data, features=features).to_parquet(
-        str(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet")
-    )
+    _mmvet_parquet(tmp_path, "id", ["rec", "ocr"], Sequence(Value("string")))
     [item] = load_benchmark("mmvet", tmp_path)
-    assert (item.id, item.category, item.answer) == ("v1_7", "ocr,rec", "blue")
+    assert (item.id, item.category, item.answer) == ("v1_0", "ocr,rec", "red")
 
 
 def test_mmvet_official_zip_as_unpacked_one_folder_deeper_loads(tmp_path):
