@@ -172,3 +172,19 @@ def test_eval_command_runs_and_prints_the_table(tiny_model_dir, data_dir, tmp_pa
     assert out.rstrip().endswith(f"results: {tmp_path}")
     record = lines_of(tmp_path / "responses" / "cvbench.jsonl")[0]
     assert record["prompt"].startswith("Q: ") and record["prompt"].endswith("Answer in \\boxed{}.")
+
+
+def test_tile_images_is_a_flag_that_the_resume_command_repeats(tmp_path):
+    import argparse
+
+    from vigos.eval.runner import _resume_command
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    argv = ["--model", "m", "--benchmarks", "mmsi", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]
+    for extra, expected in (([], False), (["--tile-images"], True)):
+        args = parser.parse_args([*argv, *extra])
+        assert args.tile_images is expected
+        config = make_config("m", tmp_path, tmp_path, benchmarks=["mmsi"], tile_images=args.tile_images)
+        command = _resume_command(args, config)
+        assert ("--tile-images" in command) is expected and "True" not in command and "False" not in command

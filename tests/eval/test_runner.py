@@ -369,3 +369,28 @@ def test_server_engine_needs_a_reachable_url(tiny_model_dir, data_dir, tmp_path)
     )
     with pytest.raises(EvalError, match="127.0.0.1:9"):
         run_eval(config, progress=False, report=False)
+
+
+# --- several images per item ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_each_image_of_an_item_reaches_the_processor_unless_tiled(tiny_model_dir, loaded, tmp_path, monkeypatch, tile):
+    from vigos.eval.fixtures import write_fixture
+    from vigos.models import modeling
+    from vigos.rollout import hf
+
+    write_fixture("mmsi", tmp_path / "data", n=2)  # two views per item
+    shown: list[int] = []
+
+    def encode(processor: Any, image: Any) -> Any:
+        encoded = modeling.encode_image(processor, image)
+        shown.append(encoded.count)
+        return encoded
+
+    monkeypatch.setattr(hf, "encode_image", encode)
+    config = make_config(tiny_model_dir, tmp_path / "data", tmp_path / "run", benchmarks=["mmsi"], tile_images=tile)
+    summary = run_eval(config, progress=False, report=False, **loaded)
+    assert summary["items"] == {"mmsi": 2} and summary["config"]["tile_images"] is tile
+    # The processor got two images per item (image_grid_thw of two rows), or one tiled picture.
+    assert shown and set(shown) == ({1} if tile else {2})

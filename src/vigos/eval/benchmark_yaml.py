@@ -32,7 +32,7 @@ from vigos.eval.items import (
     _rows,
     _sources,
 )
-from vigos.eval.sources import BenchmarkDataError, tile_images
+from vigos.eval.sources import BenchmarkDataError, item_images
 
 _YAML_KEYS = {
     "name",
@@ -154,7 +154,7 @@ def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator
             benchmark, [source], split=spec.split, base_dir=base_dir, root=root, allow_outside=spec.allow_paths_outside
         ):
             index = next(counter)
-            image = tile_images(row.images(columns["image"]))
+            image = item_images(row.images(columns["image"]))
             answer: Any = row.require(columns["answer"])
             options = row.options(columns["options"]) if "options" in columns else None
             if options:

@@ -13,8 +13,9 @@ Multiple-choice items carry their answer as an option letter (``A``, ``B``,
 ...). Where a suite prints its options inside the question text (MathVerse,
 MMSI-Bench, RealWorldQA) the question is kept as published (RealWorldQA
 loses only its trailing answer-format instruction) and ``options`` stays
-``None``. Rows with several images (MMMU, MMSI-Bench) are tiled left to
-right into ``image``; the separate images stay in ``meta["images"]``.
+``None``. Rows with several images (MMMU, MMMU-Pro, MMSI-Bench) keep them as a list in ``image``, in
+order, so that ``<image 2>`` and image options resolve; the runner tiles them into one picture only with
+``tile_images``.
 
 A suite that is not built in can be described in a YAML file (see
 :func:`vigos.eval.benchmark_yaml.benchmark_from_yaml`) and registered without
@@ -33,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from vigos.eval.items import _NAME, Benchmark, EvalItem, _rows, _sources
-from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, option_letter, tile_images
+from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, item_images, option_letter
 
 __all__ = [
     "BENCHMARKS",
@@ -74,7 +75,6 @@ def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | Non
     options = row.options()
     answer = row.require("answer")
     meta = {
-        "images": images,
         "img_type": row.get("img_type"),
         "topic_difficulty": row.get("topic_difficulty"),
         "subfield": row.get("subfield"),
@@ -86,7 +86,7 @@ def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | Non
             benchmark.name,
             item_id,
             row.text("question"),
-            tile_images(images),
+            item_images(images),
             str(answer).strip(),
             category=category,
             split=split,
@@ -99,7 +99,7 @@ def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | Non
         benchmark.name,
         item_id,
         row.text("question"),
-        tile_images(images),
+        item_images(images),
         letter,
         options=options,
         category=category,
@@ -252,11 +252,11 @@ def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             benchmark.name,
             str(row.require("id")),
             row.text("question"),
-            tile_images(images),
+            item_images(images),
             bare_letter(row.text("answer")),
             category=row.get("question_type"),
             grader="multiple_choice",
-            meta={"images": images, "thought": row.get("thought"), "difficulty": row.get("difficulty")},
+            meta={"thought": row.get("thought"), "difficulty": row.get("difficulty")},
         )
 
 

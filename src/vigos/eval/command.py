@@ -71,6 +71,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the judge's API key (default: %(default)s)",
     )
     parser.add_argument("--run-name", help="label of the run in summaries and reports (default: from --model)")
+    parser.add_argument(
+        "--tile-images",
+        action="store_true",
+        help="tile an item's several images into one picture (for models that take one image); by default "
+        "each goes to the model as its own image, in order",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -120,6 +126,7 @@ def eval_command(args: argparse.Namespace) -> int:
             judge_model=args.judge_model,
             judge_api_key_env=args.judge_api_key_env,
             run_name=run_name,
+            tile_images=args.tile_images,
         )
     except ValueError as error:
         print(f"vigos eval: {error}", file=sys.stderr)

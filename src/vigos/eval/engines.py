@@ -252,7 +252,7 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, source: ModelSource, params: SamplingParams, prompt: PromptSpec, seed: int):
+    def __init__(self, source: ModelSource, params: SamplingParams, prompt: PromptSpec, seed: int, max_images: int = 8):
         try:
             import vllm
             from vllm.lora.request import LoRARequest
@@ -263,7 +263,7 @@ class VLLMEngine:
         self.params = params
         self.prompt = prompt
         self.processor = _processor_of(source)
-        options: dict[str, Any] = {"model": source.base, "seed": seed, "limit_mm_per_prompt": {"image": 1}}
+        options: dict[str, Any] = {"model": source.base, "seed": seed, "limit_mm_per_prompt": {"image": max_images}}
         self.lora = None
         if source.adapter is not None:
             options.update(enable_lora=True, max_lora_rank=_vllm_lora_rank(source.adapter))

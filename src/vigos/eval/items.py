@@ -40,7 +40,7 @@ class EvalItem:
     benchmark: str
     id: str
     question: str
-    image: Image.Image
+    image: Image.Image | list[Image.Image]  # several: each its own image, in order
     answer: str
     options: list[str] | None = None
     category: str | None = None

@@ -40,7 +40,9 @@ class EvalConfig:
     Items graded ``judge`` are sent to the OpenAI-compatible judge at
     ``judge_url`` (model ``judge_model``, key in ``$judge_api_key_env``);
     without one, the rule verdict stands. ``run_name`` labels the run in
-    summaries and reports (default: from ``model``); the files go to ``out_dir``.
+    summaries and reports (default: from ``model``); the files go to ``out_dir``. An item with several
+    images shows the model each as its own image, in order; ``tile_images`` tiles them into one picture
+    instead, for models that take one image.
     """
 
     model: str
@@ -63,6 +65,7 @@ class EvalConfig:
     judge_model: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     run_name: str | None = None
+    tile_images: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -142,6 +145,7 @@ class EvalConfig:
             "seed": self.seed,
             "student_prompt": self.student_prompt,
             "judge_model": self.judge_model if self.judge_url else None,
+            "tile_images": self.tile_images,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -80,6 +80,7 @@ from vigos.eval.run_folder import (
     responses_path,
     write_json,
 )
+from vigos.eval.sources import tile_images
 from vigos.grading.answers import extract_answer, get_grader
 from vigos.http_client import redact_url
 
@@ -178,7 +179,9 @@ def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, mode
     spec = prompts.student_spec(config.student_prompt)
     if name == "vllm":
         assert source is not None
-        return VLLMEngine(source, config.sampling_params(), spec, config.seed)
+        return VLLMEngine(
+            source, config.sampling_params(), spec, config.seed, max_images=1 if config.tile_images else 8
+        )
     if name == "server":
         assert source is not None and config.server_url is not None
         return ServerEngine(source, config.sampling_params(), spec, config.server_url)
@@ -186,6 +189,11 @@ def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, mode
         assert source is not None
         model, processor = load_hf_model(source)
     return HFEngine(model, processor, config.sampling_params(), spec)
+
+
+def _shown_images(image: Any, config: EvalConfig) -> Any:
+    """An item's image(s) as the engine gets them: several in order, or tiled into one (``tile_images``)."""
+    return tile_images(image) if config.tile_images and isinstance(image, list) else image
 
 
 def _evaluate_benchmark(
@@ -219,7 +227,7 @@ def _evaluate_benchmark(
                 Example(
                     question=items[row].prompt_question(),
                     answer=items[row].answer,
-                    image=items[row].image,
+                    image=_shown_images(items[row].image, config),
                     row=row,
                     meta={},
                 )
@@ -379,7 +387,9 @@ def _resume_command(args: argparse.Namespace, config: EvalConfig) -> str:
     for field in dataclasses.fields(EvalConfig):
         # Each option is the field's name in dashes; the required ones have no default and always appear.
         value = config.out_dir if field.name == "out_dir" else getattr(args, field.name, None)
-        if value is not None and value != field.default:
+        if isinstance(value, bool):  # a flag
+            words += ["--" + field.name.replace("_", "-")] if value else []
+        elif value is not None and value != field.default:
             words += ["--" + field.name.replace("_", "-"), str(value)]
     if getattr(args, "no_progress", False):
         words.append("--no-progress")

@@ -269,13 +269,17 @@ def _open_path(value: str, *, base_dir: Path, where: str, field: str, root: Path
         raise BenchmarkDataError(f"{where}: {path} (field {field!r}) is not a readable image ({error}).") from None
 
 
-def tile_images(images: Sequence[Image.Image]) -> Image.Image:
-    """Place several images left to right at a common height on a white canvas.
+def item_images(images: Sequence[Image.Image]) -> Image.Image | list[Image.Image]:
+    """An item's images as the model takes them: the image itself when there is one, else all of them in
+    order, each its own image (tiling them is `tile_images`, an evaluation option)."""
+    if not images:
+        raise ValueError("an item needs at least one image")
+    return images[0] if len(images) == 1 else list(images)
 
-    Used where a benchmark row has several images but an item carries one
-    (MMMU's ``image_1..image_7``, MMSI-Bench's views); the originals stay in
-    ``meta["images"]`` for runners that feed images separately.
-    """
+
+def tile_images(images: Sequence[Image.Image]) -> Image.Image:
+    """Place several images left to right at a common height on a white canvas: an item's images for a
+    model that takes one image (``vigos eval --tile-images``)."""
     if not images:
         raise ValueError("tile_images needs at least one image")
     if len(images) == 1:
