@@ -394,3 +394,46 @@ def test_each_image_of_an_item_reaches_the_processor_unless_tiled(tiny_model_dir
     assert summary["items"] == {"mmsi": 2} and summary["config"]["tile_images"] is tile
     # The processor got two images per item (image_grid_thw of two rows), or one tiled picture.
     assert shown and set(shown) == ({1} if tile else {2})
+
+
+# --- graded as the benchmarks' authors grade ------------------------------------------------------------
+
+
+def test_a_float_answer_is_rounded_to_the_questions_precision():
+    from vigos.eval.runner import _at_precision
+
+    assert _at_precision("1.454", {"answer_type": "float", "precision": 2.0}) == "1.45"
+    assert _at_precision("3", {"answer_type": "float", "precision": 1}) == "3.0"
+    for answer, meta in (("1.454", {"answer_type": "integer", "precision": 2}), ("abc", {"answer_type": "float"})):
+        assert _at_precision(answer, meta) == answer
+    assert _at_precision("x1", {"answer_type": "float", "precision": 1}) == "x1"
+    assert _at_precision(None, {"answer_type": "float", "precision": 1}) is None
+
+
+def test_every_accepted_letter_of_a_multi_answer_item_counts_and_precision_applies():
+    from PIL import Image
+
+    from vigos import prompts
+    from vigos.eval.items import EvalItem
+    from vigos.eval.runner import _record
+
+    spec = prompts.student_spec(prompts.STUDENT_PROMPT)
+    image = Image.new("RGB", (8, 8))
+    multi = EvalItem("mmmu", "1", "Which?", image, "A", options=["x", "y", "z"], grader="multiple_choice")
+    multi.meta["accepted_answers"] = ["A", "C"]
+    record = _record(multi, ["\\boxed{C}", "\\boxed{B}", "\\boxed{A}"], spec)
+    assert record["correct"] == [True, False, True]
+    precise = EvalItem("mathvista", "2", "How long?", image, "1.45", grader="math")
+    precise.meta.update(answer_type="float", precision=2.0)
+    record = _record(precise, ["\\boxed{1.454}", "\\boxed{1.46}"], spec)
+    assert record["correct"] == [True, False]
+    assert record["samples"][0]["answer"] == "1.45" and record["samples"][0]["extracted"] == "1.454"
+
+
+def test_mathvista_asks_its_query_with_the_hint_and_prints_choices_once(tmp_path):
+    from vigos.eval.fixtures import write_fixture
+
+    write_fixture("mathvista", tmp_path, n=2)
+    choice, free = load_benchmark("mathvista", tmp_path)
+    assert choice.question.startswith("Question: ") and choice.prompt_question().count("A. ") == 1
+    assert free.question.startswith("Question: ") and free.options is None

@@ -33,7 +33,7 @@ from typing import Any
 
 from PIL import Image
 
-from vigos.eval.items import _NAME, Benchmark, EvalItem, _rows, _sources
+from vigos.eval.items import _NAME, DEFAULT_PROMPT_TEMPLATE, Benchmark, EvalItem, _rows, _sources
 from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, item_images, option_letter
 
 __all__ = [
@@ -154,8 +154,10 @@ def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
     files = _sources(benchmark, root, ("data/testmini-*.parquet", "testmini-*.parquet", "testmini.parquet"))
     for row in _rows(benchmark, files, split="testmini", base_dir=root):
         metadata = row.get("metadata", {})
-        question = row.text("question")
-        if unit := row.get("unit"):
+        # `query` is the question as MathVista's own evaluation asks it: with the hint that names the answer's
+        # type and precision ("... with two decimal places ..."), and the choices; the bare question otherwise.
+        question = str(row.get("query") or "").strip() or row.text("question")
+        if (unit := row.get("unit")) and not row.get("query"):
             question = f"{question} (Unit: {unit})"
         # decoded_image is the embedded copy; image is the path inside images.zip.
         image = row.image("decoded_image", "image")
@@ -173,6 +175,8 @@ def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
                 letter,
                 options=options,
                 grader="multiple_choice",
+                # The query prints the choices itself.
+                prompt_template="{question}" if row.get("query") else DEFAULT_PROMPT_TEMPLATE,
                 **common,
             )
         else:

@@ -129,14 +129,33 @@ def _grading_options(item: EvalItem) -> list[str] | None:
     return item.options or item.meta.get("options")
 
 
+def _at_precision(answer: str | None, meta: dict[str, Any]) -> str | None:
+    """A float answer rounded to ``meta["precision"]`` decimals where ``meta["answer_type"]`` is ``float``
+    (MathVista's rule: ``1.454`` is ``1.45`` at precision 2); any other answer as it is."""
+    precision = meta.get("precision")
+    if answer is None or meta.get("answer_type") != "float" or precision is None:
+        return answer
+    try:
+        return str(round(float(answer.strip()), int(precision)))
+    except (ValueError, OverflowError):
+        return answer
+
+
 def _record(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec) -> dict[str, Any]:
     """An item's record with rule verdicts (the judge may overrule them later)."""
     options = _grading_options(item)
     grader = get_grader(item.grader)
+    # MMMU items with several correct letters accept each of them, as MMMU's own scorer does.
+    references = item.meta.get("accepted_answers") or [item.answer]
     samples = []
     for text in texts:
         answer = extract_answer(text, options)
-        samples.append({"text": text, "answer": answer, "correct": bool(grader(answer, item.answer, options))})
+        sample: dict[str, Any] = {"text": text, "answer": answer}
+        rounded = _at_precision(answer, item.meta)
+        if rounded != answer:  # MathVista's scorer rounds a float answer to the question's precision
+            sample.update(answer=rounded, extracted=answer)
+        sample["correct"] = any(bool(grader(sample["answer"], reference, options)) for reference in references)
+        samples.append(sample)
     question = item.prompt_question()
     return {
         "id": item.id,
