@@ -178,8 +178,10 @@ def train(config: ViGOSConfig) -> Path:
     with reporting_full_disk(out, "the trained model"):
         trainer.save_model(str(out))
     trainer.create_model_card()  # after the save: PEFT writes a placeholder card of its own there
-    # An undestroyed gloo/NCCL group aborts its worker threads at interpreter exit (SIGABRT).
+    # An undestroyed gloo/NCCL group aborts its worker threads at interpreter exit (SIGABRT); so does one
+    # destroyed while another process still uses it (the main one writing the card): all wait, then destroy.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
     return out
 
