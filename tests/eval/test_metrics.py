@@ -316,3 +316,16 @@ def test_vilp_scores_pass_at_k_with_several_samples():
 def test_vilp_scores_needs_conflict_labels():
     with pytest.raises(ValueError, match="conflict"):
         vilp_scores([{"benchmark": "mmmu", "correct": [T]}], 1)
+
+
+def test_cvbench_score_averages_the_2d_sources_then_2d_with_3d():
+    from vigos.eval.metrics import cvbench_score
+
+    def block(avg: float, passed: float) -> dict:
+        return {"avg@2": {"mean": avg}, "pass@2": {"mean": passed}}
+
+    by_split = {"ADE20K": block(0.2, 0.5), "COCO": block(0.6, 0.7), "Omni3D": block(1.0, 0.9)}
+    score = cvbench_score({"by_split": by_split}, 2)
+    assert score == pytest.approx({"avg@2": (0.4 + 1.0) / 2, "pass@2": (0.6 + 0.9) / 2})
+    del by_split["COCO"]
+    assert cvbench_score({"by_split": by_split}, 2) is None

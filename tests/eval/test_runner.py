@@ -437,3 +437,15 @@ def test_mathvista_asks_its_query_with_the_hint_and_prints_choices_once(tmp_path
     choice, free = load_benchmark("mathvista", tmp_path)
     assert choice.question.startswith("Question: ") and choice.prompt_question().count("A. ") == 1
     assert free.question.startswith("Question: ") and free.options is None
+
+
+def test_cvbench_summary_carries_its_own_overall_score(tiny_model_dir, loaded, tmp_path):
+    from vigos.eval.fixtures import write_fixture
+
+    write_fixture("cvbench", tmp_path / "data", n=6)  # 2D rows from ADE20K and COCO, 3D from Omni3D
+    config = make_config(tiny_model_dir, tmp_path / "data", tmp_path / "run", benchmarks=["cvbench"])
+    block = run_eval(config, progress=False, report=False, **loaded)["metrics"]["benchmarks"]["cvbench"]
+    assert set(block["by_split"]) == {"ADE20K", "COCO", "Omni3D"}
+    means = {source: block["by_split"][source]["avg@2"]["mean"] for source in block["by_split"]}
+    expected = ((means["ADE20K"] + means["COCO"]) / 2 + means["Omni3D"]) / 2
+    assert block["official"]["avg@2"] == pytest.approx(expected)

@@ -312,6 +312,8 @@ def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             letter,
             options=options,
             category=row.get("task"),
+            # The source (ADE20K, COCO, Omni3D) is what CV-Bench's own score averages over (cvbench_score).
+            split=row.get("source"),
             grader="multiple_choice",
             meta={"type": kind, "source": row.get("source")},
         )

@@ -147,7 +147,8 @@ def _cvbench(root: Path, n: int, rng: random.Random) -> None:
                 "answer": f"({option_letter(truth)})",
                 "prompt": f"{question} Select from the following choices.\n{lettered}",
                 "filename": f"img/{kind}/{task.lower()}/fixture_{i}.png",
-                "source": "ADE20K" if kind == "2D" else "Omni3D",
+                # 2D rows come from ADE20K and COCO, 3D ones from Omni3D, as in the release.
+                "source": ("ADE20K" if i % 2 == 0 else "COCO") if kind == "2D" else "Omni3D",
                 "source_dataset": "fixture",
                 "source_filename": f"fixture_{i}.png",
                 "target_class": scene.shape,

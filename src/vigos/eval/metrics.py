@@ -298,3 +298,21 @@ def vilp_scores(
         }
         for name, sides in by_benchmark.items()
     }
+
+
+# CV-Bench's own overall score: the 2D sources averaged, then averaged with the 3D one.
+CVBENCH_2D_SOURCES = ("ADE20K", "COCO")
+CVBENCH_3D_SOURCE = "Omni3D"
+
+
+def cvbench_score(block: Mapping[str, Any], k: int) -> dict[str, float] | None:
+    """CV-Bench's overall score from a benchmark's summary ``block`` (`summarize`'s, items split by source):
+    ``(mean(ADE20K, COCO) + Omni3D) / 2`` for Avg@k and Pass@k, or None when a source is missing."""
+    by_source = block.get("by_split", {})
+    if not all(source in by_source for source in (*CVBENCH_2D_SOURCES, CVBENCH_3D_SOURCE)):
+        return None
+    score = {}
+    for estimate in (f"avg@{k}", f"pass@{k}"):
+        two_d = sum(by_source[source][estimate]["mean"] for source in CVBENCH_2D_SOURCES) / len(CVBENCH_2D_SOURCES)
+        score[estimate] = (two_d + by_source[CVBENCH_3D_SOURCE][estimate]["mean"]) / 2
+    return score

@@ -68,7 +68,7 @@ from vigos.eval.engines import (
 )
 from vigos.eval.items import Benchmark, EvalItem
 from vigos.eval.judge import JudgeClient, JudgeConfig
-from vigos.eval.metrics import summarize, vilp_scores
+from vigos.eval.metrics import cvbench_score, summarize, vilp_scores
 from vigos.eval.options import EvalConfig, default_run_name
 from vigos.eval.run_folder import (
     SUMMARY_FILE,
@@ -127,6 +127,14 @@ def _load_items(benchmark: Benchmark, config: EvalConfig) -> list[EvalItem]:
 def _grading_options(item: EvalItem) -> list[str] | None:
     # MMMU-Pro's vision setting prints its options in the image and keeps them in meta for grading.
     return item.options or item.meta.get("options")
+
+
+def _with_official_scores(metrics: dict[str, Any], k: int) -> dict[str, Any]:
+    """``metrics`` with each benchmark's own overall score where it is not the item mean (CV-Bench's)."""
+    for name, block in metrics["benchmarks"].items():
+        if name == "cvbench" and (score := cvbench_score(block, k)) is not None:
+            block["official"] = score
+    return metrics
 
 
 def _at_precision(answer: str | None, meta: dict[str, Any]) -> str | None:
@@ -372,7 +380,7 @@ def run_eval(
         "benchmarks": list(items_per_benchmark),
         "items": items_per_benchmark,
         "config": _recorded_options(config),
-        "metrics": summarize(records, config.k, seed=config.seed),
+        "metrics": _with_official_scores(summarize(records, config.k, seed=config.seed), config.k),
         "vilp": vilp_scores(records, config.k, config.seed)
         if any(r.get("conflict") is not None for r in records)
         else {},
