@@ -104,7 +104,8 @@ class DemoConfig:
     # Training and evaluation runs go to `workers` processes of `threads` torch threads each; the warm
     # start runs alone with workers x threads. The tiny model's operations are too small to keep two
     # threads busy: two 1-thread processes got through 20-37% more steps per minute than one 2-thread
-    # process (2-core machine). The numbers move with the thread count, not with the worker count.
+    # process (2-core machine). Each run seeds itself, so the worker count never changes a result; the
+    # thread count changes the order of floating-point sums (at this scale, by no digit of the report).
     workers: int = 2
     threads: int = 1
 

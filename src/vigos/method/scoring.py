@@ -132,8 +132,9 @@ class Scorer(TeacherPasses):
                 model, examples, image_of, jobs, shared_images, times=times
             )
             teachers = self._read_teachers(model, teacher_states, sampled_ids)
-        with timed(times, "served_teachers"):
-            teachers.update(self._served_teachers(model, examples, jobs, sampled_ids))
+        if self.served:
+            with timed(times, "served_teachers"):
+                teachers.update(self._served_teachers(model, examples, jobs, sampled_ids))
         # The teachers' encode serves the student only when the tower computes the same function for both.
         if features is not None and not image_features_reusable(model):
             features = None

@@ -166,33 +166,34 @@ class TeacherPasses:
         """Each term's teacher, from its hidden states [N_term, H]: its log-probability of each sampled
         token (a sampled-token term, ``sampled_ids`` [N_term]), kept as they are, or (``teacher_top_k``)
         turned into its top-k tokens and tail mass. The one place the representation is chosen."""
-        k = self.options.teacher_top_k
-        temperature, chunk = self.options.distill_temperature, self.options.loss_chunk_size
         teachers: dict[str, TeacherRows] = {}
         for name in self.separate:
-            rows, head = states[name], self.teacher_head(model, name)
-            if name in sampled_ids:
-                teachers[name] = sampled_teacher(rows, head, sampled_ids[name].to(rows.device), temperature, chunk)
-            elif k is None:
-                teachers[name] = HiddenTeacher(rows, head)
-            else:
-                teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
+            teachers[name] = self._teacher_rows(states[name], self.teacher_head(model, name), sampled_ids.get(name))
         policy = {name: rows for name, rows in states.items() if name not in self.separate}
-        if k is None and not set(sampled_ids) & set(policy):
+        if self.options.teacher_top_k is None and not set(sampled_ids) & set(policy):
+            # Hidden states as they are: the head is read in the loss, not here.
             teachers.update({name: HiddenTeacher(rows) for name, rows in policy.items()})
         elif policy:
             with gathered_output_head(model, needed_in_backward=False):
                 head = self.teacher.head(model)
                 for name, rows in policy.items():
                     rows = rows.to(head.dtype)
-                    if name in sampled_ids:
-                        ids = sampled_ids[name].to(rows.device)
-                        teachers[name] = sampled_teacher(rows, head, ids, temperature, chunk)
-                    elif k is None:
-                        teachers[name] = HiddenTeacher(rows)
-                    else:
-                        teachers[name] = top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
+                    teachers[name] = self._teacher_rows(rows, head, sampled_ids.get(name), shared=True)
         return {name: teachers[name] for name in states}
+
+    def _teacher_rows(
+        self, rows: torch.Tensor, head: torch.Tensor, sampled: torch.Tensor | None, *, shared: bool = False
+    ) -> TeacherRows:
+        """One term's teacher from its hidden states [N, H] and head [V, H]: its log-probability of each
+        sampled token (``sampled`` [N]), its hidden states (keeping its own head unless it is the policy's,
+        ``shared``), or its top-k tokens (``teacher_top_k``)."""
+        options = self.options
+        k, temperature, chunk = options.teacher_top_k, options.distill_temperature, options.loss_chunk_size
+        if sampled is not None:
+            return sampled_teacher(rows, head, sampled.to(rows.device), temperature, chunk)
+        if k is None:
+            return HiddenTeacher(rows, None if shared else head)
+        return top_k_teacher(rows, head, self._checked_top_k(k, head), temperature, chunk)
 
     @staticmethod
     def _checked_top_k(k: int, head: torch.Tensor) -> int:
