@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from vigos import prompts
+from vigos.data.rows import BAD_ROW_MODES
 from vigos.eval.engines import ENGINES
 from vigos.eval.judge import JudgeError
 from vigos.eval.options import EvalConfig, default_run_name
+from vigos.eval.protocols import PROTOCOLS
 from vigos.eval.run_folder import EvalError
 from vigos.eval.runner import _resume_command, run_eval
 from vigos.eval.sources import BenchmarkDataError
@@ -77,6 +79,26 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="tile an item's several images into one picture (for models that take one image); by default "
         "each goes to the model as its own image, in order",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=defaults["protocol"],
+        help="official: each benchmark's own prompt fields and scorer (compare with the official leaderboards); "
+        "paper: the ViGOS release's copies, \\boxed{} answers only and one judge call per item (compare with the "
+        "paper's table) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prompt-file",
+        help="file whose text is the whole user turn, used verbatim: {question} becomes the item's question "
+        "(with its options), no other field is filled and no pre-fill is added; replaces --student-prompt",
+    )
+    parser.add_argument(
+        "--bad-rows",
+        choices=BAD_ROW_MODES,
+        default=defaults["bad_rows"],
+        help="a benchmark row that cannot be read (an answer outside its options, a missing field, a broken "
+        "image): skip it with a warning naming it, or stop the run there (default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -127,6 +149,9 @@ def eval_command(args: argparse.Namespace) -> int:
             judge_api_key_env=args.judge_api_key_env,
             run_name=run_name,
             tile_images=args.tile_images,
+            protocol=args.protocol,
+            prompt_file=args.prompt_file,
+            bad_rows=args.bad_rows,
         )
     except ValueError as error:
         print(f"vigos eval: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vigos.eval.documents import Block, Table, write_documents
+from vigos.eval.protocols import DEFAULT_PROTOCOL, mixed_protocols
 from vigos.eval.report import (
     VILP_SIDES,
     _ci_label,
@@ -124,18 +125,19 @@ def compare_runs(
     ci = _ci_label(runs[0].summary)
 
     runs_table = Table(
-        ["Run", "Model", "k", "Created", "Folder"],
+        ["Run", "Model", "Protocol", "k", "Created", "Folder"],
         [
             [
                 run.name,
                 str(run.summary.get("model", MISSING)),
+                str(run.summary.get("protocol") or DEFAULT_PROTOCOL),
                 str(run.k),
                 str(run.summary.get("created", MISSING)),
                 str(run.folder),
             ]
             for run in runs
         ],
-        label_columns=5,
+        label_columns=6,
     )
     blocks: list[Block] = [
         ("h2", "Runs"),
@@ -152,6 +154,8 @@ def compare_runs(
         for run in runs
         if set(run.benchmarks) != set(benchmarks)
     ]
+    if warning := mixed_protocols([run.summary for run in runs], [run.name for run in runs]):
+        blocks.append(("p", warning))
     if lacking:
         blocks.append(
             (

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vigos import prompts
+from vigos.data.rows import BAD_ROW_MODES
 from vigos.eval.engines import ENGINES
+from vigos.eval.protocols import DEFAULT_PROTOCOL, check_protocol
 from vigos.rollout.hf import SamplingParams
 
 __all__ = ["EvalConfig", "default_run_name"]
@@ -25,7 +28,7 @@ def default_run_name(model: str) -> str:
 
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation run (defaults: the paper's protocol, METHOD.md).
+    """Settings of one evaluation run (sampling defaults: the paper's, METHOD.md).
 
     ``model`` is a merged model directory, a hub id, ``tiny:<arch>`` or a LoRA
     adapter directory (its ``adapter_config.json`` names the base model).
@@ -42,7 +45,11 @@ class EvalConfig:
     without one, the rule verdict stands. ``run_name`` labels the run in
     summaries and reports (default: from ``model``); the files go to ``out_dir``. An item with several
     images shows the model each as its own image, in order; ``tile_images`` tiles them into one picture
-    instead, for models that take one image.
+    instead, for models that take one image. ``protocol`` is ``official`` or ``paper``
+    (:mod:`vigos.eval.protocols`). ``prompt_file`` names a file whose text is the whole user turn,
+    used verbatim with ``{question}`` substituted and no pre-fill (it replaces ``student_prompt``).
+    ``bad_rows`` is ``skip`` (leave a bad benchmark row out, with a warning naming it) or ``error``
+    (stop at it), as for training data.
     """
 
     model: str
@@ -66,6 +73,9 @@ class EvalConfig:
     judge_api_key_env: str = "OPENAI_API_KEY"
     run_name: str | None = None
     tile_images: bool = False
+    protocol: str = DEFAULT_PROTOCOL
+    prompt_file: str | None = None
+    bad_rows: str = "skip"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -96,10 +106,19 @@ class EvalConfig:
             )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        self.protocol = check_protocol(self.protocol)
+        if self.bad_rows not in BAD_ROW_MODES:
+            raise ValueError(f"bad_rows must be one of {', '.join(BAD_ROW_MODES)}, got {self.bad_rows!r}")
+        option = "student_prompt"
+        if self.prompt_file is not None:
+            if self.student_prompt != prompts.STUDENT_PROMPT:
+                raise ValueError("prompt_file replaces student_prompt: give one of them, not both")
+            option = "prompt_file"
+            self.student_prompt = _read_prompt_file(self.prompt_file)
         fields_used = prompts.template_fields(self.student_prompt)
         if "question" not in fields_used or "answer" in fields_used:
             raise ValueError(
-                "student_prompt must contain {question} and must not contain {answer} "
+                f"{option} must contain {{question}} and must not contain {{answer}} "
                 "(the student never sees the reference answer)"
             )
         if self.engine not in ENGINES:
@@ -146,11 +165,28 @@ class EvalConfig:
             "student_prompt": self.student_prompt,
             "judge_model": self.judge_model if self.judge_url else None,
             "tile_images": self.tile_images,
+            "protocol": self.protocol,
+            "prompt_prefill": self.student_spec().prefill,
         }
+
+    def student_spec(self) -> prompts.PromptSpec:
+        """The student's context: the ViGOS student spec with ``student_prompt``, or the prompt file verbatim."""
+        if self.prompt_file is not None:
+            return prompts.PromptSpec(self.student_prompt, "")
+        return prompts.student_spec(self.student_prompt)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def _read_prompt_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"prompt_file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"prompt_file {path} cannot be read as UTF-8 text ({error})") from None
 
 
 def _check_int(option: str, value: Any, minimum: int | None) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from vigos.eval.documents import Block, Table, markdown_table, write_documents
 from vigos.eval.metrics import metric_names
+from vigos.eval.protocols import DEFAULT_PROTOCOL, protocol_note
 from vigos.eval.report_plots import MISSING, BarSeries, Interval, ScorePriorPoint, grouped_bar_chart, score_prior_chart
 
 __all__ = ["MISSING", "results_table_markdown", "write_report"]
@@ -262,6 +263,8 @@ def _meta(run: _Run) -> list[tuple[str, str]]:
         value = summary.get(key)
         if isinstance(value, Mapping) and value:
             items.append((label, ", ".join(f"{name} {setting}" for name, setting in value.items())))
+    protocol = str(summary.get("protocol") or DEFAULT_PROTOCOL)
+    items.append(("Protocol", f"{protocol}: {protocol_note(protocol)}"))
     if summary.get("engine"):
         items.append(("Engine", str(summary["engine"])))
     judge = summary.get("judge")

@@ -203,7 +203,7 @@ def _apply_judge(records: list[dict[str, Any]], judge: JudgeClient) -> None:
 
 
 def _make_engine(config: EvalConfig, name: str, source: ModelSource | None, model: Any, processor: Any) -> Engine:
-    spec = prompts.student_spec(config.student_prompt)
+    spec = config.student_spec()
     if name == "vllm":
         assert source is not None
         return VLLMEngine(
@@ -238,7 +238,7 @@ def _evaluate_benchmark(
     finished = sum(item.id in done for item in items)
     if finished:
         logger.info("%s: %d of %d items already done in %s", benchmark.name, finished, len(items), path)
-    spec = prompts.student_spec(config.student_prompt)
+    spec = config.student_spec()
     if finished < len(items):
         get_engine()  # load the model before the bar starts its clock
     with tqdm(
@@ -374,6 +374,7 @@ def run_eval(
             "max_new_tokens": config.max_new_tokens,
         },
         "student_prompt": config.student_prompt,
+        "protocol": config.protocol,
         "engine": engine_name,
         "judge": judge_summary,
         "versions": _versions(engine_name),
