@@ -145,7 +145,7 @@ def test_yaml_row_image_paths_must_stay_under_the_benchmark_folder_unless_allowe
     assert str(error.value) == (
         f"shapes-qa: questions.jsonl line 2: image path '../../outside.png' (field 'picture') resolves to "
         f"{tmp_path / 'outside.png'}, outside the benchmark folder {data}; keep the images under it (a benchmark "
-        "YAML may set allow_paths_outside: true)."
+        "YAML may set allow_paths_outside: true).\nTo leave such rows out, use --bad-rows skip."
     )
     spec.write_text(spec.read_text() + "allow_paths_outside: true\n")
     assert load_benchmark(str(spec), tmp_path / "data")[1].image.getpixel((5, 5)) == (255, 0, 0)

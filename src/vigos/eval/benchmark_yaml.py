@@ -27,12 +27,14 @@ from vigos.eval.items import (
     ANSWER_FORMATS,
     DEFAULT_GRADERS,
     DEFAULT_PROMPT_TEMPLATE,
+    BadRow,
     Benchmark,
     EvalItem,
     _rows,
     _sources,
+    per_row,
 )
-from vigos.eval.sources import BenchmarkDataError, item_images
+from vigos.eval.sources import BenchmarkDataError, Row, item_images
 
 _YAML_KEYS = {
     "name",
@@ -144,39 +146,43 @@ def benchmark_from_yaml(path: str | Path) -> Benchmark:
     return Benchmark(name, description, layout, partial(_load_yaml, spec=yaml_spec))
 
 
-def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator[EvalItem]:
+def _load_yaml(benchmark: Benchmark, root: Path, *, spec: _YamlSpec) -> Iterator[EvalItem | BadRow]:
     columns = spec.fields
     counter = itertools.count()
+
+    def build(row: Row) -> EvalItem:
+        index = next(counter)
+        image = item_images(row.images(columns["image"]))
+        answer: Any = row.require(columns["answer"])
+        options = row.options(columns["options"]) if "options" in columns else None
+        if options:
+            answer, _ = row.choice_answer(answer, options, spec.answer_format)
+        template = _TEMPLATE_FIELD.sub(
+            lambda m, row=row: (
+                str(row.data[m.group(1)])
+                if m.group(1) in row.data and m.group(1) not in ("question", "options")
+                else m.group(0)
+            ),
+            spec.prompt,
+        )
+        category = row.get(columns["category"]) if "category" in columns else None
+        return EvalItem(
+            benchmark.name,
+            str(row.require(columns["id"])) if "id" in columns else str(index),
+            row.text(columns["question"]),
+            image,
+            str(answer).strip(),
+            options=options or None,
+            category=None if category is None else str(category),
+            grader=spec.grader,
+            meta={"source": row.where},
+            prompt_template=template,
+        )
+
     for source in _sources(benchmark, root, (spec.file,)):
         base_dir = source if source.is_dir() else source.parent
         # Image paths resolve against the data file's folder and must stay inside the benchmark's folder.
-        for row in _rows(
+        rows = _rows(
             benchmark, [source], split=spec.split, base_dir=base_dir, root=root, allow_outside=spec.allow_paths_outside
-        ):
-            index = next(counter)
-            image = item_images(row.images(columns["image"]))
-            answer: Any = row.require(columns["answer"])
-            options = row.options(columns["options"]) if "options" in columns else None
-            if options:
-                answer, _ = row.choice_answer(answer, options, spec.answer_format)
-            template = _TEMPLATE_FIELD.sub(
-                lambda m, row=row: (
-                    str(row.data[m.group(1)])
-                    if m.group(1) in row.data and m.group(1) not in ("question", "options")
-                    else m.group(0)
-                ),
-                spec.prompt,
-            )
-            category = row.get(columns["category"]) if "category" in columns else None
-            yield EvalItem(
-                benchmark.name,
-                str(row.require(columns["id"])) if "id" in columns else str(index),
-                row.text(columns["question"]),
-                image,
-                str(answer).strip(),
-                options=options or None,
-                category=None if category is None else str(category),
-                grader=spec.grader,
-                meta={"source": row.where},
-                prompt_template=template,
-            )
+        )
+        yield from per_row(rows, build)

@@ -25,6 +25,7 @@ writing Python; :func:`get_benchmark` takes the YAML file's path as a name.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterator
 from functools import partial
@@ -33,8 +34,9 @@ from typing import Any
 
 from PIL import Image
 
-from vigos.eval.items import _NAME, DEFAULT_PROMPT_TEMPLATE, Benchmark, EvalItem, _rows, _sources
+from vigos.eval.items import _NAME, DEFAULT_PROMPT_TEMPLATE, BadRow, Benchmark, EvalItem, _rows, _sources, per_row
 from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, item_images, option_letter
+from vigos.eval.vilp import load_vilp
 
 __all__ = [
     "BENCHMARKS",
@@ -109,32 +111,37 @@ def _mmmu_item(benchmark: Benchmark, row: Row, *, item_id: str, split: str | Non
     )
 
 
-def _load_mmmu(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+def _load_mmmu(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     # MMMU/MMMU ships one folder per subject; lmms-lab/MMMU merges them under data/.
     files = _sources(benchmark, root, ("*/validation-*.parquet", "data/validation-*.parquet", "validation-*.parquet"))
-    for row in _rows(benchmark, files, split="validation", base_dir=root):
+
+    def build(row: Row) -> EvalItem:
         item_id = str(row.require("id"))
-        yield _mmmu_item(benchmark, row, item_id=item_id, split=None, category=_mmmu_subject(item_id))
+        return _mmmu_item(benchmark, row, item_id=item_id, split=None, category=_mmmu_subject(item_id))
+
+    return per_row(_rows(benchmark, files, split="validation", base_dir=root), build)
 
 
 _MMMU_PRO_STANDARD = "standard (10 options)"
 _MMMU_PRO_VISION = "vision"
 
 
-def _load_mmmu_pro(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+def _load_mmmu_pro(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     # Both settings are found before any row is read, so a half copy fails at once.
     standard = _sources(benchmark, root / _MMMU_PRO_STANDARD, ("test-*.parquet", "*.parquet"))
     vision = _sources(benchmark, root / _MMMU_PRO_VISION, ("test-*.parquet", "*.parquet"))
-    for row in _rows(benchmark, standard, split="test", base_dir=root, prefix=f"{_MMMU_PRO_STANDARD}/"):
-        yield _mmmu_item(
+
+    def build_standard(row: Row) -> EvalItem:
+        return _mmmu_item(
             benchmark, row, item_id=f"standard:{row.require('id')}", split="standard-10", category=row.get("subject")
         )
-    for row in _rows(benchmark, vision, split="test", base_dir=root, prefix=f"{_MMMU_PRO_VISION}/"):
+
+    def build_vision(row: Row) -> EvalItem:
         # The question and its options are rendered inside the screenshot; the text prompt
         # must not repeat the options, so they stay in meta for graders only.
         options = row.options()
         letter, accepted = row.choice_answer(row.require("answer"), options)
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             f"vision:{row.require('id')}",
             MMMU_PRO_VISION_QUESTION,
@@ -146,13 +153,21 @@ def _load_mmmu_pro(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             meta={"options": options, "accepted_answers": accepted},
         )
 
+    return itertools.chain(
+        per_row(
+            _rows(benchmark, standard, split="test", base_dir=root, prefix=f"{_MMMU_PRO_STANDARD}/"), build_standard
+        ),
+        per_row(_rows(benchmark, vision, split="test", base_dir=root, prefix=f"{_MMMU_PRO_VISION}/"), build_vision),
+    )
+
 
 # --- Math suites ----------------------------------------------------------------------------------
 
 
-def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     files = _sources(benchmark, root, ("data/testmini-*.parquet", "testmini-*.parquet", "testmini.parquet"))
-    for row in _rows(benchmark, files, split="testmini", base_dir=root):
+
+    def build(row: Row) -> EvalItem:
         metadata = row.get("metadata", {})
         # `query` is the question as MathVista's own evaluation asks it: with the hint that names the answer's
         # type and precision ("... with two decimal places ..."), and the choices; the bare question otherwise.
@@ -167,7 +182,7 @@ def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
         if row.require("question_type") == "multi_choice":
             options = [str(choice).strip() for choice in row.require("choices")]
             letter, _ = row.choice_answer(row.require("answer"), options, answer_format="text")
-            yield EvalItem(
+            return EvalItem(
                 benchmark.name,
                 str(row.require("pid")),
                 question,
@@ -180,21 +195,24 @@ def _load_mathvista(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
                 **common,
             )
         else:
-            yield EvalItem(
+            return EvalItem(
                 benchmark.name, str(row.require("pid")), question, image, row.text("answer"), grader="math", **common
             )
 
+    return per_row(_rows(benchmark, files, split="testmini", base_dir=root), build)
 
-def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+
+def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     files = _sources(benchmark, root, ("testmini.parquet", "data/testmini-*.parquet"))
-    for row in _rows(benchmark, files, split="testmini", base_dir=root):
+
+    def build(row: Row) -> EvalItem:
         metadata = row.get("metadata", {})
         # Vision-only problems print the whole question in the image; their `question`
         # can be empty, and `query_wo` then carries the instruction to read it there.
         question = row.get("question", "").strip() or row.text("query_wo")
         is_choice = row.require("question_type") == "multi-choice"
         answer = row.text("answer")
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             str(row.require("sample_index")),
             question,
@@ -210,6 +228,8 @@ def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             },
         )
 
+    return per_row(_rows(benchmark, files, split="testmini", base_dir=root), build)
+
 
 # --- General and spatial suites ---------------------------------------------------------------------
 
@@ -220,7 +240,7 @@ def _capabilities(value: Any) -> list[str]:
     return sorted(str(item).strip() for item in items if str(item).strip())
 
 
-def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     # The official zip unpacks to mm-vet/ (mm-vet.json and images/ inside): read it where it lands too.
     if not (root / "mm-vet.json").is_file() and (root / "mm-vet" / "mm-vet.json").is_file():
         root = root / "mm-vet"
@@ -231,12 +251,13 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             f"{benchmark.name}: {image_dir} does not exist (mm-vet.json names files inside it).\n"
             f"Expected layout: {benchmark.expected_layout}"
         )
-    for row in _rows(benchmark, files, split="test", base_dir=image_dir):
+
+    def build(row: Row) -> EvalItem:
         # mm-vet.json keys its rows, lmms-lab/MMVet has question_id, the authors' Hub copy id.
         key = row.get("__key__") or row.get("question_id")
         item_id = str(key if key is not None else row.require("id"))
         capabilities = _capabilities(row.require("capability"))
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             item_id,
             row.text("question"),
@@ -247,12 +268,15 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             meta={"capabilities": capabilities},
         )
 
+    return per_row(_rows(benchmark, files, split="test", base_dir=image_dir), build)
 
-def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+
+def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     files = _sources(benchmark, root, ("MMSI_Bench.parquet", "*.parquet", "data/*.parquet"))
-    for row in _rows(benchmark, files, split="test", base_dir=root):
+
+    def build(row: Row) -> EvalItem:
         images = row.images("images")
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             str(row.require("id")),
             row.text("question"),
@@ -263,24 +287,29 @@ def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             meta={"thought": row.get("thought"), "difficulty": row.get("difficulty")},
         )
 
+    return per_row(_rows(benchmark, files, split="test", base_dir=root), build)
+
 
 # RealWorldQA questions end with an answer-format instruction that would contradict the
 # student prompt's \boxed{} format; it is cut off and kept in meta.
 _REALWORLDQA_INSTRUCTION = re.compile(r"\s*(Please answer directly with [^\n]*)$")
 
 
-def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     # Shards are test-*.parquet now, test_0412-*.parquet in older snapshots of the dataset.
     patterns = ("data/test-*.parquet", "data/test_*.parquet", "test-*.parquet", "test_*.parquet", "*.parquet")
     files = _sources(benchmark, root, patterns)
-    for index, row in enumerate(_rows(benchmark, files, split="test", base_dir=root)):
+    counter = itertools.count()
+
+    def build(row: Row) -> EvalItem:
+        index = next(counter)
         question = row.text("question")
         instruction = _REALWORLDQA_INSTRUCTION.search(question)
         if instruction:
             question = question[: instruction.start()].rstrip()
         answer = row.text("answer")
         is_choice = re.fullmatch(r"[A-F]", answer) is not None
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             str(row.get("id", index)),
             question,
@@ -290,8 +319,10 @@ def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             meta={"instruction": instruction.group(1) if instruction else None},
         )
 
+    return per_row(_rows(benchmark, files, split="test", base_dir=root), build)
 
-def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
+
+def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
     files = _sources(benchmark, root, ("test_[23]d.parquet", "test.parquet", "data/test-*.parquet"))
     names = {path.name for path in files}
     if names & {"test_2d.parquet", "test_3d.parquet"} and len(names) == 1:
@@ -300,11 +331,12 @@ def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             f"{benchmark.name}: {root / missing} is missing (CV-Bench scores average 2D and 3D).\n"
             f"Expected layout: {benchmark.expected_layout}"
         )
-    for row in _rows(benchmark, files, split="test", base_dir=root):
+
+    def build(row: Row) -> EvalItem:
         options = [str(choice).strip() for choice in row.require("choices")]
         letter, _ = row.choice_answer(row.require("answer"), options, answer_format="letter")
         kind = row.get("type", "")
-        yield EvalItem(
+        return EvalItem(
             benchmark.name,
             f"{kind}_{row.require('idx')}".lstrip("_"),
             row.text("question"),
@@ -318,39 +350,7 @@ def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem]:
             meta={"type": kind, "source": row.get("source")},
         )
 
-
-# --- ViLP -----------------------------------------------------------------------------------------
-
-# The official evaluation (ViLP-team/ViLP test_gpt.py, lmms-eval vilp) asks for one word.
-VILP_PROMPT = "Please answer with one word: {question}"
-
-
-def _without_fact(question: str) -> str:
-    """ViLP-P: the question with its first sentence (the stated prior) removed."""
-    fact, _, rest = question.partition(".")
-    return rest.strip() if rest.strip() else fact.strip()
-
-
-def _load_vilp(benchmark: Benchmark, root: Path, *, with_fact: bool) -> Iterator[EvalItem]:
-    files = _sources(benchmark, root, ("ViLP.parquet", "*.parquet", "data/*.parquet"))
-    for index, row in enumerate(_rows(benchmark, files, split="train", base_dir=root)):
-        published = row.text("question")
-        question = VILP_PROMPT.format(question=published if with_fact else _without_fact(published))
-        question_id = row.get("question_id", index)
-        # image1/answer1 follow the text prior; image2 and image3 contradict it.
-        for k in (1, 2, 3):
-            conflict = k != 1
-            yield EvalItem(
-                benchmark.name,
-                f"{question_id}-{k}",
-                question,
-                row.image(f"image{k}"),
-                row.text(f"answer{k}"),
-                split="conflict" if conflict else "agree",
-                conflict=conflict,
-                grader="exact",
-                meta={"question_id": question_id, "image_index": k, "published_question": published},
-            )
+    return per_row(_rows(benchmark, files, split="test", base_dir=root), build)
 
 
 # --- Registry -------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ _BUILTINS = (
         "ViLP-F: ViLP with the stated prior kept in the question (Score: conflicting images; Prior: agreeing).",
         "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-p) with fields question_id, question, image1, "
         "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
-        partial(_load_vilp, with_fact=True),
+        partial(load_vilp, with_fact=True),
         folder="vilp",
     ),
     Benchmark(
@@ -472,7 +472,7 @@ _BUILTINS = (
         "ViLP-P: ViLP with the stated prior (the first sentence) removed from the question.",
         "ViLP/ViLP: data_dir/vilp/ViLP.parquet (shared with vilp-f) with fields question_id, question, image1, "
         "answer1 (prior-agreeing), image2, answer2, image3, answer3 (prior-conflicting).",
-        partial(_load_vilp, with_fact=False),
+        partial(load_vilp, with_fact=False),
         folder="vilp",
     ),
 )

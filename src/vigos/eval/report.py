@@ -271,6 +271,10 @@ def _meta(run: _Run) -> list[tuple[str, str]]:
     if isinstance(judge, Mapping):
         used = str(judge.get("model") or "yes") if judge.get("used") else "none"
         items.append(("Judge", used + (f" ({judge['note']})" if judge.get("note") else "")))
+    skipped = summary.get("skipped_rows")
+    if isinstance(skipped, Mapping) and skipped:
+        counts = ", ".join(f"{_display(name)} {len(rows)}" for name, rows in skipped.items())
+        items.append(("Skipped rows", f"{counts} (bad rows, listed in summary.json)"))
     if summary.get("created"):
         items.append(("Created", str(summary["created"])))
     return items

@@ -66,7 +66,7 @@ from vigos.eval.engines import (
     model_source,
     resolve_engine,
 )
-from vigos.eval.items import Benchmark, EvalItem
+from vigos.eval.items import BadRow, Benchmark, EvalItem
 from vigos.eval.judge import JudgeClient, JudgeConfig
 from vigos.eval.metrics import cvbench_score, summarize, vilp_scores
 from vigos.eval.options import EvalConfig, default_run_name
@@ -104,15 +104,15 @@ def _benchmarks(config: EvalConfig) -> list[Benchmark]:
     for name in config.benchmarks:
         try:
             benchmark = get_benchmark(name)
-            benchmark.load(config.data_dir, limit=1)
+            benchmark.load(config.data_dir, limit=1, bad_rows=config.bad_rows)
         except ValueError as error:
             raise EvalError(str(error)) from None
         found.setdefault(benchmark.name, benchmark)
     return list(found.values())
 
 
-def _load_items(benchmark: Benchmark, config: EvalConfig) -> list[EvalItem]:
-    items = benchmark.load(config.data_dir, config.limit)
+def _load_items(benchmark: Benchmark, config: EvalConfig) -> tuple[list[EvalItem], list[BadRow]]:
+    items, bad = benchmark.read(config.data_dir, config.limit, bad_rows=config.bad_rows)
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -121,7 +121,7 @@ def _load_items(benchmark: Benchmark, config: EvalConfig) -> list[EvalItem]:
                 "for results to be recorded and resumed per item"
             )
         seen.add(item.id)
-    return items
+    return items, bad
 
 
 def _grading_options(item: EvalItem) -> list[str] | None:
@@ -347,10 +347,13 @@ def run_eval(
         )
     records: list[dict[str, Any]] = []
     items_per_benchmark: dict[str, int] = {}
+    skipped: dict[str, list[dict[str, str]]] = {}
     try:
         for benchmark in benchmarks:
-            items = _load_items(benchmark, config)
+            items, bad = _load_items(benchmark, config)
             items_per_benchmark[benchmark.name] = len(items)
+            if bad:
+                skipped[benchmark.name] = [{"where": row.where, "problem": row.problem} for row in bad]
             records.extend(_evaluate_benchmark(benchmark, items, config, out, get_engine, judge, progress))
         judge_summary = _judge_summary(config, records, judge)
     finally:
@@ -380,6 +383,7 @@ def run_eval(
         "versions": _versions(engine_name),
         "benchmarks": list(items_per_benchmark),
         "items": items_per_benchmark,
+        "skipped_rows": skipped,
         "config": _recorded_options(config),
         "metrics": _with_official_scores(summarize(records, config.k, seed=config.seed), config.k),
         "vilp": vilp_scores(records, config.k, config.seed)
