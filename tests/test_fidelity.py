@@ -24,14 +24,14 @@ from vigos import prompts
 from vigos.data.rows import Example
 from vigos.method.teachers import make_teacher_policy
 from vigos.models.modeling import encode_image
-from vigos.models.tiny import ARCHS
+from vigos.models.tiny import QWEN_ARCHS
 from vigos.training.config import ViGOSConfig
 from vigos.training.recipe import apply_lora, score_completions
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=QWEN_ARCHS)
 def family(request):
     """(arch, processor, float64 model with a random LoRA adapter on the release's module names)."""
     path = request.getfixturevalue("qwen_vocab_dirs")[request.param]

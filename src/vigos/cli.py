@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random VLM of a real architecture, offline")
-    tiny.add_argument("--arch", default="qwen2_5_vl", help="qwen2_5_vl, qwen2_vl or qwen3_vl")
+    tiny.add_argument(
+        "--arch",
+        default="qwen2_5_vl",
+        help="qwen2_5_vl, qwen2_vl, qwen3_vl, gemma3, llava_onevision or idefics3 (the last three: --vocab trained)",
+    )
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--size", help="size preset: tiny, mini, small or micro (default: tiny; micro with --vocab qwen)")
     tiny.add_argument("--seed", type=int, default=0)

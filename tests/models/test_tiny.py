@@ -15,10 +15,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 
 from vigos.models.qwen_vocab import PADDED_VOCAB_SIZE
 from vigos.models.tiny import (
-    ARCHS,
     DEFAULT_SIZE,
     ENDOFTEXT,
     IM_END,
+    QWEN_ARCHS,
     SIZES,
     SPECIAL_TOKENS,
     build_config,
@@ -46,7 +46,7 @@ def tokenizer():
 
 @pytest.fixture(
     scope="module",
-    params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in ARCHS],
+    params=[(arch, vocab) for vocab in ("trained", "qwen") for arch in QWEN_ARCHS],
     ids=lambda param: "-".join(param),
 )
 def loaded(request, tmp_path_factory):
@@ -327,7 +327,7 @@ def test_preset_sizes(tokenizer):
     assert small_config.vision_config.depth == 2
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 @pytest.mark.parametrize("size", list(SIZES))
 def test_every_preset_is_a_consistent_config(tokenizer, arch, size):
     config = build_config(arch, tokenizer, size)

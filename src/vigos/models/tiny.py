@@ -1,7 +1,8 @@
-"""Tiny, randomly initialized checkpoints of the real Qwen-VL architectures, built offline.
+"""Tiny, randomly initialized checkpoints of the real VLM architectures, built offline.
 
 ``make_tiny`` writes a model of the real transformers class (Qwen2-VL,
-Qwen2.5-VL or Qwen3-VL) with a byte-level BPE tokenizer trained locally on a
+Qwen2.5-VL or Qwen3-VL here; Gemma 3, LLaVA-OneVision and Idefics3 in
+:mod:`vigos.models.tiny_families`) with a byte-level BPE tokenizer trained locally on a
 built-in corpus, the family's special tokens, pre-tokenizer split and chat
 template, and the family's real processor classes. The checkpoint loads back
 with ``AutoProcessor.from_pretrained`` and
@@ -31,7 +32,9 @@ from vigos.models.tiny_corpus import builtin_corpus
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
-ARCHS: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_ARCHS: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# The other families are built by vigos.models.tiny_families, with a trained vocabulary only.
+ARCHS: tuple[str, ...] = (*QWEN_ARCHS, "gemma3", "llava_onevision", "idefics3")
 
 SIZES: dict[str, dict[str, int]] = {
     # About 0.3M parameters in all, 0.2M in the text part at the default vocabulary: unit and end-to-end tests.
@@ -176,7 +179,7 @@ def build_processor(arch: str, tokenizer: PreTrainedTokenizerFast) -> ProcessorM
 
     A 112x112 image becomes 16 image tokens (4x4 after the 2x2 merge) in every family.
     """
-    _check(arch, "arch", ARCHS)
+    _check(arch, "arch", QWEN_ARCHS)
     from transformers import Qwen2VLImageProcessor
 
     # The tokenizer's own template: the trained vocabulary's short one or the real family's.
@@ -238,7 +241,7 @@ def build_config(
     ``vocab_size`` (embedding rows) defaults to ``len(tokenizer)``; the real
     checkpoints pad it past the tokenizer's last id.
     """
-    _check(arch, "arch", ARCHS)
+    _check(arch, "arch", QWEN_ARCHS)
     _check(size, "size", tuple(SIZES))
     s = SIZES[size]
     ids = {
@@ -371,6 +374,15 @@ def make_tiny(
     out = Path(out_dir)
     extra = list(extra_corpus)
     recipe: dict[str, Any] = {"builder": _BUILDER_VERSION, "arch": arch, "size": size, "seed": seed, "vocab": vocab}
+    if arch not in QWEN_ARCHS:
+        if vocab != "trained":
+            raise ValueError(
+                f"vocab={vocab!r} is Qwen's real vocabulary, for the Qwen families only; arch {arch!r} takes "
+                "vocab='trained'"
+            )
+        from vigos.models.tiny_families import FAMILY_BUILDER_VERSION
+
+        recipe["family_builder"] = FAMILY_BUILDER_VERSION
     if vocab == "qwen":
         if extra or vocab_size != 2048:
             raise ValueError("extra_corpus and vocab_size shape the trained vocabulary; vocab='qwen' takes neither")
@@ -387,17 +399,24 @@ def make_tiny(
     if out.is_dir() and any(out.iterdir()) and not (out / _STAMP).exists():
         raise ValueError(f"out_dir {out} holds files that make_tiny did not write; give a new or empty directory")
 
-    model_options: dict[str, Any] = {}
-    if vocab == "qwen":
-        from vigos.models.qwen_vocab import PADDED_VOCAB_SIZE, build_qwen_tokenizer
+    if arch not in QWEN_ARCHS:
+        from vigos.models.tiny_families import build_family
 
-        tokenizer = build_qwen_tokenizer(arch)
-        # Tied, as in the 2-4B real checkpoints: one 151,936-row matrix instead of two keeps the model small.
-        model_options.update(vocab_size=PADDED_VOCAB_SIZE, tie_word_embeddings=True)
+        processor, model = build_family(
+            arch, SIZES[size], seed, qwen_tokenizer=build_tokenizer, extra_corpus=extra, vocab_size=vocab_size
+        )
     else:
-        tokenizer = build_tokenizer(extra, vocab_size=vocab_size)
-    processor = build_processor(arch, tokenizer)
-    model = build_model(arch, tokenizer, size, seed, **model_options)
+        model_options: dict[str, Any] = {}
+        if vocab == "qwen":
+            from vigos.models.qwen_vocab import PADDED_VOCAB_SIZE, build_qwen_tokenizer
+
+            tokenizer = build_qwen_tokenizer(arch)
+            # Tied, as in the 2-4B real checkpoints: one 151,936-row matrix instead of two keeps the model small.
+            model_options.update(vocab_size=PADDED_VOCAB_SIZE, tie_word_embeddings=True)
+        else:
+            tokenizer = build_tokenizer(extra, vocab_size=vocab_size)
+        processor = build_processor(arch, tokenizer)
+        model = build_model(arch, tokenizer, size, seed, **model_options)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
