@@ -29,7 +29,6 @@ from vigos.models.modeling import (
     encode_image_features,
     final_hidden_states,
     image_features_reusable,
-    image_token_id,
     tokenize_prompt,
     unwrap,
 )
@@ -172,14 +171,12 @@ def test_shared_image_features_give_the_hidden_states_of_separate_encodes(reques
         Context(other, [103], blue),
         Context(prompt[:-1], [104, 104], red),
     ]
-    pad, token = processor.tokenizer.pad_token_id, image_token_id(processor)
+    pad = processor.tokenizer.pad_token_id
     assert image_features_reusable(model)
     features = encode_image_features(model, [red, blue])
     with torch.no_grad():
-        separate = final_hidden_states(model, collate_contexts(contexts, pad_token_id=pad, image_token=token))
-        shared = final_hidden_states(
-            model, collate_contexts(contexts, pad_token_id=pad, image_token=token, image_features=features)
-        )
+        separate = final_hidden_states(model, collate_contexts(contexts, pad_token_id=pad))
+        shared = final_hidden_states(model, collate_contexts(contexts, pad_token_id=pad, image_features=features))
     torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
 
 

@@ -17,7 +17,6 @@ from vigos.models.modeling import (
     encode_image,
     final_hidden_states,
     gathered_output_head,
-    image_token_id,
     output_head,
     output_head_shape,
     tokenize_prompt,
@@ -40,9 +39,7 @@ def test_encoding_matches_processor_and_hidden_states_give_logits(request, fixtu
         Context(ours, appended, encode_image(processor, image)),
         Context(ours, [], encode_image(processor, image)),
     ]
-    batch = collate_contexts(
-        contexts, pad_token_id=processor.tokenizer.pad_token_id, image_token=image_token_id(processor)
-    )
+    batch = collate_contexts(contexts, pad_token_id=processor.tokenizer.pad_token_id)
     assert torch.equal(batch["pixel_values"], torch.cat([enc["pixel_values"]] * 2))
     with torch.no_grad():
         hidden = final_hidden_states(model, batch)

@@ -19,7 +19,7 @@ from transformers.generation.logits_process import (
 )
 
 from vigos.data.rows import Example
-from vigos.models.modeling import collate_contexts, image_token_id
+from vigos.models.modeling import collate_contexts
 from vigos.models.tiny import make_tiny
 from vigos.rollout.hf import HFGenerateRollout, SamplingParams, student_contexts
 from vigos.rollout.sampler import LeanDecoder, SamplingFilters, filter_scores
@@ -118,7 +118,7 @@ def test_greedy_lean_decoding_follows_the_full_forward_pass(arch_model):
     for index, completion in enumerate(completions):
         prompt = prompts[index // params.num_samples]
         prompt.appended_ids = completion
-        batch = collate_contexts([prompt], pad_token_id=rollout.pad_token_id, image_token=image_token_id(processor))
+        batch = collate_contexts([prompt], pad_token_id=rollout.pad_token_id)
         with torch.no_grad():
             logits = model(**batch).logits[0, len(prompt.prompt_ids) - 1 : -1]
         suppressed = torch.tensor(rollout.suppressed_ids)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from serve_requests import JSON, png, send
-from vigos.models.modeling import Context, collate_contexts, encode_image, image_token_id, tokenize_prompt
+from vigos.models.modeling import Context, collate_contexts, encode_image, tokenize_prompt
 from vigos.prompts import render_prompt
 from vigos.rollout.served_teacher import PROBE, ServedTeacherClient
 
@@ -23,9 +23,7 @@ def _context(processor) -> tuple[list[int], torch.Tensor]:
     image = encode_image(processor, IMAGE)
     prompt = tokenize_prompt(processor, render_prompt(processor, "What colour?", "<description>", 1), image)
     ids = prompt + processor.tokenizer(" A red square. </description>", add_special_tokens=False)["input_ids"]
-    batch = collate_contexts(
-        [Context(ids, [], image)], pad_token_id=processor.tokenizer.pad_token_id, image_token=image_token_id(processor)
-    )
+    batch = collate_contexts([Context(ids, [], image)], pad_token_id=processor.tokenizer.pad_token_id)
     return ids, batch
 
 

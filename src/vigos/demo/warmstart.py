@@ -29,7 +29,6 @@ from vigos.models.modeling import (
     collate_contexts,
     encode_image,
     final_hidden_states,
-    image_token_id,
     output_head,
     tokenize_prompt,
 )
@@ -110,7 +109,7 @@ def _encode(processor: Any, item: WarmStartItem, cache: dict[int, Any]) -> Conte
 def supervised_loss(model: torch.nn.Module, processor: Any, contexts: Sequence[Context]) -> torch.Tensor:
     """Mean next-token cross-entropy over the appended (target) tokens of ``contexts``."""
     tokenizer = processor.tokenizer
-    batch = collate_contexts(contexts, pad_token_id=tokenizer.pad_token_id, image_token=image_token_id(processor))
+    batch = collate_contexts(contexts, pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
     hidden = final_hidden_states(model, {k: v.to(device) for k, v in batch.items()})
     rows, cols, labels = [], [], []

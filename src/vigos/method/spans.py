@@ -26,6 +26,7 @@ the completion invalid.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,22 +82,34 @@ def _bytes_to_unicode() -> dict[int, str]:
 _UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}
 
 
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
 def token_byte_table(tokenizer: Any) -> list[bytes]:
     """The bytes each token id stands for, indexed by id.
 
-    Byte-level BPE tokens are decoded through the byte alphabet; added
-    (special) tokens are their literal text. Tokenizers of other kinds fall
-    back to decoding each id alone.
+    Byte-level BPE tokens (Qwen, SmolLM) are decoded through the byte
+    alphabet; SentencePiece-style pieces (Gemma) have ``▁`` for a space and
+    ``<0xHH>`` byte-fallback tokens for single bytes; added (special) tokens
+    are their literal text. Tokenizers of other kinds fall back to decoding
+    each id alone.
     """
     size = len(tokenizer)
     added = {int(i): t.content for i, t in tokenizer.added_tokens_decoder.items()}
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    decoder = repr(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None))
+    byte_level, metaspace = "ByteLevel" in decoder, "▁" in decoder
     table: list[bytes] = []
     for token_id, piece in enumerate(pieces):
+        fallback = _BYTE_FALLBACK.fullmatch(piece) if metaspace and piece is not None else None
         if token_id in added:
             table.append(added[token_id].encode())
-        elif piece is not None and all(ch in _UNICODE_TO_BYTE for ch in piece):
+        elif byte_level and piece is not None and all(ch in _UNICODE_TO_BYTE for ch in piece):
             table.append(bytes(_UNICODE_TO_BYTE[ch] for ch in piece))
+        elif fallback is not None:
+            table.append(bytes([int(fallback.group(1), 16)]))
+        elif metaspace and piece is not None:
+            table.append(piece.replace("▁", " ").encode())
         else:
             table.append(tokenizer.decode([token_id]).encode())
     return table

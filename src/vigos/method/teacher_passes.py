@@ -205,9 +205,7 @@ class TeacherPasses:
         self, contexts: Sequence[Context], model: torch.nn.Module, features: ImageFeatures | None = None
     ) -> dict[str, Any]:
         device = next(model.parameters()).device
-        batch = collate_contexts(
-            contexts, pad_token_id=self.pad_token_id, image_token=self.image_token, image_features=features
-        )
+        batch = collate_contexts(contexts, pad_token_id=self.pad_token_id, image_features=features)
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def teacher_contexts(

@@ -23,15 +23,24 @@ from PIL import Image
 
 @dataclass
 class EncodedImage:
-    """The image input of one context after the image processor: one image or a row's several, in order.
+    """The image input of one context after the processor: one image or a row's several, in order.
 
-    Qwen-VL models take several images in one prompt, each as its own
-    placeholder run; ``tokens_per_image`` says how long each run is.
+    ``inputs`` holds the processor's image tensors for these images
+    (Qwen-VL: ``pixel_values`` and ``image_grid_thw``; Gemma 3: ``pixel_values``;
+    LLaVA-OneVision: ``pixel_values``, ``image_sizes``; Idefics3/SmolVLM:
+    ``pixel_values``, ``pixel_attention_mask``). ``placeholders[i]`` is the text
+    the processor puts in place of image ``i``'s placeholder in the prompt
+    (a run of image tokens, with the family's begin/end and tile markers), and
+    ``tokens_per_image[i]`` how many image-feature tokens it holds.
+    ``token_types`` names the token-type field the model reads (Qwen-VL's
+    ``mm_token_type_ids``, Gemma 3's ``token_type_ids``) and the token ids
+    marked 1 in it, as the processor marks them; None for families without one.
     """
 
-    pixel_values: torch.Tensor  # [patches of every image, patch_dim]
-    image_grid_thw: torch.Tensor  # [images, 3]
+    inputs: dict[str, Any]
+    placeholders: tuple[str, ...]
     tokens_per_image: tuple[int, ...]
+    token_types: tuple[str, tuple[int, ...]] | None = None
 
     @property
     def count(self) -> int:
@@ -40,32 +49,85 @@ class EncodedImage:
 
     @property
     def num_tokens(self) -> int:
-        """Placeholder tokens all the images take in the text."""
+        """Image-feature tokens all the images take in the text."""
         return sum(self.tokens_per_image)
+
+    @property
+    def pixel_values(self) -> torch.Tensor:
+        """The processed pixels, laid out as the family's model takes them."""
+        return self.inputs["pixel_values"]
+
+    @property
+    def image_grid_thw(self) -> torch.Tensor | None:
+        """Qwen-VL's patch grid per image [images, 3]; None in other families."""
+        return self.inputs.get("image_grid_thw")
+
+
+# Processor outputs that belong to the text, not to the images.
+_TEXT_FIELDS = frozenset(
+    {"input_ids", "attention_mask", "text_replacement_offsets", "mm_token_type_ids", "token_type_ids"}
+)
+_TOKEN_TYPE_FIELDS = ("mm_token_type_ids", "token_type_ids")
 
 
 def encode_image(processor: Any, image: Image.Image | Sequence[Image.Image]) -> EncodedImage:
-    """Run the processor's image processor on one image or on a row's images (a list, kept in order)."""
+    """Run the processor on one image or on a row's images (a list, kept in order).
+
+    The processor is asked for a prompt of bare placeholders, so that what it
+    returns (pixels, each image's expanded placeholder text, the token types it
+    marks) is the family's own; prompts are then expanded with
+    :func:`tokenize_prompt` as the processor would expand them.
+    """
     images = list(image) if isinstance(image, (list, tuple)) else [image]
-    out = processor.image_processor(images=images, return_tensors="pt")
-    grid = out["image_grid_thw"]
-    merge = getattr(processor.image_processor, "merge_size", 2)
-    return EncodedImage(out["pixel_values"], grid, tuple(int(g.prod()) // (merge * merge) for g in grid))
+    out = processor(
+        images=[images],
+        text=[processor.image_token * len(images)],
+        return_text_replacement_offsets=True,
+        return_tensors="pt",
+    )
+    placeholders = tuple(o["replacement"] for o in out["text_replacement_offsets"][0])
+    feature = image_token_id(processor)
+    encode = processor.tokenizer
+    tokens = tuple(encode(p, add_special_tokens=False)["input_ids"].count(feature) for p in placeholders)
+    field = next((f for f in _TOKEN_TYPE_FIELDS if f in out and f in processor.model_input_names), None)
+    token_types = None
+    if field is not None:
+        marked = out["input_ids"][0][out[field][0] == 1]
+        token_types = (field, tuple(sorted({int(i) for i in marked})))
+    inputs = {k: v for k, v in out.items() if k not in _TEXT_FIELDS}
+    return EncodedImage(inputs, placeholders, tokens, token_types)
+
+
+# The tokens that close a chat turn in each family's template, where the tokenizer's EOS is another token
+# (Gemma 3 ends a turn with <end_of_turn> and the text with <eos>; SmolVLM/Idefics3 with <end_of_utterance>).
+END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>")
 
 
 def end_token_ids(tokenizer: Any) -> list[int]:
-    """The ids that end a completion: the tokenizer's EOS and pad (Qwen's ``<|im_end|>`` and
-    ``<|endoftext|>``). The one definition the samplers, the vLLM paths, the server and the span parser use."""
-    return sorted({int(i) for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
+    """The ids that end a completion: the tokenizer's EOS and pad, and its family's end-of-turn token
+    (Qwen's ``<|im_end|>`` and ``<|endoftext|>``; Gemma's ``<end_of_turn>``, ``<eos>`` and ``<pad>``). The one
+    definition the samplers, the vLLM paths, the server and the span parser use."""
+    unknown = tokenizer.unk_token_id
+    turn = [i for i in map(tokenizer.convert_tokens_to_ids, END_OF_TURN_TOKENS) if i is not None and i != unknown]
+    return sorted({int(i) for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, *turn) if i is not None})
 
 
 def image_token_id(processor: Any) -> int:
-    """Id of the image placeholder token of this processor's family."""
+    """Id of the token that stands for one image feature in the model's input (Qwen-VL's ``<|image_pad|>``,
+    Gemma 3's ``<image_soft_token>``, LLaVA's and Idefics3's ``<image>``): repeated once per feature."""
+    ids = [i for i in getattr(processor, "image_token_ids", None) or () if i is not None]
+    if ids:
+        return int(ids[0])
     return int(processor.tokenizer.convert_tokens_to_ids(processor.image_token))
 
 
 def tokenize_prompt(processor: Any, prompt: str, image: EncodedImage | None) -> list[int]:
-    """Token ids of a rendered prompt, each image placeholder expanded to its image's tokens, as the processor does."""
+    """Token ids of a rendered prompt, each image placeholder expanded to its image's text, as the processor does.
+
+    The whole expanded text is tokenized at once, so tokens merge across the
+    expansion's edges exactly as they do in the processor (Gemma 3's
+    expansion begins and ends with blank lines).
+    """
     if image is not None:
         token = processor.image_token
         pieces = prompt.split(token)
@@ -73,7 +135,7 @@ def tokenize_prompt(processor: Any, prompt: str, image: EncodedImage | None) -> 
             raise ValueError(
                 f"expected {image.count} image placeholder(s) {token!r} in the prompt, found {len(pieces) - 1}"
             )
-        prompt = pieces[0] + "".join(token * n + piece for n, piece in zip(image.tokens_per_image, pieces[1:]))
+        prompt = pieces[0] + "".join(text + piece for text, piece in zip(image.placeholders, pieces[1:]))
     return processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -146,7 +208,6 @@ def collate_contexts(
     contexts: Sequence[Context],
     *,
     pad_token_id: int,
-    image_token: int,
     padding_side: str = "right",
     image_features: ImageFeatures | None = None,
 ) -> dict[str, Any]:
@@ -165,16 +226,53 @@ def collate_contexts(
         where = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
         input_ids[row, where] = ids
         attention_mask[row, where] = 1
-    batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
     images = [c.image for c in contexts if c.image is not None]
     if images:
-        if image_features is None:
-            batch["pixel_values"] = torch.cat([i.pixel_values for i in images])
-        else:
+        batch.update(_image_inputs([c.image for c in contexts]))
+        if image_features is not None:
+            del batch["pixel_values"]
             batch["mm_encoder_outputs"] = image_features.select(images)
-        batch["image_grid_thw"] = torch.cat([i.image_grid_thw for i in images])
-        batch["mm_token_type_ids"] = (input_ids == image_token).long() * attention_mask
+        if images[0].token_types is not None:
+            field, marked = images[0].token_types
+            batch[field] = torch.isin(input_ids, torch.tensor(marked)).long() * attention_mask
     return batch
+
+
+def _padded(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` zero-padded at the end of every dimension but the first to the largest size among them."""
+    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
+    out = []
+    for t in tensors:
+        pad = [p for size, full in zip(reversed(t.shape[1:]), reversed(shape[1:])) for p in (0, full - size)]
+        out.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return out
+
+
+def _image_inputs(images: Sequence[EncodedImage | None]) -> dict[str, Any]:
+    """The image fields of a batch whose rows show ``images`` (None: a row without one).
+
+    Most families take every image of the batch in one sequence, in order
+    (Qwen-VL's patches, Gemma 3's and LLaVA-OneVision's pictures, the latter
+    padded to the largest tile count as its processor pads them). Families
+    whose processor lays images out per prompt (Idefics3/SmolVLM, which also
+    return a ``pixel_attention_mask``) get one row per context, padded with
+    all-zero images, which their model drops as padding.
+    """
+    shown = [i for i in images if i is not None]
+    fields = [k for k, v in shown[0].inputs.items() if isinstance(v, torch.Tensor) and k != "batch_num_images"]
+    if "pixel_attention_mask" in shown[0].inputs:
+        out = {}
+        for key in fields:
+            template = shown[0].inputs[key]
+            rows = [i.inputs[key] if i is not None else template.new_zeros((1, 0, *template.shape[2:])) for i in images]
+            out[key] = torch.cat(_padded(rows))
+        return out
+    out = {key: torch.cat(_padded([i.inputs[key] for i in shown])) for key in fields}
+    if "batch_num_images" in shown[0].inputs:
+        # LLaVA-OneVision tiles a lone image (anyres) but not the images of a several-image prompt.
+        out["batch_num_images"] = torch.tensor([i.count if i is not None else 0 for i in images])
+    return out
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -238,9 +336,13 @@ def gathered_output_head(model: torch.nn.Module, *, needed_in_backward: bool = F
 
 
 def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    core = unwrap(model)
-    language_model = getattr(core.model, "language_model", core.model)
-    return language_model.norm
+    return language_model(model).norm
+
+
+def language_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack under the VLM (``language_model`` in most families, Idefics3's ``text_model``)."""
+    core = unwrap(model).model
+    return getattr(core, "language_model", None) or getattr(core, "text_model", None) or core
 
 
 @contextmanager

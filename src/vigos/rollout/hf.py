@@ -11,6 +11,7 @@ the same :class:`Rollout` protocol.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -19,16 +20,11 @@ from typing import Any, Protocol
 import torch
 
 from vigos.data.rows import Example
-from vigos.models.modeling import (
-    Context,
-    collate_contexts,
-    encode_image,
-    end_token_ids,
-    image_token_id,
-    tokenize_prompt,
-)
+from vigos.models.modeling import Context, collate_contexts, encode_image, end_token_ids, tokenize_prompt, unwrap
 from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.sampler import LeanDecoder, SamplingFilters, completion_ids, folded_linear
+
+logger = logging.getLogger(__name__)
 
 SAMPLERS = ("lean", "generate")
 
@@ -100,6 +96,7 @@ class HFGenerateRollout:
         self.eos_token_ids = end_token_ids(tokenizer)
         # A sampled image placeholder would make the next forward pass look for an image that is not there.
         self.suppressed_ids = vision_token_ids(processor)
+        self._said_fallback = False
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, examples: Sequence[Example]) -> list[list[int]]:
@@ -113,6 +110,12 @@ class HFGenerateRollout:
         try:
             # The lean loop folds LoRA into its own copy of the weights; the prefill runs the model as it is.
             decoder = LeanDecoder.of(generator) if self.sampler == "lean" else None
+            if self.sampler == "lean" and decoder is None and not self._said_fallback:
+                logger.info(
+                    "rollout_sampler 'lean' does not reproduce %s's decoder exactly; sampling with generate",
+                    type(unwrap(generator)).__name__,
+                )
+                self._said_fallback = True
             if decoder is not None:
                 tokens = decoder.sample(
                     self._batch(prompts, 1, device),
@@ -145,9 +148,7 @@ class HFGenerateRollout:
 
     def _batch(self, prompts: Sequence[Context], copies: int, device: torch.device) -> dict[str, Any]:
         contexts = [c for c in prompts for _ in range(copies)]
-        batch = collate_contexts(
-            contexts, pad_token_id=self.pad_token_id, image_token=image_token_id(self.processor), padding_side="left"
-        )
+        batch = collate_contexts(contexts, pad_token_id=self.pad_token_id, padding_side="left")
         return {k: v.to(device) for k, v in batch.items()}
 
     def _filters(self) -> SamplingFilters:
@@ -212,9 +213,17 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
             module.base_layer.weight = weight
 
 
+# Processor attributes naming the vision markers of the families vigos knows (Qwen-VL's pads, Gemma 3's
+# begin/end of image, Idefics3's tile markers, LLaVA's video token).
+_VISION_MARKERS = ("image_token", "video_token", "boi_token", "eoi_token", "fake_image_token", "global_image_tag")
+
+
 def vision_token_ids(processor: Any) -> list[int]:
     """Ids of the family's vision placeholder tokens, which a completion must never hold."""
     tokenizer = processor.tokenizer
-    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", processor.image_token)
+    names = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+    names += [getattr(owner, a, None) for owner in (processor, tokenizer) for a in _VISION_MARKERS]
     unk = tokenizer.unk_token_id
-    return sorted({i for i in (tokenizer.convert_tokens_to_ids(n) for n in names) if i is not None and i != unk})
+    ids = {tokenizer.convert_tokens_to_ids(n) for n in names if isinstance(n, str)}
+    ids |= {i for i in getattr(processor, "image_token_ids", None) or () if i is not None}
+    return sorted(i for i in ids if i is not None and i != unk)

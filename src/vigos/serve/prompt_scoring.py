@@ -93,7 +93,7 @@ def prompt_logprobs(model: torch.nn.Module, processor: Any, request: PromptScori
         )
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = collate_contexts([Context(request.prompt, [], image)], pad_token_id=pad, image_token=placeholder)
+    batch = collate_contexts([Context(request.prompt, [], image)], pad_token_id=pad)
     device = next(model.parameters()).device
     batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
     was_training = model.training

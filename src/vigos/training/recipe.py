@@ -45,9 +45,14 @@ def resolve_dataset(source: str, seed: int = 0) -> str:
     return str(paths[split])
 
 
+# Where each family keeps its vision tower and projector: Qwen-VL's ``visual``, Gemma 3's and LLaVA's
+# ``vision_tower`` + ``multi_modal_projector``, Idefics3's ``vision_model`` + ``connector``.
+_VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
+
+
 def language_lora_targets(modules: list[str]) -> str:
     """A PEFT regex for ``modules`` inside the language model only (vision blocks share some names)."""
-    return rf"^(?!.*visual).*\.({'|'.join(modules)})$"
+    return rf"^(?!.*\.({'|'.join(_VISION_PARTS)})\.).*\.({'|'.join(modules)})$"
 
 
 def apply_lora(model: torch.nn.Module, config: ViGOSConfig) -> torch.nn.Module:
