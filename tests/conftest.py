@@ -90,3 +90,12 @@ def tiny_model_and_processor(tiny_model_dir):
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """Tiny random checkpoints of the non-Qwen families (Gemma 3, LLaVA-OneVision, Idefics3), arch -> directory."""
+    from vigos.models.tiny_families import FAMILY_ARCHS
+
+    root = tmp_path_factory.mktemp("families")
+    return {arch: make_tiny(arch, root / arch) for arch in FAMILY_ARCHS}

@@ -11,23 +11,34 @@ import torch.nn.functional as F
 from PIL import Image
 
 
+def end_of_turn_id(tokenizer) -> int:
+    """The token a chat turn ends with: ``<|im_end|>`` where the vocabulary has it, else the tokenizer's EOS."""
+    unk, im_end = tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return im_end if im_end is not None and im_end != unk else tokenizer.eos_token_id
+
+
 def pieces_to_ids(processor, pieces: list[str], eos: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``pieces`` tokenized one by one (so token boundaries fall where pieces meet), each piece's
-    token range, and ``<|im_end|>`` at the end when ``eos``."""
+    token range, and the end-of-turn token at the end when ``eos``."""
     tok = processor.tokenizer
     ids, bounds = [], []
     for piece in pieces:
         piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
         bounds.append((len(ids), len(ids) + len(piece_ids)))
         ids += piece_ids
-    return ids + ([tok.convert_tokens_to_ids("<|im_end|>")] if eos else []), bounds
+    return ids + ([end_of_turn_id(tok)] if eos else []), bounds
 
 
 def plain_logits(
     model, processor, image: Image.Image | list[Image.Image], user_text: str, prefill: str, appended: list[int]
 ) -> torch.Tensor:
     """Full logits [len(appended), V] predicting each of ``appended`` after the rendered prompt: the image
-    (or each of a list of images), then ``user_text`` (none when empty), the assistant header and ``prefill``."""
+    (or each of a list of images), then ``user_text`` (none when empty), the assistant header and ``prefill``.
+
+    Whatever the processor returns goes to the model as it is (every family's own image fields); the token-type
+    field it returns, if any, is extended over the appended tokens (text: 0). The chat template writes any
+    BOS itself, so the processor adds no special tokens.
+    """
     images = image if isinstance(image, list) else [image]
     content = [{"type": "image"} for _ in images] + ([{"type": "text", "text": user_text}] if user_text else [])
     text = (
@@ -36,16 +47,15 @@ def plain_logits(
         )
         + prefill
     )
-    enc = processor(text=[text], images=images, return_tensors="pt", return_mm_token_type_ids=True)
+    enc = processor(text=[text], images=[images], return_tensors="pt", add_special_tokens=False)
     extra = torch.tensor([appended])
-    ids = torch.cat([enc["input_ids"], extra], 1)
-    out = model(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        pixel_values=enc["pixel_values"],
-        image_grid_thw=enc["image_grid_thw"],
-        mm_token_type_ids=torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], 1),
-    )
+    inputs = dict(enc)
+    inputs["input_ids"] = torch.cat([enc["input_ids"], extra], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    for field in ("mm_token_type_ids", "token_type_ids"):
+        if field in enc:
+            inputs[field] = torch.cat([enc[field], torch.zeros_like(extra)], 1)
+    out = model(**inputs)
     start = enc["input_ids"].shape[1] - 1
     return out.logits[0, start : start + len(appended)]
 

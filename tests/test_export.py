@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vigos.export import add_export_arguments, export_command
+from vigos.models.tiny_families import FAMILY_ARCHS
 from vigos.training.recipe import language_lora_targets
 
 
@@ -40,14 +41,17 @@ def logits(model, processor):
     image = Image.new("RGB", (112, 112), (40, 160, 220))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "<description> blue"
-    batch = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+    batch = processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         return model.eval()(**batch).logits
 
 
-@pytest.mark.parametrize("fixture_name", ["tiny_model_dir", "tiny_qwen3_dir"])
+@pytest.mark.parametrize("fixture_name", ["tiny_model_dir", "tiny_qwen3_dir", *FAMILY_ARCHS])
 def test_exported_model_equals_base_plus_adapter(request, tmp_path, fixture_name, capsys):
-    base_dir = request.getfixturevalue(fixture_name)
+    if fixture_name in FAMILY_ARCHS:
+        base_dir = request.getfixturevalue("family_dirs")[fixture_name]
+    else:
+        base_dir = request.getfixturevalue(fixture_name)
     save_random_adapter(base_dir, tmp_path / "adapter")
 
     assert export_command(parse("--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged"))) == 0

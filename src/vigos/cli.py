@@ -89,8 +89,8 @@ def _make_tiny(args: argparse.Namespace) -> int:
     size = args.size or DEFAULT_SIZE[args.vocab]
     try:
         out = make_tiny(args.arch, args.out, size=size, seed=args.seed, vocab=args.vocab)
-    except QwenVocabUnavailable as error:
-        # One line that says what to install, not a traceback.
+    except (QwenVocabUnavailable, ValueError) as error:
+        # One line that says what to install or which option to change, not a traceback.
         raise ConfigError(str(error)) from error
     print(f"wrote a tiny {args.arch} ({size}, {args.vocab} vocabulary) to {out}")
     return 0
