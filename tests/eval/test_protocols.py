@@ -47,7 +47,17 @@ def test_the_run_records_its_protocol_and_a_resume_keeps_it(tiny_model_dir, data
     assert json.loads((out / "run.json").read_text())["settings"]["protocol"] == "official"
     assert "**Protocol:** official: each benchmark's own prompt fields" in (out / "report.md").read_text()
     with pytest.raises(EvalError, match=r"protocol: 'official' -> 'paper'"):
-        run_eval(make_config(tiny_model_dir, data_dir, out, benchmarks=["cvbench"], protocol="paper"), progress=False)
+        # (the run folder refuses it before the judge is ever asked)
+        paper = make_config(
+            tiny_model_dir,
+            data_dir,
+            out,
+            benchmarks=["cvbench"],
+            protocol="paper",
+            judge_url="http://127.0.0.1:1/v1",
+            judge_model="judge",
+        )
+        run_eval(paper, progress=False)
 
 
 def test_a_prompt_file_is_the_whole_user_turn_without_a_prefill(tiny_model_dir, data_dir, tmp_path):

@@ -12,10 +12,13 @@ is missing and repeating that layout.
 Multiple-choice items carry their answer as an option letter (``A``, ``B``,
 ...). Where a suite prints its options inside the question text (MathVerse,
 MMSI-Bench, RealWorldQA) the question is kept as published (RealWorldQA
-loses only its trailing answer-format instruction) and ``options`` stays
-``None``. Rows with several images (MMMU, MMMU-Pro, MMSI-Bench) keep them as a list in ``image``, in
-order, so that ``<image 2>`` and image options resolve; the runner tiles them into one picture only with
-``tile_images``.
+loses only its trailing answer-format instruction), ``options`` stays
+``None``, and the options read back from the text go to ``meta["options"]``
+for grading, so that an answer naming an option by its text counts
+(:mod:`vigos.eval.printed_options`). Rows with several images (MMMU,
+MMMU-Pro, MMSI-Bench) keep them as a list in ``image``, in order, so that
+``<image 2>`` and image options resolve; the runner tiles them into one
+picture only with ``tile_images``.
 
 A suite that is not built in can be described in a YAML file (see
 :func:`vigos.eval.benchmark_yaml.benchmark_from_yaml`) and registered without
@@ -35,6 +38,7 @@ from typing import Any
 from PIL import Image
 
 from vigos.eval.items import _NAME, DEFAULT_PROMPT_TEMPLATE, BadRow, Benchmark, EvalItem, _rows, _sources, per_row
+from vigos.eval.printed_options import options_for_grading
 from vigos.eval.sources import BenchmarkDataError, Row, answer_to_letter, bare_letter, item_images, option_letter
 from vigos.eval.vilp import load_vilp
 
@@ -211,13 +215,13 @@ def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | Bad
         # can be empty, and `query_wo` then carries the instruction to read it there.
         question = row.get("question", "").strip() or row.text("query_wo")
         is_choice = row.require("question_type") == "multi-choice"
-        answer = row.text("answer")
+        answer = bare_letter(row.text("answer")) if is_choice else row.text("answer")
         return EvalItem(
             benchmark.name,
             str(row.require("sample_index")),
             question,
             row.image("image"),
-            bare_letter(answer) if is_choice else answer,
+            answer,
             category=row.get("problem_version"),
             grader="multiple_choice" if is_choice else "math",
             meta={
@@ -225,6 +229,7 @@ def _load_mathverse(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | Bad
                 "question_for_eval": row.get("question_for_eval"),
                 "subject": metadata.get("subject"),
                 "subfield": metadata.get("subfield"),
+                "options": options_for_grading(question, answer) if is_choice else None,
             },
         )
 
@@ -265,7 +270,8 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]
             row.text("answer"),
             category=",".join(capabilities),
             grader="judge",
-            meta={"capabilities": capabilities},
+            # MM-Vet's own grader gives each answer a 0-1 score from an LLM judge (vigos.eval.scoring).
+            meta={"capabilities": capabilities, "partial_credit": True},
         )
 
     return per_row(_rows(benchmark, files, split="test", base_dir=image_dir), build)
@@ -276,15 +282,20 @@ def _load_mmsi(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]:
 
     def build(row: Row) -> EvalItem:
         images = row.images("images")
+        question, answer = row.text("question"), bare_letter(row.text("answer"))
         return EvalItem(
             benchmark.name,
             str(row.require("id")),
-            row.text("question"),
+            question,
             item_images(images),
-            bare_letter(row.text("answer")),
+            answer,
             category=row.get("question_type"),
             grader="multiple_choice",
-            meta={"thought": row.get("thought"), "difficulty": row.get("difficulty")},
+            meta={
+                "thought": row.get("thought"),
+                "difficulty": row.get("difficulty"),
+                "options": options_for_grading(question, answer),
+            },
         )
 
     return per_row(_rows(benchmark, files, split="test", base_dir=root), build)
@@ -316,7 +327,10 @@ def _load_realworldqa(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | B
             row.image("image"),
             answer,
             grader="multiple_choice" if is_choice else "auto",
-            meta={"instruction": instruction.group(1) if instruction else None},
+            meta={
+                "instruction": instruction.group(1) if instruction else None,
+                "options": options_for_grading(question, answer) if is_choice else None,
+            },
         )
 
     return per_row(_rows(benchmark, files, split="test", base_dir=root), build)
@@ -347,7 +361,8 @@ def _load_cvbench(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRo
             # The source (ADE20K, COCO, Omni3D) is what CV-Bench's own score averages over (cvbench_score).
             split=row.get("source"),
             grader="multiple_choice",
-            meta={"type": kind, "source": row.get("source")},
+            # `prompt` is the question with its lettered choices, as CV-Bench's own evaluation asks it.
+            meta={"type": kind, "source": row.get("source"), "prompt": row.get("prompt")},
         )
 
     return per_row(_rows(benchmark, files, split="test", base_dir=root), build)

@@ -16,7 +16,7 @@ from vigos.eval.sources import BenchmarkDataError, Row, find_files, option_lette
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\n{options}"
 # Grader names assumed until `vigos.grading.answers` exists to be asked (see _known_graders).
-DEFAULT_GRADERS = ("auto", "multiple_choice", "math", "exact", "judge")
+DEFAULT_GRADERS = ("auto", "multiple_choice", "math", "exact", "judge", "vilp")
 ANSWER_FORMATS = ("auto", "letter", "text", "index")
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"[a-z0-9][a-z0-9._\-]*"

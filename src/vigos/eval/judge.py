@@ -6,8 +6,10 @@ OpenAI chat-completions schema works (vLLM, llama.cpp, a hosted API): the
 client POSTs to ``{base_url}/chat/completions`` with the standard library
 only, reads the API key from an environment variable, retries timeouts,
 connection errors, 429 and 5xx with exponential back-off, bounds the number
-of requests in flight, and keeps every verdict in an sqlite cache so that a
-re-run asks the server nothing it has already answered. A redirect is never
+of requests in flight, and keeps every reply in an sqlite cache so that a
+re-run asks the server nothing it has already answered. The prompts besides
+the yes/no verdict (MM-Vet's partial credit, one call per item) are in
+:mod:`vigos.eval.judge_prompts`. A redirect is never
 followed (it would carry the API key elsewhere), each attempt has a deadline
 over the whole request, and an answer over ``MAX_REPLY_BYTES`` is refused
 (see :mod:`vigos.http_client`).
@@ -26,11 +28,11 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vigos.http_client import DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
 from vigos.http_client import request as http_request
@@ -54,14 +56,14 @@ JUDGE_USER_PROMPT = (
     "reference answer? Differences in wording, formatting, units or equivalent forms of the same "
     "value do not matter; a choice letter counts as the option it names. Reply yes or no."
 )
-# Any change to the prompts changes this, so cached verdicts of an older prompt are not reused.
-_PROMPT_FINGERPRINT = hashlib.sha256((JUDGE_SYSTEM_PROMPT + "\0" + JUDGE_USER_PROMPT).encode()).hexdigest()[:16]
+VERDICT_FORM = "a verdict: it says neither yes nor no"
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _THINKING = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _MAX_RETRY_AFTER_S = 60.0
 # A verdict is a word; even a reasoning judge's reply fits with room to spare. A bigger answer is not a judge's.
 MAX_REPLY_BYTES = 4 * 2**20
+T = TypeVar("T")
 
 
 class JudgeError(RuntimeError):
@@ -125,8 +127,9 @@ class JudgeConfig:
         return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
-class _VerdictCache:
-    """Verdicts in an sqlite file, keyed by a hash of (model, prompt, question, reference, response)."""
+class _ReplyCache:
+    """The judge's replies in an sqlite file, keyed by a hash of (model, system prompt, user prompt): a changed
+    prompt is a new key, so a reply to an older prompt is never reused."""
 
     def __init__(self, path: str):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -135,18 +138,16 @@ class _VerdictCache:
         # sqlite's own file lock covers other processes using the same file.
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
         with self._lock, self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict INTEGER NOT NULL, reply TEXT)"
-            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
 
-    def get(self, key: str) -> bool | None:
+    def get(self, key: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bool(row[0])
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
-    def put(self, key: str, verdict: bool, reply: str) -> None:
+    def put(self, key: str, reply: str) -> None:
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)", (key, int(verdict), reply))
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply))
 
     def close(self) -> None:
         with self._lock:
@@ -160,7 +161,8 @@ def parse_verdict(reply: str) -> bool | None:
 
 
 class JudgeClient:
-    """Judges (question, reference, response) triples through one OpenAI-compatible endpoint.
+    """Asks one OpenAI-compatible endpoint: yes/no verdicts on (question, reference, response) triples
+    (:meth:`judge`, :meth:`judge_many`), or any prompt with its own reply parser (:meth:`ask`, :meth:`ask_many`).
 
     Safe to share between threads. Use as a context manager, or call
     :meth:`close`, to release the cache file.
@@ -169,7 +171,7 @@ class JudgeClient:
     def __init__(self, config: JudgeConfig):
         self.config = config
         self._slots = threading.BoundedSemaphore(config.concurrency)
-        self._cache = _VerdictCache(config.cache_path) if config.cache_path else None
+        self._cache = _ReplyCache(config.cache_path) if config.cache_path else None
         self._stats_lock = threading.Lock()
         self.stats = {"requests": 0, "cache_hits": 0}
 
@@ -185,66 +187,90 @@ class JudgeClient:
             self._cache.close()
 
     def cache_key(self, question: str, reference: str, response: str) -> str:
-        """The cache key of a triple under this client's model and prompt."""
-        payload = json.dumps([self.config.model, _PROMPT_FINGERPRINT, question, reference, response])
-        return hashlib.sha256(payload.encode()).hexdigest()
+        """The cache key of a triple under this client's model and the yes/no prompt."""
+        return self._key(*_verdict_prompt(question, reference, response))
 
     def judge(self, question: str, reference: str, response: str) -> bool:
         """Whether ``response``'s final answer is equivalent to ``reference``; raises :class:`JudgeError`."""
-        key = self.cache_key(question, reference, response)
-        if self._cache is not None:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._count("cache_hits")
-                return cached
-        verdict, reply = self._ask(question, reference, response)
-        if self._cache is not None:
-            self._cache.put(key, verdict, reply)
-        return verdict
+        return self.ask(*_verdict_prompt(question, reference, response), parse_verdict, form=VERDICT_FORM)
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[bool]:
-        """Verdicts for many triples, in order, with at most ``concurrency`` requests in flight.
+        """Yes/no verdicts for many triples, in order (see :meth:`ask_many`)."""
+        return self.ask_many([_verdict_prompt(*item) for item in items], parse_verdict, form=VERDICT_FORM)
 
-        Identical triples are asked once. On the first failure the triples not
-        yet started are dropped and the :class:`JudgeError` is raised; verdicts
+    def ask(
+        self, system: str, user: str, parse: Callable[[str], T | None], *, form: str, max_tokens: int | None = None
+    ) -> T:
+        """``parse`` of the judge's reply to the ``system`` and ``user`` prompts, from the cache when it holds the
+        reply. A reply that ``parse`` gives ``None`` for (not ``form``, e.g. "a yes or a no") is asked again, up to
+        ``max_retries`` times; raises :class:`JudgeError`. ``max_tokens`` raises the reply's length limit above
+        ``config.max_tokens`` for a reply longer than a word."""
+        key = self._key(system, user)
+        if self._cache is not None:
+            cached = self._cache.get(key)
+            if cached is not None and (value := parse(cached)) is not None:
+                self._count("cache_hits")
+                return value
+        value, reply = self._ask(self._request_body(system, user, max_tokens), parse, form)
+        if self._cache is not None:
+            self._cache.put(key, reply)
+        return value
+
+    def ask_many(
+        self,
+        prompts: Sequence[tuple[str, str]],
+        parse: Callable[[str], T | None],
+        *,
+        form: str,
+        max_tokens: int | None = None,
+    ) -> list[T]:
+        """:meth:`ask` for many (system, user) prompts, in order, with at most ``concurrency`` requests in flight.
+
+        Identical prompts are asked once. On the first failure the prompts not
+        yet started are dropped and the :class:`JudgeError` is raised; replies
         already received stay in the cache, so a re-run resumes.
         """
-        keys = [self.cache_key(*item) for item in items]
-        unique: dict[str, tuple[str, str, str]] = {}
-        for key, item in zip(keys, items):
-            unique.setdefault(key, item)
+        keys = [self._key(*prompt) for prompt in prompts]
+        unique: dict[str, tuple[str, str]] = {}
+        for key, prompt in zip(keys, prompts):
+            unique.setdefault(key, prompt)
         executor = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="vigos-judge")
         try:
-            futures: dict[str, Future[bool]] = {key: executor.submit(self.judge, *item) for key, item in unique.items()}
-            verdicts = {key: future.result() for key, future in futures.items()}
+            futures: dict[str, Future[T]] = {
+                key: executor.submit(self.ask, *prompt, parse, form=form, max_tokens=max_tokens)
+                for key, prompt in unique.items()
+            }
+            values = {key: future.result() for key, future in futures.items()}
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-        return [verdicts[key] for key in keys]
+        return [values[key] for key in keys]
+
+    def _key(self, system: str, user: str) -> str:
+        payload = json.dumps([self.config.model, system, user])
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def _count(self, name: str) -> None:
         with self._stats_lock:
             self.stats[name] += 1
 
-    def _request_body(self, question: str, reference: str, response: str) -> bytes:
-        user = JUDGE_USER_PROMPT.format(question=question, reference=reference, response=response)
+    def _request_body(self, system: str, user: str, max_tokens: int | None = None) -> bytes:
         return json.dumps(
             {
                 "model": self.config.model,
-                "messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}],
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
                 "temperature": self.config.temperature,
-                "max_tokens": self.config.max_tokens,
+                "max_tokens": max(self.config.max_tokens, max_tokens or 0),
             }
         ).encode()
 
-    def _ask(self, question: str, reference: str, response: str) -> tuple[bool, str]:
-        """Send the judging request, retrying what may pass on a later attempt."""
-        body = self._request_body(question, reference, response)
+    def _ask(self, body: bytes, parse: Callable[[str], T | None], form: str) -> tuple[T, str]:
+        """Send the request, retrying what may pass on a later attempt."""
         attempts = self.config.max_retries + 1
         attempt = 0
         while True:
             try:
                 with self._slots:
-                    return self._attempt(body)
+                    return self._attempt(body, parse, form)
             except _Retryable as failure:
                 attempt += 1
                 if attempt == attempts:
@@ -264,8 +290,8 @@ class JudgeClient:
             "Check the server's log, or raise the judge timeout / retries"
         )
 
-    def _attempt(self, body: bytes) -> tuple[bool, str]:
-        """One HTTP round trip: the verdict and the raw reply text, or :class:`_Retryable`."""
+    def _attempt(self, body: bytes, parse: Callable[[str], T | None], form: str) -> tuple[T, str]:
+        """One HTTP round trip: the parsed reply and its raw text, or :class:`_Retryable`."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         api_key = os.environ.get(self.config.api_key_env)
         if api_key:
@@ -305,10 +331,10 @@ class JudgeClient:
                 raise _Retryable(f"HTTP {answer.status} {detail}", delay_s=_retry_after(answer.headers))
             raise JudgeError(self._http_advice(answer.status, detail))
         reply = _reply_text(answer.body)
-        verdict = parse_verdict(reply)
-        if verdict is None:
-            raise _Retryable(f"the reply {reply[:200]!r} says neither yes nor no")
-        return verdict, reply
+        value = parse(reply)
+        if value is None:
+            raise _Retryable(f"the reply {reply[:200]!r} is not {form}")
+        return value, reply
 
     @property
     def _url(self) -> str:
@@ -328,6 +354,11 @@ class JudgeClient:
                 f"in the API root, e.g. /v1) and that the server serves model {self.config.model!r}"
             )
         return f"the judge at {url} rejected the request (HTTP {code}: {detail})"
+
+
+def _verdict_prompt(question: str, reference: str, response: str) -> tuple[str, str]:
+    """The (system, user) prompts that ask whether ``response`` gives the ``reference`` answer."""
+    return JUDGE_SYSTEM_PROMPT, JUDGE_USER_PROMPT.format(question=question, reference=reference, response=response)
 
 
 def _retry_after(headers: Any) -> float | None:

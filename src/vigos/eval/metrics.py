@@ -11,6 +11,11 @@ A *record* is one item's outcome::
     {"benchmark": "mathvista", "correct": [True, False, ...],   # n >= k samples
      "category": "...", "split": "...", "conflict": True}       # all optional
 
+A record graded with partial credit (MM-Vet's 0-1 judge score) also holds
+``"scores": [0.5, 1.0, ...]``, which then count instead of ``correct``: Avg@k
+is their mean and Pass@k the expected best score of k samples drawn from the
+n (:func:`best_of_k`), which is the unbiased Pass@k when the scores are 0 or 1.
+
 Metric names carry the real k (``"pass@5"``, ``"avg@5"``). Every figure comes
 with a percentile-bootstrap confidence interval over items, as a
 :class:`MetricSummary`.
@@ -29,6 +34,7 @@ import numpy as np
 __all__ = [
     "MetricSummary",
     "avg_at_k",
+    "best_of_k",
     "bootstrap_ci",
     "item_scores",
     "metric_names",
@@ -83,6 +89,30 @@ def avg_at_k(correct: Sequence[bool]) -> float:
     """Mean correctness of one item's samples (Avg@k)."""
     values = _check_correct(correct)
     return sum(values) / len(values)
+
+
+def best_of_k(scores: Sequence[float], k: int) -> float:
+    """The expected highest score among ``k`` of the ``n`` scores drawn without replacement.
+
+    With the scores sorted ascending, the i-th (1-based) is the best of a k-subset in ``C(i - 1, k - 1)`` of
+    the ``C(n, k)`` subsets. For scores of 0 and 1 this is :func:`pass_at_k`.
+    """
+    ordered = sorted(float(score) for score in scores)
+    n, k = len(ordered), _check_int("k", k)
+    if not 1 <= k <= n:
+        raise ValueError(f"best of {k} needs 1 <= k <= n={n} scores")
+    total = math.comb(n, k)
+    return sum(ordered[i - 1] * math.comb(i - 1, k - 1) for i in range(k, n + 1)) / total
+
+
+def _check_scores(scores: Sequence[Any], where: str) -> list[float]:
+    values = list(scores)
+    if not values:
+        raise ValueError(f"{where} holds no samples; each item needs at least one graded sample")
+    for position, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{where}[{position}] is {value!r}; a partial-credit score must be a number in [0, 1]")
+    return [float(value) for value in values]
 
 
 def metric_names(k: int) -> tuple[str, str]:
@@ -194,7 +224,14 @@ def _scored_items(records: Iterable[Mapping[str, Any]], k: int) -> list[_Item]:
         correct = _check_correct(record["correct"], where=f"{label} 'correct'")
         if len(correct) < k:
             raise ValueError(f"{label} has {len(correct)} samples, fewer than k={k}; draw at least k samples per item")
-        items.append(_Item(item_scores(correct, k), record))
+        if record.get("scores") is None:
+            items.append(_Item(item_scores(correct, k), record))
+            continue
+        scores = _check_scores(record["scores"], where=f"{label} 'scores'")
+        if len(scores) != len(correct):
+            raise ValueError(f"{label} has {len(scores)} scores for {len(correct)} samples")
+        pass_name, avg_name = metric_names(k)
+        items.append(_Item({pass_name: best_of_k(scores, k), avg_name: sum(scores) / len(scores)}, record))
     if not items:
         raise ValueError("no records to summarize")
     return items

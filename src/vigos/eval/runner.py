@@ -3,15 +3,17 @@
 For every item of every benchmark the student model sees the image, the
 question and the student prompt (no teacher, no reference answer) and writes
 ``n_samples`` completions. Each completion's final answer is extracted and
-graded by the item's grader; items graded ``judge`` go to an LLM judge when
-one is configured. Everything lands in one run folder::
+graded as the run's protocol grades (``official`` or ``paper``,
+:mod:`vigos.eval.scoring`): by the benchmark's own rules, or by an LLM judge
+where the protocol asks for one (a protocol that needs a judge refuses to
+start without one). Everything lands in one run folder::
 
     out_dir/
       run.json                 the settings the samples were drawn with
       responses/<bench>.jsonl  one line per finished item: prompt, samples, answers, verdicts
       summary.json             config, versions, seeds, Pass@k / Avg@k with intervals, ViLP Score/Prior
       report.html, report.md   written by vigos.eval.report when it is installed
-      judge_cache.sqlite       the judge's verdicts (only with a judge)
+      judge_cache.sqlite       the judge's replies (only with a judge)
 
 Resuming: results are appended and flushed after every batch. A re-run of
 the same command reads the responses files, skips the items already there
@@ -46,13 +48,12 @@ import importlib.metadata
 import importlib.util
 import logging
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from vigos import prompts
 from vigos.data.rows import Example
 from vigos.eval.benchmarks import get_benchmark
 from vigos.eval.engines import (
@@ -70,6 +71,7 @@ from vigos.eval.items import BadRow, Benchmark, EvalItem
 from vigos.eval.judge import JudgeClient, JudgeConfig
 from vigos.eval.metrics import cvbench_score, summarize, vilp_scores
 from vigos.eval.options import EvalConfig, default_run_name
+from vigos.eval.paper_copies import for_protocol
 from vigos.eval.run_folder import (
     SUMMARY_FILE,
     EvalError,
@@ -80,8 +82,8 @@ from vigos.eval.run_folder import (
     responses_path,
     write_json,
 )
+from vigos.eval.scoring import apply_judge, judge_requirement, record_item
 from vigos.eval.sources import tile_images
-from vigos.grading.answers import extract_answer, get_grader
 from vigos.http_client import redact_url
 
 __all__ = ["EvalConfig", "EvalError", "default_run_name", "run_eval"]
@@ -99,15 +101,19 @@ SEEDING = (
 
 
 def _benchmarks(config: EvalConfig) -> list[Benchmark]:
-    """The requested benchmarks, each checked to have a readable local copy before any model loads."""
+    """The requested benchmarks as the protocol reads them, each checked to have a readable local copy, and the
+    run to have the judge its protocol needs, before any model loads."""
     found: dict[str, Benchmark] = {}
+    firsts: list[EvalItem] = []
     for name in config.benchmarks:
         try:
-            benchmark = get_benchmark(name)
-            benchmark.load(config.data_dir, limit=1, bad_rows=config.bad_rows)
+            benchmark = for_protocol(get_benchmark(name), config.protocol)
+            firsts += benchmark.load(config.data_dir, limit=1, bad_rows=config.bad_rows)
         except ValueError as error:
             raise EvalError(str(error)) from None
         found.setdefault(benchmark.name, benchmark)
+    if config.judge_url is None and (why := judge_requirement(config.protocol, firsts)):
+        raise EvalError(why)
     return list(found.values())
 
 
@@ -124,79 +130,12 @@ def _load_items(benchmark: Benchmark, config: EvalConfig) -> tuple[list[EvalItem
     return items, bad
 
 
-def _grading_options(item: EvalItem) -> list[str] | None:
-    # MMMU-Pro's vision setting prints its options in the image and keeps them in meta for grading.
-    return item.options or item.meta.get("options")
-
-
 def _with_official_scores(metrics: dict[str, Any], k: int) -> dict[str, Any]:
     """``metrics`` with each benchmark's own overall score where it is not the item mean (CV-Bench's)."""
     for name, block in metrics["benchmarks"].items():
         if name == "cvbench" and (score := cvbench_score(block, k)) is not None:
             block["official"] = score
     return metrics
-
-
-def _at_precision(answer: str | None, meta: dict[str, Any]) -> str | None:
-    """A float answer rounded to ``meta["precision"]`` decimals where ``meta["answer_type"]`` is ``float``
-    (MathVista's rule: ``1.454`` is ``1.45`` at precision 2); any other answer as it is."""
-    precision = meta.get("precision")
-    if answer is None or meta.get("answer_type") != "float" or precision is None:
-        return answer
-    try:
-        return str(round(float(answer.strip()), int(precision)))
-    except (ValueError, OverflowError):
-        return answer
-
-
-def _record(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec) -> dict[str, Any]:
-    """An item's record with rule verdicts (the judge may overrule them later)."""
-    options = _grading_options(item)
-    grader = get_grader(item.grader)
-    # MMMU items with several correct letters accept each of them, as MMMU's own scorer does.
-    references = item.meta.get("accepted_answers") or [item.answer]
-    samples = []
-    for text in texts:
-        answer = extract_answer(text, options)
-        sample: dict[str, Any] = {"text": text, "answer": answer}
-        rounded = _at_precision(answer, item.meta)
-        if rounded != answer:  # MathVista's scorer rounds a float answer to the question's precision
-            sample.update(answer=rounded, extracted=answer)
-        sample["correct"] = any(bool(grader(sample["answer"], reference, options)) for reference in references)
-        samples.append(sample)
-    question = item.prompt_question()
-    return {
-        "id": item.id,
-        "benchmark": item.benchmark,
-        "question": question,
-        "prompt": spec.text(question),
-        "answer": item.answer,
-        "options": item.options,
-        "category": item.category,
-        "split": item.split,
-        "conflict": item.conflict,
-        "grader": item.grader,
-        "grading": "rule",
-        "samples": samples,
-        "correct": [sample["correct"] for sample in samples],
-    }
-
-
-def _apply_judge(records: list[dict[str, Any]], judge: JudgeClient) -> None:
-    """Replace the rule verdicts of judge-graded records by the judge's (the rule's stay as ``rule_correct``)."""
-    judged = [record for record in records if record["grader"] == "judge"]
-    triples = [
-        (record["question"], record["answer"], sample["text"]) for record in judged for sample in record["samples"]
-    ]
-    if not triples:
-        return
-    verdicts = iter(judge.judge_many(triples))
-    for record in judged:
-        for sample in record["samples"]:
-            sample["rule_correct"] = sample["correct"]
-            sample["correct"] = bool(next(verdicts))
-        record["correct"] = [sample["correct"] for sample in record["samples"]]
-        record["grading"] = "judge"
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -262,9 +201,9 @@ def _evaluate_benchmark(
             ]
             seeds = [item_seed(config.seed, benchmark.name, item.id) for item in todo]
             texts = get_engine().generate(examples, seeds)
-            records = [_record(item, samples, spec) for item, samples in zip(todo, texts)]
+            records = [record_item(item, samples, spec, config.protocol) for item, samples in zip(todo, texts)]
             if judge is not None:
-                _apply_judge(records, judge)
+                apply_judge(records, judge, config.protocol)
             append_responses(path, records)
             done.update((record["id"], record) for record in records)
             bar.update(len(todo))
@@ -282,7 +221,7 @@ def _versions(engine: str) -> dict[str, str]:
 
 
 def _judge_summary(config: EvalConfig, records: list[dict[str, Any]], judge: JudgeClient | None) -> dict[str, Any]:
-    graded = [record for record in records if record.get("grader") == "judge"]
+    graded = [record for record in records if "judge" in (record.get("grader"), record.get("grading"))]
     used = any(record.get("grading") == "judge" for record in graded)
     summary: dict[str, Any] = {
         "used": used,

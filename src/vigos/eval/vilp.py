@@ -45,7 +45,7 @@ def load_vilp(benchmark: Benchmark, root: Path, *, with_fact: bool) -> Iterator[
                 row.text(f"answer{k}"),
                 split="conflict" if k != 1 else "agree",
                 conflict=k != 1,
-                grader="exact",
+                grader="vilp",
                 meta={"question_id": question_id, "image_index": k, "published_question": published},
             )
             for k in (1, 2, 3)

@@ -49,6 +49,7 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from vigos.grading import mathverify
+from vigos.grading.vilp import vilp_equal
 
 __all__ = [
     "GRADERS",
@@ -472,6 +473,11 @@ def _make_grader(name: str, kind: str, doc: str) -> GraderFn:
     return grader
 
 
+def _grade_vilp(prediction: str | None, reference: str, options: Sequence[str] | None = None) -> bool:
+    """ViLP's own comparison: synonyms, plurals and number words made canonical (:mod:`vigos.grading.vilp`)."""
+    return vilp_equal(prediction, reference)
+
+
 GRADERS: dict[str, GraderFn] = {
     "auto": _make_grader("auto", "auto", "Multiple choice when options are given, else math."),
     "multiple_choice": _make_grader("multiple_choice", "multiple_choice", "Option letters must agree."),
@@ -480,6 +486,7 @@ GRADERS: dict[str, GraderFn] = {
     # The LLM judge itself lives with the evaluation runner; this is the rule verdict
     # it starts from, and the whole verdict when no judge is configured.
     "judge": _make_grader("judge", "auto", "Rule-based verdict for items an LLM judge may overrule."),
+    "vilp": _grade_vilp,
 }
 
 
