@@ -93,3 +93,22 @@ def test_comparing_runs_of_two_protocols_is_flagged(tmp_path):
     paths = compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp")
     text = paths["md"].read_text()
     assert "different protocols (a: official, b: paper)" in text and "| paper |" in text
+
+
+def test_the_resume_command_repeats_the_protocol_and_the_prompt_file(tmp_path):
+    import argparse
+
+    from vigos.eval.command import add_eval_arguments
+    from vigos.eval.runner import _resume_command
+
+    template = tmp_path / "prompt.txt"
+    template.write_text("{question}", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    argv = ["--model", "m", "--benchmarks", "cvbench", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]
+    args = parser.parse_args([*argv, "--protocol", "paper", "--prompt-file", str(template), "--bad-rows", "error"])
+    config = make_config("m", tmp_path, tmp_path, protocol="paper", prompt_file=str(template), bad_rows="error")
+    command = _resume_command(args, config)
+    assert "--protocol paper" in command and f"--prompt-file {template}" in command and "--bad-rows error" in command
+    default = _resume_command(parser.parse_args(argv), make_config("m", tmp_path, tmp_path))
+    assert "--protocol" not in default and "--bad-rows" not in default
