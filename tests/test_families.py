@@ -29,6 +29,7 @@ from vigos.models.modeling import Context, collate_contexts, encode_image, end_t
 from vigos.models.tiny_families import FAMILY_ARCHS
 from vigos.prompts import render_prompt, student_spec
 from vigos.rollout.hf import HFGenerateRollout, SamplingParams, vision_token_ids
+from vigos.rollout.sampler import LeanDecoder
 from vigos.training.recipe import language_lora_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,19 +133,27 @@ def test_student_logits_of_a_two_image_row_match_the_plain_computation(family):
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_rollout_falls_back_to_generate_and_says_so(family, caplog):
-    """The lean sampler reproduces Qwen-VL decoders only: here it samples with ``generate`` (the same tokens as
-    asking for ``generate``), says so once, and completions stop at the family's end of turn."""
+def test_lean_sampler_samples_what_generate_samples_or_says_it_falls_back(family, caplog):
+    """LLaVA-OneVision's Qwen2 and Idefics3's Llama decode in the lean loop, Gemma 3 (sliding windows, scaled
+    norms) with ``generate``, saying so once. Either way: for a seed, the tokens ``generate`` samples, on a
+    left-padded batch of prompts of different lengths; completions stop at the family's end of turn."""
     arch, processor, model = family
-    examples = [Example(question="What colour?", answer="red", image=RED, row=0, meta={})]
+    examples = [
+        Example(question="What colour?", answer="red", image=RED, row=0, meta={}),
+        Example(
+            question="What colour is the wide picture, and how wide is it?", answer="blue", image=WIDE, row=1, meta={}
+        ),
+    ]
     params = SamplingParams(num_samples=2, max_new_tokens=12)
+    assert (LeanDecoder.of(model) is not None) == (arch != "gemma3")
     outputs = []
     for sampler in ("lean", "generate"):
         torch.manual_seed(3)
         with caplog.at_level(logging.INFO, logger="vigos.rollout.hf"):
             outputs.append(HFGenerateRollout(processor, params, sampler=sampler)(model, examples))
     assert outputs[0] == outputs[1]
-    assert sum("sampling with generate" in r.getMessage() for r in caplog.records) == 1
+    said = sum("sampling with generate" in r.getMessage() for r in caplog.records)
+    assert said == (1 if arch == "gemma3" else 0)
     ends, vision = set(end_token_ids(processor.tokenizer)), set(vision_token_ids(processor))
     for ids in outputs[0]:
         assert 0 < len(ids) <= 12 and not vision & set(ids)

@@ -29,7 +29,11 @@ handful of matrix-vector products. Here a step is just that arithmetic:
 Text tokens after the prompt have equal temporal/height/width rotary
 positions, so decoding needs only each row's next position: the prompt's
 largest multimodal position + 1 (the model's ``rope_deltas``) plus the
-number of tokens generated so far.
+number of tokens generated so far. The same loop runs the plain Qwen2 and
+Llama decoders under LLaVA-OneVision and SmolVLM/Idefics3, whose positions
+are one-dimensional and counted over each row's real tokens as ``generate``
+counts them; other decoders (Gemma 3's sliding windows and scaled norms)
+are left to ``generate``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+# Text decoders with one-dimensional rotary positions whose layers the loop reproduces (LLaVA-OneVision's
+# Qwen2, SmolVLM's and Idefics3's Llama).
+_PLAIN_DECODERS = frozenset({"qwen2", "llama"})
 
 
 @dataclass(frozen=True)
@@ -183,12 +191,21 @@ def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor
 
 
 class LeanDecoder:
-    """Decode steps over a Qwen-VL language model's weights. Build with :meth:`of`."""
+    """Decode steps over a Qwen-VL, Qwen2 or Llama language model's weights. Build with :meth:`of`."""
 
-    def __init__(self, model: torch.nn.Module, core: torch.nn.Module, layers: list[_Layer], attention: torch.nn.Module):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        core: torch.nn.Module,
+        language_model: torch.nn.Module,
+        layers: list[_Layer],
+        attention: torch.nn.Module,
+    ):
         self.model = model
         self.core = core
-        self.language_model = core.model.language_model
+        self.language_model = language_model
+        # Qwen-VL's multimodal rotary positions (three axes, offsets in ``rope_deltas``) or plain ones.
+        self.multimodal_rope = hasattr(core.model, "rope_deltas")
         self.layers = layers
         self.num_heads = attention.config.num_attention_heads
         self.num_kv_heads = attention.config.num_key_value_heads
@@ -207,13 +224,16 @@ class LeanDecoder:
     def of(cls, model: torch.nn.Module) -> LeanDecoder | None:
         """The decoder for ``model`` (PEFT/DDP-wrapped or not), or None when its layout is not one this
         loop reproduces exactly (then the caller samples with ``generate``)."""
+        from vigos.models.modeling import language_model as decoder_of
         from vigos.models.modeling import unwrap
 
         core = unwrap(model)
-        language_model = getattr(getattr(core, "model", None), "language_model", None)
-        if language_model is None or not hasattr(core.model, "rope_deltas"):
+        if getattr(core, "model", None) is None:
             return None
+        language_model = decoder_of(core)
         config = language_model.config
+        if not hasattr(core.model, "rope_deltas") and config.model_type not in _PLAIN_DECODERS:
+            return None
         if getattr(config, "use_sliding_window", False) or any(
             kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()
         ):
@@ -258,7 +278,7 @@ class LeanDecoder:
                     act=mlp.act_fn,
                 )
             )
-        return cls(model, core, layers, language_model.layers[0].self_attn)
+        return cls(model, core, language_model, layers, language_model.layers[0].self_attn)
 
     @torch.inference_mode()
     def sample(
@@ -272,11 +292,16 @@ class LeanDecoder:
         """
         prompt_mask = batch["attention_mask"].bool()
         rows, prompt_length = prompt_mask.shape
-        # Prefill: the model's own forward pass (vision, rotary positions, deepstack); it leaves each
-        # row's rotary offset in ``rope_deltas``.
-        self.core.model.rope_deltas = None
-        out = self.model(**batch, use_cache=True, logits_to_keep=1)
-        deltas = self.core.model.rope_deltas
+        # Prefill: the model's own forward pass (vision, rotary positions, deepstack). Qwen-VL leaves each
+        # row's rotary offset in ``rope_deltas``; plain positions count each row's real tokens, as in generate.
+        if self.multimodal_rope:
+            self.core.model.rope_deltas = None
+            out = self.model(**batch, use_cache=True, logits_to_keep=1)
+            deltas = self.core.model.rope_deltas.reshape(rows, 1)
+        else:
+            position_ids = (prompt_mask.long().cumsum(-1) - 1).masked_fill(~prompt_mask, 0)
+            out = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+            deltas = torch.zeros((rows, 1), dtype=torch.long)
         cache = out.past_key_values
         first_logits = out.logits[:, -1].float()
         del out
@@ -294,14 +319,14 @@ class LeanDecoder:
             keys.append(k)
             values.append(v)
         del cache
-        positions = (prompt_mask.sum(-1, keepdim=True) + deltas.reshape(rows, 1).to(device)).repeat_interleave(
-            num_samples, 0
-        )
+        positions = (prompt_mask.sum(-1, keepdim=True) + deltas.to(device)).repeat_interleave(num_samples, 0)
 
         # Every row's rotary cos/sin for all the positions it can reach, in one call of the model's own
         # rotary module: [N, max_new_tokens, head_dim] each.
         steps = torch.arange(max_new_tokens, device=device)
-        cos, sin = self.language_model.rotary_emb(self.embedding, (positions + steps).unsqueeze(0).expand(3, n, -1))
+        reached = positions + steps
+        axes = reached.unsqueeze(0).expand(3, n, -1) if self.multimodal_rope else reached
+        cos, sin = self.language_model.rotary_emb(self.embedding, axes)
         # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: the sign moves into the table once.
         half = sin.shape[-1] // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
