@@ -56,7 +56,8 @@ def test_official_runs_every_benchmark_with_its_own_scorer(tiny_model_dir, every
     mmvet = lines_of(tmp_path / "responses" / "mmvet.jsonl")
     # MM-Vet alone went to the judge, for a 0-1 score per sample.
     assert all(record["scores"] == [0.5, 0.5] for record in mmvet)
-    assert summary["metrics"]["benchmarks"]["mmvet"]["avg@2"]["mean"] == 0.5
+    assert summary["metrics"]["benchmarks"]["mmvet"]["avg@2"]["mean"] == 0.5 and summary["partial_credit"] == ["mmvet"]
+    assert "**Partial credit:** MM-Vet: the mean of the judge's 0-1 scores" in (tmp_path / "report.md").read_text()
     assert len(judge_server.requests) == sum(len(record["samples"]) for record in mmvet)
     vilp = lines_of(tmp_path / "responses" / "vilp-f.jsonl")
     assert all(record["grader"] == "vilp" and record["grading"] == "rule" for record in vilp)

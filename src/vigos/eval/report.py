@@ -271,6 +271,9 @@ def _meta(run: _Run) -> list[tuple[str, str]]:
     if isinstance(judge, Mapping):
         used = str(judge.get("model") or "yes") if judge.get("used") else "none"
         items.append(("Judge", used + (f" ({judge['note']})" if judge.get("note") else "")))
+    if partial := summary.get("partial_credit"):
+        names = ", ".join(_display(name) for name in partial)
+        items.append(("Partial credit", f"{names}: the mean of the judge's 0-1 scores; Pass@k the expected best of k"))
     skipped = summary.get("skipped_rows")
     if isinstance(skipped, Mapping) and skipped:
         counts = ", ".join(f"{_display(name)} {len(rows)}" for name, rows in skipped.items())

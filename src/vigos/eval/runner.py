@@ -323,6 +323,8 @@ def run_eval(
         "benchmarks": list(items_per_benchmark),
         "items": items_per_benchmark,
         "skipped_rows": skipped,
+        # Benchmarks whose figures average 0-1 judge scores rather than right/wrong verdicts (MM-Vet, official).
+        "partial_credit": sorted({record["benchmark"] for record in records if record.get("scores") is not None}),
         "config": _recorded_options(config),
         "metrics": _with_official_scores(summarize(records, config.k, seed=config.seed), config.k),
         "vilp": vilp_scores(records, config.k, config.seed)
