@@ -390,8 +390,14 @@ class Row:
         )
 
     def images(self, name: str) -> list[Image.Image]:
-        """A required field holding a list of images (or a single one)."""
+        """A required field holding a list of images (or a single one); a list written as text, ``"['a.png',
+        'b.png']"`` (a JSON or Python list of paths, as some copies store it), is read as the list."""
         value = self.require(name)
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError) as error:
+                raise self.fail(f"has field {name!r} that is not a list of images: {value[:80]!r}") from error
         if not isinstance(value, list | tuple):
             return [self.image(name)]
         images = [self._image(v, f"{name}[{i}]") for i, v in enumerate(value)]
