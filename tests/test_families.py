@@ -160,6 +160,52 @@ def test_lean_sampler_samples_what_generate_samples_or_says_it_falls_back(family
         assert all(i not in ends for i in ids[:-1])
 
 
+def test_vigos_serve_samples_and_scores_what_the_model_does_in_process(family_dirs, tmp_path):
+    """`vigos serve` on each family: a served teacher's prompt log-probabilities are the local model's; the
+    server-rollout client gets, per request seed, the tokens the in-process rollout samples (Gemma 3), or is
+    refused up front where the chat template cannot continue the pre-fill as the trainer renders it."""
+    from vigos.models.loading import load_model_and_processor
+    from vigos.rollout.served_teacher import ServedTeacherClient
+    from vigos.rollout.vllm_server import RolloutEngineError, VLLMServerRollout, request_seeds
+    from vigos.serve.server import PolicyServer, running
+
+    params = SamplingParams(max_new_tokens=8, num_samples=2, min_new_tokens=2)
+    examples = [
+        Example(question="What colour?", answer="red", image=RED, row=0, meta={}),
+        Example(question="Which is wider?", answer="second", image=[RED, WIDE], row=1, meta={}),
+    ]
+    for arch, path in family_dirs.items():
+        model, processor = load_model_and_processor(str(path))
+        model.eval()
+        with running(PolicyServer(model, processor, model_name="tiny")) as url:
+            image = encode_image(processor, RED)
+            ids = tokenize_prompt(processor, render_prompt(processor, "What colour?", "<description>", 1), image)
+            ids += processor.tokenizer(" A red square.", add_special_tokens=False)["input_ids"]
+            logprobs = ServedTeacherClient(url, option="test").prompt_logprobs(ids, [RED], 3)
+            batch = collate_contexts([Context(ids, [], image)], pad_token_id=processor.tokenizer.pad_token_id)
+            with torch.no_grad():
+                local = torch.log_softmax(model(**batch).logits[0].float(), -1)
+            for position in range(1, len(ids)):
+                top = local[position - 1].topk(3)
+                for token, value in zip(top.indices.tolist(), top.values.tolist()):
+                    assert logprobs[position][token] == pytest.approx(value, abs=1e-5), (arch, position)
+
+            if arch != "gemma3":
+                # These templates open a continued assistant turn unlike their generation prompt.
+                with pytest.raises(RolloutEngineError, match="rollout_engine: hf"):
+                    VLLMServerRollout(processor, params, student_spec(), url=url, sync_dir=tmp_path / arch)
+                continue
+            rollout = VLLMServerRollout(processor, params, student_spec(), url=url, sync_dir=tmp_path / arch)
+            torch.manual_seed(3)
+            served = rollout(model, examples)
+            torch.manual_seed(3)
+            expected = []
+            for example, seed in zip(examples, request_seeds(len(examples))):
+                torch.manual_seed(seed)
+                expected.extend(HFGenerateRollout(processor, params)(model, [example]))
+            assert served == expected, arch
+
+
 def test_make_tiny_from_the_command_line(tmp_path, capsys):
     assert main(["make-tiny", "--arch", "gemma3", "--out", str(tmp_path / "g")]) == 0
     assert "wrote a tiny gemma3" in capsys.readouterr().out

@@ -193,8 +193,8 @@ class ServerEngine:
         self.processor = _processor_of(source)
         self.prompt = prompt
         self.num_samples = params.num_samples
-        self.client = VLLMServerRollout(self.processor, params, prompt, url=url, sync_dir=".")
         try:
+            self.client = VLLMServerRollout(self.processor, params, prompt, url=url, sync_dir=".")
             if source.adapter is not None:
                 name = "vigos-eval-" + hashlib.sha256(str(Path(source.adapter).resolve()).encode()).hexdigest()[:12]
                 self.client.unload_adapter(name, missing_ok=True)

@@ -57,7 +57,7 @@ from vigos.data.rows import Example
 from vigos.http_client import Answer, DeadlineExceeded, RedirectRefused, ResponseTooLarge, redact_url
 from vigos.http_client import request as http_request
 from vigos.models.modeling import end_token_ids, image_token_id
-from vigos.prompts import PromptSpec, student_spec
+from vigos.prompts import PromptSpec, chat_messages, render_prompt, student_spec
 from vigos.rollout.hf import SamplingParams, student_contexts, vision_token_ids
 from vigos.rollout.sampler import until_eos
 
@@ -180,6 +180,24 @@ def chat_request(model: str, user_text: str, prefill: str, image: Any, sampling:
         "return_token_ids": True,
         **sampling,
     }
+
+
+def check_continued_prefill(processor: Any, prefill: str) -> None:
+    """Raise unless the chat template renders ``prefill``, sent as a final assistant message to continue, as the
+    trainer renders the student prompt (the generation prompt, then the pre-fill). Some templates open an
+    assistant turn with other whitespace than their generation prompt (LLaVA-OneVision's ``assistant \\n``,
+    SmolVLM's ``Assistant: ``): a chat server would then sample after another prompt."""
+    if not prefill:
+        return
+    messages = [*chat_messages("?"), {"role": "assistant", "content": prefill}]
+    continued = processor.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    ours = render_prompt(processor, "?", prefill)
+    if continued != ours:
+        raise RolloutEngineError(
+            f"a chat server cannot sample this model's student prompt: its chat template continues the assistant "
+            f"pre-fill as {continued[-40:]!r}, the trainer's prompt ends {ours[-40:]!r}, so every rollout would "
+            "follow another prompt. Use rollout_engine: hf (or vllm_colocate, which sends the rendered prompt)."
+        )
 
 
 class ServerRefused(RolloutEngineError):
@@ -377,6 +395,7 @@ class VLLMServerRollout:
         self.stop_ids = end_token_ids(processor.tokenizer)
         self.bad_words = processor.tokenizer.convert_ids_to_tokens(vision_token_ids(processor))
         self._syncs = 0
+        check_continued_prefill(processor, self.prompt.prefill)
 
     def __call__(self, model: torch.nn.Module, examples: Sequence[Example]) -> list[list[int]]:
         """``num_samples`` completions per example, grouped by example (``model`` is read only to sync)."""
