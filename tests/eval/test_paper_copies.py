@@ -15,7 +15,7 @@ from vigos.eval.fixtures import write_fixture
 from vigos.eval.fixtures_paper import write_paper_fixture
 from vigos.eval.judge import JudgeClient, JudgeConfig, JudgeError
 from vigos.eval.paper_copies import PAPER_COPIES, for_protocol
-from vigos.eval.scoring import apply_judge, record_item
+from vigos.eval.protocol_grading import apply_judge, record_item
 from vigos.eval.sources import BenchmarkDataError
 from vigos.prompts import student_spec
 

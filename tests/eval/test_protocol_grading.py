@@ -17,7 +17,7 @@ from vigos.eval.judge import JudgeClient, JudgeConfig
 from vigos.eval.judge_prompts import parse_item_verdicts, parse_score
 from vigos.eval.metrics import best_of_k, pass_at_k, summarize
 from vigos.eval.printed_options import options_for_grading, printed_options
-from vigos.eval.scoring import _at_precision, apply_judge, judge_requirement, record_item
+from vigos.eval.protocol_grading import _at_precision, apply_judge, judge_requirement, record_item
 from vigos.grading.answers import get_grader
 from vigos.grading.vilp import normalize_vilp, vilp_equal
 

@@ -270,7 +270,7 @@ def _load_mmvet(benchmark: Benchmark, root: Path) -> Iterator[EvalItem | BadRow]
             row.text("answer"),
             category=",".join(capabilities),
             grader="judge",
-            # MM-Vet's own grader gives each answer a 0-1 score from an LLM judge (vigos.eval.scoring).
+            # MM-Vet's own grader gives each answer a 0-1 score from an LLM judge (vigos.eval.protocol_grading).
             meta={"capabilities": capabilities, "partial_credit": True},
         )
 

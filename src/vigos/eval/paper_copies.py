@@ -9,7 +9,7 @@ its ``prompt`` field (the question with its lettered choices); ViLP from its
 own release too, split ``train``, with the one-word instruction, as the
 ``official`` protocol reads it. Any other benchmark (a YAML one) reads as it
 does under ``official``. Every item is graded by the judge
-(:mod:`vigos.eval.scoring`), so no item here names a rule grader of its own.
+(:mod:`vigos.eval.protocol_grading`), so no item here names a rule grader of its own.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For every item of every benchmark the student model sees the image, the
 question and the student prompt (no teacher, no reference answer) and writes
 ``n_samples`` completions. Each completion's final answer is extracted and
 graded as the run's protocol grades (``official`` or ``paper``,
-:mod:`vigos.eval.scoring`): by the benchmark's own rules, or by an LLM judge
+:mod:`vigos.eval.protocol_grading`): by the benchmark's own rules, or by an LLM judge
 where the protocol asks for one (a protocol that needs a judge refuses to
 start without one). Everything lands in one run folder::
 
@@ -72,6 +72,7 @@ from vigos.eval.judge import JudgeClient, JudgeConfig
 from vigos.eval.metrics import cvbench_score, summarize, vilp_scores
 from vigos.eval.options import EvalConfig, default_run_name
 from vigos.eval.paper_copies import for_protocol
+from vigos.eval.protocol_grading import apply_judge, judge_requirement, record_item
 from vigos.eval.run_folder import (
     SUMMARY_FILE,
     EvalError,
@@ -82,7 +83,6 @@ from vigos.eval.run_folder import (
     responses_path,
     write_json,
 )
-from vigos.eval.scoring import apply_judge, judge_requirement, record_item
 from vigos.eval.sources import tile_images
 from vigos.http_client import redact_url
 
