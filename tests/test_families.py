@@ -66,13 +66,15 @@ def test_prompt_ids_are_the_processors(family, images):
 
 
 def test_each_row_of_a_batch_computes_what_it_computes_alone(family):
-    """Rows with one image, two images and a wide image, padded into one batch: each row's logits are its own."""
+    """Rows with one image, two images, none and a wide image, padded into one batch: each row's logits are its
+    own."""
     _, processor, model = family
     one, two = encode_image(processor, RED), encode_image(processor, [RED, WIDE])
     wide = encode_image(processor, WIDE)
+    text = processor.tokenizer(" A red square on grey.", add_special_tokens=False)["input_ids"]
     contexts = [
         Context(tokenize_prompt(processor, render_prompt(processor, "Which?", "", n), image), appended, image)
-        for n, image, appended in ((1, one, [5, 6, 7]), (2, two, [8]), (1, wide, []))
+        for n, image, appended in ((1, one, text[:3]), (2, two, text[3:4]), (0, None, text[4:]), (1, wide, []))
     ]
     pad = processor.tokenizer.pad_token_id
     with torch.no_grad():
