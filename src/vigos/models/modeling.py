@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vigos.models.families import END_OF_TURN_TOKENS
+
 
 @dataclass
 class EncodedImage:
@@ -96,11 +98,6 @@ def encode_image(processor: Any, image: Image.Image | Sequence[Image.Image]) -> 
         token_types = (field, tuple(sorted({int(i) for i in marked})))
     inputs = {k: v for k, v in out.items() if k not in _TEXT_FIELDS}
     return EncodedImage(inputs, placeholders, tokens, token_types)
-
-
-# The tokens that close a chat turn in each family's template, where the tokenizer's EOS is another token
-# (Gemma 3 ends a turn with <end_of_turn> and the text with <eos>; SmolVLM/Idefics3 with <end_of_utterance>).
-END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<end_of_utterance>")
 
 
 def end_token_ids(tokenizer: Any) -> list[int]:

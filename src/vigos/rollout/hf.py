@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from vigos.data.rows import Example
+from vigos.models.families import QWEN_VISION_TOKENS, VISION_MARKER_ATTRIBUTES
 from vigos.models.modeling import Context, collate_contexts, encode_image, end_token_ids, tokenize_prompt, unwrap
 from vigos.prompts import PromptSpec, render_prompt, student_spec
 from vigos.rollout.sampler import LeanDecoder, SamplingFilters, completion_ids, folded_linear
@@ -213,16 +214,11 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
             module.base_layer.weight = weight
 
 
-# Processor attributes naming the vision markers of the families vigos knows (Qwen-VL's pads, Gemma 3's
-# begin/end of image, Idefics3's tile markers, LLaVA's video token).
-_VISION_MARKERS = ("image_token", "video_token", "boi_token", "eoi_token", "fake_image_token", "global_image_tag")
-
-
 def vision_token_ids(processor: Any) -> list[int]:
     """Ids of the family's vision placeholder tokens, which a completion must never hold."""
     tokenizer = processor.tokenizer
-    names = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
-    names += [getattr(owner, a, None) for owner in (processor, tokenizer) for a in _VISION_MARKERS]
+    names = [*QWEN_VISION_TOKENS]
+    names += [getattr(owner, a, None) for owner in (processor, tokenizer) for a in VISION_MARKER_ATTRIBUTES]
     unk = tokenizer.unk_token_id
     ids = {tokenizer.convert_tokens_to_ids(n) for n in names if isinstance(n, str)}
     ids |= {i for i in getattr(processor, "image_token_ids", None) or () if i is not None}

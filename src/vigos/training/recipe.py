@@ -19,6 +19,7 @@ from vigos.data.rows import Example
 from vigos.errors import ConfigError, DataError
 from vigos.method.score_types import ScoreOutput
 from vigos.method.teachers import TeacherPolicy
+from vigos.models.families import VISION_MODULES
 from vigos.models.loading import cache_dir, load_model_and_processor, resolve_model_path
 from vigos.models.modeling import encode_image, tokenize_prompt
 from vigos.prompts import render_prompt
@@ -45,14 +46,9 @@ def resolve_dataset(source: str, seed: int = 0) -> str:
     return str(paths[split])
 
 
-# Where each family keeps its vision tower and projector: Qwen-VL's ``visual``, Gemma 3's and LLaVA's
-# ``vision_tower`` + ``multi_modal_projector``, Idefics3's ``vision_model`` + ``connector``.
-_VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
-
-
 def language_lora_targets(modules: list[str]) -> str:
     """A PEFT regex for ``modules`` inside the language model only (vision blocks share some names)."""
-    return rf"^(?!.*\.({'|'.join(_VISION_PARTS)})\.).*\.({'|'.join(modules)})$"
+    return rf"^(?!.*\.({'|'.join(VISION_MODULES)})\.).*\.({'|'.join(modules)})$"
 
 
 def apply_lora(model: torch.nn.Module, config: ViGOSConfig) -> torch.nn.Module:
