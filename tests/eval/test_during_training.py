@@ -62,3 +62,41 @@ def test_training_evaluates_every_n_steps_without_moving_its_own_numbers(tmp_pat
     plain = _train(tmp_path, "without")
     losses = [[r.get(key) for r in runs if "valid_rate" in r] for runs in (evaluated, plain) for key in ("loss",)]
     assert losses[0] == losses[1]
+
+
+def test_a_benchmark_without_its_copy_or_judge_stops_training_before_it_starts(tmp_path, monkeypatch, capsys):
+    """Checked when the trainer is built, not at the first evaluation: a missing local copy, and MM-Vet's
+    partial credit without a judge, each name the training option to set."""
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    write_fixture("mmvet", tmp_path / "data", n=2)
+    args = ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--max_steps", "2", "--eval_steps", "1"]
+    args += ["--eval_data_dir", str(tmp_path / "data")]
+    assert main([*args, "--output_dir", str(tmp_path / "a"), "--eval_benchmarks", "cvbench"]) == 2
+    assert "eval_benchmarks: " in capsys.readouterr().err
+    assert main([*args, "--output_dir", str(tmp_path / "b"), "--eval_benchmarks", "mmvet"]) == 2
+    err = capsys.readouterr().err
+    assert "mmvet: the official protocol grades these with an LLM judge" in err
+    assert "eval_judge_url and eval_judge_model" in err and "leave them out of eval_benchmarks" in err
+    for run in ("a", "b"):
+        assert not (tmp_path / run / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_mmvet_during_training_is_scored_by_the_judge(tmp_path, monkeypatch):
+    from judge_server import JudgeServer
+
+    monkeypatch.setenv("VIGOS_CACHE", str(tmp_path / "cache"))
+    write_fixture("mmvet", tmp_path / "data", n=2)
+    server = JudgeServer(score="0.5")
+    try:
+        records = _train(
+            tmp_path,
+            "mmvet",
+            *("--eval_benchmarks", "mmvet", "--eval_data_dir", str(tmp_path / "data"), "--eval_steps", "2"),
+            *("--eval_judge_url", server.base_url, "--eval_judge_model", "judge"),
+        )
+    finally:
+        server.close()
+    logged = [r for r in records if "eval_mmvet_avg@1" in r]
+    assert [r["step"] for r in logged] == [2] and logged[0]["eval_mmvet_avg@1"] == pytest.approx(0.5)
+    assert server.requests

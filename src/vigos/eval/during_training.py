@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from vigos.errors import ConfigError
 from vigos.eval.options import EvalConfig
-from vigos.eval.runner import run_eval
+from vigos.eval.runner import EvalError, check_benchmarks, run_eval
 
 
 def benchmark_metrics(summary: dict[str, Any], k: int) -> dict[str, float]:
@@ -35,25 +36,41 @@ class BenchmarkCallback(TrainerCallback):
     need every process in each forward pass); the main one writes."""
 
     def __init__(self, trainer: Any):
+        """Checks, before training starts, that every benchmark has a readable local copy and the judge it
+        needs; raises :class:`~vigos.errors.ConfigError` naming the option otherwise."""
         self.trainer = trainer
+        try:
+            check_benchmarks(
+                self._config(trainer.args, step=0),
+                judge_options="eval_judge_url and eval_judge_model",
+                benchmarks_option="eval_benchmarks",
+            )
+        except (EvalError, ValueError) as error:
+            raise ConfigError(f"eval_benchmarks: {error}") from None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        every = int(args.eval_steps) if args.eval_steps and args.eval_steps >= 1 else 0
-        if not every or state.global_step % every:
-            return
-        trainer = self.trainer
-        config = EvalConfig(
+    @staticmethod
+    def _config(args: Any, step: int) -> EvalConfig:
+        return EvalConfig(
             model=str(args.model_name_or_path or "policy"),
             benchmarks=list(args.eval_benchmarks),
             data_dir=args.eval_data_dir,
-            out_dir=str(Path(args.output_dir) / "eval" / f"step-{state.global_step}"),
+            out_dir=str(Path(args.output_dir) / "eval" / f"step-{step}"),
             k=args.eval_k,
             max_new_tokens=args.max_completion_length,
             limit=args.eval_limit,
             seed=args.seed,
             student_prompt=args.student_prompt,
             engine="hf",
+            judge_url=args.eval_judge_url,
+            judge_model=args.eval_judge_model,
         )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = int(args.eval_steps) if args.eval_steps and args.eval_steps >= 1 else 0
+        if not every or state.global_step % every:
+            return
+        trainer = self.trainer
+        config = self._config(args, state.global_step)
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

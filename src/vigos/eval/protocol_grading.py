@@ -100,18 +100,24 @@ def record_item(item: EvalItem, texts: Sequence[str], spec: prompts.PromptSpec, 
     }
 
 
-def judge_requirement(protocol: str, items: Sequence[EvalItem]) -> str | None:
-    """Why this run needs a judge (a message naming the option), or None when it can do without one."""
+def judge_requirement(
+    protocol: str,
+    items: Sequence[EvalItem],
+    *,
+    judge_options: str = "--judge-url and --judge-model",
+    benchmarks_option: str = "--benchmarks",
+) -> str | None:
+    """Why this run needs a judge (a message naming ``judge_options``, the options that give one), or None when
+    it can do without one."""
     if protocol == "paper":
         return (
-            "the paper protocol grades every item with an LLM judge: pass --judge-url and --judge-model "
-            "(or use --protocol official)"
+            f"the paper protocol grades every item with an LLM judge: pass {judge_options} (or use --protocol official)"
         )
     needing = sorted({item.benchmark for item in items if item.meta.get("partial_credit")})
     if needing:
         return (
             f"{', '.join(needing)}: the official protocol grades these with an LLM judge's 0-1 partial credit, as "
-            "their authors do: pass --judge-url and --judge-model (or leave them out of --benchmarks)"
+            f"their authors do: pass {judge_options} (or leave them out of {benchmarks_option})"
         )
     return None
 

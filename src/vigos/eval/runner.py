@@ -86,7 +86,7 @@ from vigos.eval.run_folder import (
 from vigos.eval.sources import tile_images
 from vigos.http_client import redact_url
 
-__all__ = ["EvalConfig", "EvalError", "default_run_name", "run_eval"]
+__all__ = ["EvalConfig", "EvalError", "check_benchmarks", "default_run_name", "run_eval"]
 
 logger = logging.getLogger("vigos")
 
@@ -100,9 +100,11 @@ SEEDING = (
 # --- benchmarks, grading ----------------------------------------------------------------------------
 
 
-def _benchmarks(config: EvalConfig) -> list[Benchmark]:
+def check_benchmarks(config: EvalConfig, **options: str) -> list[Benchmark]:
     """The requested benchmarks as the protocol reads them, each checked to have a readable local copy, and the
-    run to have the judge its protocol needs, before any model loads."""
+    run to have the judge its protocol needs, before any model loads. ``options`` name the settings in
+    messages, as :func:`~vigos.eval.protocol_grading.judge_requirement` takes them (training's differ from
+    ``vigos eval``'s flags). Raises :class:`EvalError`."""
     found: dict[str, Benchmark] = {}
     firsts: list[EvalItem] = []
     for name in config.benchmarks:
@@ -112,7 +114,7 @@ def _benchmarks(config: EvalConfig) -> list[Benchmark]:
         except ValueError as error:
             raise EvalError(str(error)) from None
         found.setdefault(benchmark.name, benchmark)
-    if config.judge_url is None and (why := judge_requirement(config.protocol, firsts)):
+    if config.judge_url is None and (why := judge_requirement(config.protocol, firsts, **options)):
         raise EvalError(why)
     return list(found.values())
 
@@ -263,7 +265,7 @@ def run_eval(
     """
     if (model is None) != (processor is None):
         raise ValueError("pass both model and processor, or neither (the model is then loaded from config.model)")
-    benchmarks = _benchmarks(config)
+    benchmarks = check_benchmarks(config)
     engine_name = resolve_engine(config.engine, model_given=model is not None)
     source = model_source(config.model) if model is None else None
     out = Path(config.out_dir)

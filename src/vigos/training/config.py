@@ -337,6 +337,14 @@ class ViGOSConfig(TrainingArguments):
         default=50, metadata=_help("Items of each eval benchmark each time (the first ones; None: all).")
     )
     eval_k: int = field(default=1, metadata=_help("Samples per item during training's evaluations (Avg@k, Pass@k)."))
+    eval_judge_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "An OpenAI-compatible judge for the eval_benchmarks that need one (MM-Vet's partial credit), as "
+            "vigos eval --judge-url; its key in $OPENAI_API_KEY."
+        ),
+    )
+    eval_judge_model: str | None = field(default=None, metadata=_help("The model eval_judge_url serves."))
 
     # Trainer defaults that a rollout trainer needs.
     remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: rows are whole examples."))
