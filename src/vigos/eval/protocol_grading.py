@@ -122,11 +122,6 @@ def judge_requirement(
     return None
 
 
-def _final_answer(sample: dict[str, Any]) -> str:
-    # The student prompt asks for the answer in \boxed{}; without one the judge reads the whole response.
-    return sample["answer"] if sample.get("answer") else sample["text"]
-
-
 def apply_judge(records: list[dict[str, Any]], judge: JudgeClient, protocol: str) -> None:
     """Grade ``records`` by the judge as ``protocol`` asks (the rule verdicts stay as ``rule_correct``)."""
     if protocol == "paper":
@@ -135,7 +130,8 @@ def apply_judge(records: list[dict[str, Any]], judge: JudgeClient, protocol: str
     scored = [record for record in records if record["grader"] == "judge" and record.get("partial_credit")]
     if scored:
         asks = [
-            score_prompt(record["question"], record["answer"], _final_answer(sample))
+            # MM-Vet's grader reads the model's whole output, not an extracted answer.
+            score_prompt(record["question"], record["answer"], sample["text"])
             for record in scored
             for sample in record["samples"]
         ]
