@@ -302,7 +302,8 @@ class LeanDecoder:
             position_ids = (prompt_mask.long().cumsum(-1) - 1).masked_fill(~prompt_mask, 0)
             out = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
             deltas = torch.zeros((rows, 1), dtype=torch.long)
-        cache = out.past_key_values
+        # transformers 5.x renamed past_key_values to cache (the old name warns).
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         first_logits = out.logits[:, -1].float()
         del out
 
