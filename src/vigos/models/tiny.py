@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vigos.models.tiny_corpus import builtin_corpus
+from vigos.models.tiny_families import decoder_fields
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
@@ -257,20 +258,8 @@ def build_config(
     rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section(head_dim)}
     if vocab_size is not None and vocab_size < len(tokenizer):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
-    text = dict(
-        vocab_size=vocab_size or len(tokenizer),
-        hidden_size=s["hidden"],
-        num_hidden_layers=s["layers"],
-        num_attention_heads=s["heads"],
-        num_key_value_heads=s["kv_heads"],
-        intermediate_size=s["intermediate"],
-        max_position_embeddings=32768,
-        rope_parameters=rope,
-        # Qwen's bos is <|endoftext|>; the defaults (151643/151645) would lie outside a trained vocabulary.
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # Qwen's bos is <|endoftext|>; the defaults (151643/151645) would lie outside a trained vocabulary.
+    text = decoder_fields(s, tokenizer, tokenizer.pad_token_id, vocab_size) | {"rope_parameters": rope}
     vision = dict(
         depth=s["vision_depth"],
         num_heads=s["vision_heads"],

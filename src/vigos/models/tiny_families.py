@@ -148,7 +148,7 @@ def gemma_config(tokenizer: PreTrainedTokenizerBase, s: Mapping[str, int]) -> Pr
         "full_attention" if (i + 1) % 6 == 0 or i == layers - 1 else "sliding_attention" for i in range(layers)
     ]
     text = dict(
-        _decoder(s, tokenizer, bos_token_id=tokenizer.bos_token_id),
+        decoder_fields(s, tokenizer, bos_token_id=tokenizer.bos_token_id),
         head_dim=head_dim,
         # As in the real checkpoints, where the query scale is 1/sqrt(head_dim).
         query_pre_attn_scalar=head_dim,
@@ -233,7 +233,7 @@ def llava_config(tokenizer: PreTrainedTokenizerBase, s: Mapping[str, int]) -> Pr
     from transformers import LlavaOnevisionConfig
 
     # Qwen's bos is <|endoftext|>, as in the Qwen families.
-    text = dict(_decoder(s, tokenizer, bos_token_id=tokenizer.pad_token_id), model_type="qwen2")
+    text = dict(decoder_fields(s, tokenizer, bos_token_id=tokenizer.pad_token_id), model_type="qwen2")
     vision = dict(_siglip(s), image_size=LLAVA_TILE, patch_size=LLAVA_PATCH)
     return LlavaOnevisionConfig(
         text_config=text,
@@ -342,7 +342,7 @@ def idefics_config(tokenizer: PreTrainedTokenizerBase, s: Mapping[str, int]) -> 
     """``Idefics3Config`` at the size preset ``s``: a SigLIP-style tower, pixel shuffle, a Llama model."""
     from transformers import Idefics3Config
 
-    text = dict(_decoder(s, tokenizer, bos_token_id=tokenizer.bos_token_id), model_type="llama")
+    text = dict(decoder_fields(s, tokenizer, bos_token_id=tokenizer.bos_token_id), model_type="llama")
     vision = dict(_siglip(s), model_type="idefics3_vision", image_size=IDEFICS_TILE, patch_size=IDEFICS_PATCH)
     return Idefics3Config(
         text_config=text,
@@ -405,10 +405,13 @@ def build_family(
     return processor, model
 
 
-def _decoder(s: Mapping[str, int], tokenizer: PreTrainedTokenizerBase, bos_token_id: int) -> dict[str, Any]:
-    """A language model's size fields at a preset, with the tokenizer's vocabulary and eos/pad ids."""
+def decoder_fields(
+    s: Mapping[str, int], tokenizer: PreTrainedTokenizerBase, bos_token_id: int, vocab_size: int | None = None
+) -> dict[str, Any]:
+    """A language model's size fields at a preset, with the tokenizer's eos/pad ids and its vocabulary
+    (``vocab_size`` embedding rows, default ``len(tokenizer)``)."""
     return dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=s["hidden"],
         num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"],
