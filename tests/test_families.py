@@ -25,7 +25,17 @@ from scoring_cases import unclipped_config as config
 from vigos.cli import main
 from vigos.data.rows import Example
 from vigos.method.spans import token_byte_table
-from vigos.models.modeling import Context, collate_contexts, encode_image, end_token_ids, tokenize_prompt
+from vigos.models.modeling import (
+    Context,
+    collate_contexts,
+    encode_image,
+    encode_image_features,
+    end_token_ids,
+    final_hidden_states,
+    image_features_reusable,
+    takes_image_features,
+    tokenize_prompt,
+)
 from vigos.models.tiny_families import FAMILY_ARCHS
 from vigos.prompts import render_prompt, student_spec
 from vigos.rollout.hf import HFGenerateRollout, SamplingParams, vision_token_ids
@@ -119,6 +129,37 @@ def test_all_three_teachers_match_the_plain_computation(family):
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     model.zero_grad()
+
+
+def test_one_vision_encode_serves_every_pass_where_the_model_takes_features(family):
+    """Gemma 3 and LLaVA-OneVision take precomputed vision features: one encode per image serves every context
+    showing it (the same hidden states as pixels in each pass), and scoring shares it; Idefics3 does not."""
+    arch, processor, model = family
+    shares = arch != "idefics3"
+    # The adapter is on the language model only, so the tower and projector compute the same for all passes.
+    assert takes_image_features(model) is shares and image_features_reusable(model) is shares
+    example = Example(question="What colour is the square?", answer="red", image=RED, row=0, meta={})
+    terms = {}
+    for reuse in (True, False):
+        out, _ = scored_hand_made(model, processor, example, config(reuse_image_features=reuse))
+        assert ("time_vision" in out.metrics) is (reuse and shares)
+        terms[reuse] = {name: value.item() for name, value in out.terms.items()}
+    for name, value in terms[False].items():
+        assert terms[True][name] == pytest.approx(value, rel=1e-5, abs=1e-8), name
+    if not shares:
+        return
+    one, two = encode_image(processor, RED), encode_image(processor, [RED, WIDE])
+    text = processor.tokenizer(" A red square.", add_special_tokens=False)["input_ids"]
+    contexts = [
+        Context(tokenize_prompt(processor, render_prompt(processor, "Which?", "", n), image), text, image)
+        for n, image in ((1, one), (2, two), (1, one))
+    ]
+    pad = processor.tokenizer.pad_token_id
+    features = encode_image_features(model, [one, two])
+    with torch.no_grad():
+        separate = final_hidden_states(model, collate_contexts(contexts, pad_token_id=pad))
+        shared = final_hidden_states(model, collate_contexts(contexts, pad_token_id=pad, image_features=features))
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
 
 
 def test_student_logits_of_a_two_image_row_match_the_plain_computation(family):

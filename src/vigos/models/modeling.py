@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,41 +160,62 @@ class ImageFeatures:
     def select(self, images: Sequence[EncodedImage]) -> dict[str, Any]:
         """``mm_encoder_outputs`` for a batch showing ``images`` in this order."""
         order = [i for image in images for i in self.position[id(image)]]
-        fields: dict[str, Any] = {"pooler_output": tuple(self.encoded.pooler_output[i] for i in order)}
+        pooled = self.encoded.pooler_output
+        picked = [pooled[i] for i in order]
+        # Qwen-VL and LLaVA-OneVision take a sequence of per-image features, Gemma 3 one [images, tokens, H] tensor.
+        fields: dict[str, Any] = {"pooler_output": torch.stack(picked) if torch.is_tensor(pooled) else tuple(picked)}
         deepstack = getattr(self.encoded, "deepstack_features", None)
         if deepstack is not None:
             fields["deepstack_features"] = [tuple(layer[i] for i in order) for layer in deepstack]
         return {"image": type(self.encoded)(**fields)}
 
 
+def _vision_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that turn pixels into the features the decoder reads: the vision tower and, where it stands
+    apart, the projector (Qwen-VL's merger is inside ``visual``). Empty for a model without ``visual`` or
+    ``vision_tower``."""
+    inner = getattr(unwrap(model), "model", None)
+    tower = getattr(inner, "visual", None) or getattr(inner, "vision_tower", None)
+    if tower is None:
+        return []
+    projector = getattr(inner, "multi_modal_projector", None)
+    return [tower] if projector is None else [tower, projector]
+
+
 def takes_image_features(model: torch.nn.Module) -> bool:
-    """Whether the model can run on precomputed vision features instead of pixels."""
+    """Whether the model can run on precomputed vision features instead of pixels (Qwen-VL, Gemma 3,
+    LLaVA-OneVision: a forward pass that takes ``mm_encoder_outputs``)."""
     core = unwrap(model)
-    return getattr(getattr(core, "model", core), "visual", None) is not None and hasattr(core, "get_image_features")
+    inner = getattr(core, "model", None)
+    return (
+        bool(_vision_parts(model))
+        and hasattr(core, "get_image_features")
+        and "mm_encoder_outputs" in inspect.signature(inner.forward).parameters
+    )
 
 
 def image_features_reusable(model: torch.nn.Module) -> bool:
     """Whether one vision encode can serve every pass over an image, the student's included: the
-    model takes precomputed features and its vision tower has nothing trained and no dropout, so
-    every teacher's and the student's tower compute the same function."""
+    model takes precomputed features and its vision tower and projector have nothing trained and no
+    dropout, so every teacher's and the student's compute the same function."""
     if not takes_image_features(model):
         return False
-    core = unwrap(model)
-    visual = getattr(core, "model", core).visual
-    frozen = not any(p.requires_grad for p in visual.parameters())
-    return frozen and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in visual.modules())
+    modules = [m for part in _vision_parts(model) for m in part.modules()]
+    frozen = not any(p.requires_grad for m in modules for p in m.parameters(recurse=False))
+    return frozen and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in modules)
 
 
 @torch.no_grad()
-def encode_image_features(model: torch.nn.Module, images: Sequence[EncodedImage]) -> ImageFeatures:
-    """Run ``images`` (distinct objects) through the vision tower in one batch."""
+def encode_image_features(model: torch.nn.Module, images: Sequence[EncodedImage]) -> ImageFeatures | None:
+    """Run ``images`` (distinct objects) through the vision tower in one batch; None when the model's features
+    do not come one per image (Gemma 3's pan-and-scan crops), so that every pass encodes its own."""
     core = unwrap(model)
     device = next(core.parameters()).device
-    encoded = core.get_image_features(
-        pixel_values=torch.cat([i.pixel_values for i in images]).to(device),
-        image_grid_thw=torch.cat([i.image_grid_thw for i in images]).to(device),
-        return_dict=True,
-    )
+    accepted = inspect.signature(core.get_image_features).parameters
+    inputs = {k: v.to(device) for k, v in _image_inputs(images).items() if k in accepted}
+    encoded = core.get_image_features(**inputs, return_dict=True)
+    if len(encoded.pooler_output) != sum(image.count for image in images):
+        return None
     position, start = {}, 0
     for image in images:
         position[id(image)] = list(range(start, start + image.count))
